@@ -1,0 +1,13 @@
+"""Test set-up: 8 fake CPU devices, given to XLA before jax is imported."""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+
+# Compiling is most of a CPU test's time; the numbers do not depend on it.
+jax.config.update("jax_disable_most_optimizations", True)
