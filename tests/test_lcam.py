@@ -1,0 +1,540 @@
+"""Tests of the LCAM transformation (optax_lcam)."""
+
+import functools
+import math
+
+import chex
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_lcam
+
+# The golden vector of ../shared/docs/lcam-spec.md.
+GOLDEN_GRADS = [1.0, -0.5, 2.0, 0.25, 1.0, -1.0]
+GOLDEN_LOSSES = [2.0, 1.0, 3.0, 1.5, 0.8, 0.9]
+GOLDEN_BETAS_USED_AT_STEPS_1_TO_5 = [0.9, 0.95, 0.9, 0.95, 0.9]
+
+
+def _run(opt, params, grads, losses, **update_kwargs):
+  """Runs `opt` on fixed gradients and losses; returns params and states."""
+  state = opt.init(params)
+  update = jax.jit(functools.partial(opt.update, **update_kwargs))
+  params_seen, states_seen = [], []
+  for g, loss in zip(grads, losses):
+    updates, state = update(g, state, params, value=loss)
+    params = optax.apply_updates(params, updates)
+    params_seen.append(params)
+    states_seen.append(state)
+  return params_seen, states_seen
+
+
+@pytest.mark.parametrize(
+    "weight_decay, theta0, expected",
+    [
+        (0.0, 0.0, [-0.1, -0.14, -0.378, -0.6172, -0.94444, -1.138956]),
+        (5e-4, 1.0, [0.89995, 0.85986, 0.62173151, 0.38238478, 0.05498627,
+                     -0.13967514]),
+    ],
+)
+def test_golden_vector(weight_decay, theta0, expected):
+  opt = optax_lcam.lcam(0.1, beta_below=0.95, beta_above=0.9,
+                        weight_decay=weight_decay, steps_per_epoch=4,
+                        beta_init=0.9)
+  params, states = _run(opt, jnp.array(theta0), GOLDEN_GRADS, GOLDEN_LOSSES)
+  np.testing.assert_allclose(params, expected, rtol=1e-5, atol=1e-6)
+  pending = [float(optax_lcam.lcam_info(s).beta) for s in states[:5]]
+  np.testing.assert_allclose(pending, GOLDEN_BETAS_USED_AT_STEPS_1_TO_5,
+                             rtol=1e-6)
+
+
+def _random_tree(key, dtype=jnp.float32):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      "conv": {"kernel": jax.random.normal(k1, (3, 3, 2, 4), dtype)},
+      "dense": [jax.random.normal(k2, (5,), dtype),
+                jax.random.normal(k3, (2, 3), dtype)],
+  }
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_equal_betas_is_sgd_with_momentum(nesterov):
+  lr, wd, beta = 0.05, 5e-4, 0.9
+  opt = optax_lcam.lcam(lr, beta, beta, weight_decay=wd, steps_per_epoch=7,
+                        nesterov=nesterov)
+  ref = optax.chain(optax.add_decayed_weights(wd),
+                    optax.sgd(lr, momentum=beta, nesterov=nesterov))
+  key = jax.random.key(0)
+  params = ref_params = _random_tree(key)
+  state, ref_state = opt.init(params), ref.init(params)
+  for step in range(100):
+    key, gkey, lkey = jax.random.split(key, 3)
+    grads = _random_tree(gkey)
+    loss = jax.random.uniform(lkey) * 3
+    updates, state = opt.update(grads, state, params, value=loss)
+    params = optax.apply_updates(params, updates)
+    ref_updates, ref_state = ref.update(grads, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, ref_updates)
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-5, atol=1e-6)
+  assert int(optax_lcam.lcam_info(state).step) == 100
+
+
+def numpy_reference(grads, losses, *, lr, wd, theta0, beta_below, beta_above,
+                    steps_per_epoch=None, beta_init=0.9, averaging="epoch",
+                    ema_decay=0.99, lag=True, start_step=0):
+  """A line-by-line NumPy mirror of the reference training loop.
+
+  The reference (PyTorch) keeps a Python running sum and count of the epoch's
+  losses, resets them at the start of each epoch, and sets the optimizer's
+  momentum for the next step after `optimizer.step()`. The ablation options
+  follow `scale_by_lcam`'s documentation.
+  """
+  theta = np.array(theta0, np.float64)
+  buf = None
+  beta = beta_init
+  loss_sum, loss_weight = 0.0, 0.0
+  thetas, betas_used = [], []
+  for t, (g, loss) in enumerate(zip(grads, losses)):
+    if averaging == "epoch":
+      if t % steps_per_epoch == 0:
+        loss_sum, loss_weight = 0.0, 0.0
+      loss_sum += loss
+      loss_weight += 1
+    else:
+      loss_sum = ema_decay * loss_sum + (1 - ema_decay) * loss
+      loss_weight = ema_decay * loss_weight + (1 - ema_decay)
+    mean = loss_sum / loss_weight
+    decided = beta_below if loss < mean else beta_above
+    used = beta if lag else decided
+    if t < start_step:
+      used = beta_init
+    d = np.asarray(g) + wd * theta
+    buf = d if buf is None else used * buf + d
+    theta = theta - lr * buf
+    beta = decided
+    thetas.append(theta.copy())
+    betas_used.append(used)
+  return np.array(thetas), betas_used
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"lag": False},
+        {"averaging": "ema", "ema_decay": 0.9},
+        {"start_step": 9},
+        {"beta_below": 0.9, "beta_above": 0.99},
+    ],
+    ids=["reference", "no-lag", "ema", "start-step", "swapped"],
+)
+def test_matches_numpy_mirror_of_reference_loop(options):
+  rng = np.random.default_rng(1)
+  steps_per_epoch, num_epochs = 7, 5
+  num_steps = steps_per_epoch * num_epochs + 3  # ends mid-epoch
+  grads = rng.normal(size=(num_steps, 4)).astype(np.float32)
+  # Losses trend down with noise, like training.
+  losses = (np.exp(-np.arange(num_steps) / 20)
+            + 0.3 * rng.random(num_steps)).astype(np.float32)
+  kwargs = {"beta_below": 0.95, "beta_above": 0.8, **options}
+  theta0 = rng.normal(size=4).astype(np.float32)
+  expected, betas_used = numpy_reference(
+      grads, losses, lr=0.05, wd=1e-3, theta0=theta0,
+      steps_per_epoch=steps_per_epoch, **kwargs)
+  opt = optax_lcam.lcam(0.05, weight_decay=1e-3,
+                        steps_per_epoch=steps_per_epoch, **kwargs)
+  params, _ = _run(opt, jnp.asarray(theta0), grads, losses)
+  np.testing.assert_allclose(np.stack(params), expected, rtol=2e-4, atol=2e-5)
+  # The mirror must exercise both momenta, or it proves little.
+  assert {kwargs["beta_below"], kwargs["beta_above"]} <= set(betas_used[1:])
+
+
+def test_steps_per_epoch_resets_only_statistics():
+  opt = optax_lcam.scale_by_lcam(0.95, 0.9, steps_per_epoch=3)
+  state = opt.init(jnp.zeros(()))
+  for loss in [3.0, 2.0, 1.0]:  # Every loss below the mean after the first.
+    _, state = opt.update(jnp.ones(()), state, value=loss)
+  assert float(state.beta) == pytest.approx(0.95)
+  assert float(optax_lcam.lcam_info(state).mean_loss) == pytest.approx(2.0)
+  _, state = opt.update(jnp.ones(()), state, value=0.5)  # new epoch
+  info = optax_lcam.lcam_info(state)
+  assert float(info.mean_loss) == pytest.approx(0.5)
+  assert not bool(info.below_mean)
+  assert float(info.beta) == pytest.approx(0.9)
+
+
+# ----------------------------------------------------------------------------
+# The behaviours every optax contrib optimizer shows
+# (optax/contrib/_common_test.py).
+
+
+def _parabola(dtype=jnp.float32):
+  initial = jnp.array([-1.0, 10.0, 1.0], dtype=dtype)
+  target = jnp.array([1.0, -1.0, 1.0], dtype=dtype)
+  return initial, lambda p: jnp.sum((p - target) ** 2)
+
+
+def test_accepts_unknown_extra_args_without_recompiling():
+  opt = optax_lcam.lcam(1e-2, steps_per_epoch=5)
+  params, objective = _parabola()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state):
+    value, grads = jax.value_and_grad(objective)(params)
+    updates, state = opt.update(grads, state, params, value=value,
+                                unexpected_extra_arg=1)
+    return optax.apply_updates(params, updates), state
+
+  state = opt.init(params)
+  for _ in range(3):
+    params, state = step(params, state)
+
+
+def test_converges_on_a_parabola():
+  opt = optax_lcam.lcam(1e-2, 0.95, 0.9, steps_per_epoch=10)
+  params, objective = _parabola()
+  state = opt.init(params)
+
+  def step(carry, _):
+    params, state = carry
+    value, grads = jax.value_and_grad(objective)(params)
+    updates, state = opt.update(grads, state, params, value=value)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, state), length=2000)
+  np.testing.assert_allclose(params, [1.0, -1.0, 1.0], atol=1e-3)
+
+
+@pytest.mark.parametrize("static_args", [(), ("steps_per_epoch",)])
+def test_inject_hyperparams_gives_same_results(static_args):
+  hparams = dict(learning_rate=0.1, beta_below=0.95, beta_above=0.9,
+                 weight_decay=5e-4, steps_per_epoch=4)
+  opt = optax_lcam.lcam(**hparams)
+  injected = optax.inject_hyperparams(
+      optax_lcam.lcam, static_args=static_args)(**hparams)
+  theta0 = jnp.array(1.0)
+  params, states = _run(opt, theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
+  inj_params, inj_states = _run(injected, theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
+  np.testing.assert_allclose(inj_params, params, rtol=1e-6)
+  chex.assert_trees_all_close(inj_states[-1].inner_state, states[-1])
+  # The injected betas and learning rate can be changed on the fly.
+  state = inj_states[-1]
+  state.hyperparams["beta_below"] = jnp.asarray(0.5)
+  state.hyperparams["beta_above"] = jnp.asarray(0.5)
+  state.hyperparams["learning_rate"] = jnp.asarray(0.0)
+  updates, state = injected.update(jnp.array(1.0), state, params[-1],
+                                   value=1.0)
+  assert float(updates) == 0.0
+  assert float(optax_lcam.lcam_info(state).beta) == 0.5
+
+
+def test_learning_rate_schedule_equals_constant():
+  schedule = optax.constant_schedule(1e-2)
+  theta0 = jnp.array(0.5)
+  with_schedule, _ = _run(optax_lcam.lcam(schedule, steps_per_epoch=4),
+                          theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
+  with_float, _ = _run(optax_lcam.lcam(1e-2, steps_per_epoch=4), theta0,
+                       GOLDEN_GRADS, GOLDEN_LOSSES)
+  np.testing.assert_allclose(with_schedule, with_float)
+  decaying = optax.exponential_decay(0.1, 1, 0.5)
+  params, _ = _run(optax_lcam.lcam(decaying, steps_per_epoch=4),
+                   jnp.array(0.0), [1.0, 0.0], [1.0, 1.0])
+  # Step 1 applies lr 0.05 to the momentum buffer 0.95 * 1 + 0.
+  np.testing.assert_allclose(params, [-0.1, -0.1 - 0.05 * 0.95], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_updates_keep_the_parameters_dtype(dtype):
+  params, objective = _parabola(dtype)
+  for opt in (optax_lcam.lcam(0.1, steps_per_epoch=3),
+              optax_lcam.lcam(0.1, steps_per_epoch=3,
+                              accumulator_dtype=jnp.float32),
+              optax_lcam.lcam(0.1, steps_per_epoch=3, nesterov=True)):
+    state = jax.jit(opt.init)(params)
+    for _ in range(2):
+      value, grads = jax.value_and_grad(objective)(params)
+      updates, state = jax.jit(opt.update)(grads, state, params, value=value)
+      assert updates.dtype == dtype
+      params = optax.apply_updates(params, updates)
+      assert params.dtype == dtype
+
+
+@pytest.mark.parametrize(
+    "dtype, x64",
+    [("bfloat16", False), ("float32", False), ("bfloat16", True),
+     ("float32", True), ("float64", True)],
+)
+def test_state_dtypes_are_stable(dtype, x64):
+  with jax.enable_x64(x64):
+    params, objective = _parabola(jnp.dtype(dtype))
+    opt = optax_lcam.lcam(1e-2, 0.95, 0.9, steps_per_epoch=3)
+    state = opt.init(params)
+    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
+
+    @jax.jit
+    def step(params, state):
+      value, grads = jax.value_and_grad(objective)(params)
+      value = value.astype(jnp.float16)  # Confuse the dtype on purpose.
+      updates, state = opt.update(grads, state, params, value=value)
+      return optax.apply_updates(params, updates), state
+
+    for _ in range(3):
+      params, state = step(params, state)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
+    assert params.dtype == jnp.dtype(dtype)
+    lcam_state = optax_lcam.find_lcam_state(state)
+    assert lcam_state.loss_sum.dtype == jnp.float32
+    assert lcam_state.lcam_step.dtype == jnp.int32
+
+
+def test_inside_optax_multi_steps():
+  opt = optax.MultiSteps(optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4),
+                         every_k_schedule=2)
+  params = jnp.array([1.0, 2.0])
+  state = jax.jit(opt.init)(params)
+  update = jax.jit(opt.update)
+  updates, state = update(jnp.ones(2), state, params, value=1.0)
+  chex.assert_trees_all_equal(updates, jnp.zeros(2))
+  updates, state = update(jnp.ones(2), state, params, value=3.0)
+  np.testing.assert_allclose(updates, [-0.1, -0.1])
+  info = optax_lcam.lcam_info(state)
+  # optax.MultiSteps shows LCAM only the last micro-batch's loss ...
+  assert int(info.step) == 1 and float(info.mean_loss) == 3.0
+
+
+def test_multi_steps_with_mean_loss_averages_micro_batches():
+  inner = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4)
+  opt = optax_lcam.multi_steps_with_mean_loss(inner, every_k_schedule=2)
+  params = jnp.array([1.0, 2.0])
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  micro_losses = [1.0, 3.0, 4.0, 0.0, 5.0, 6.0]
+  for loss in micro_losses:
+    _, state = update(jnp.ones(2), state, params, value=loss)
+  # ... this wrapper the mean of the accumulated micro-batches: 2, 2, 5.5.
+  info = optax_lcam.lcam_info(state)
+  assert int(info.step) == 3
+  assert float(info.mean_loss) == pytest.approx((2.0 + 2.0 + 5.5) / 3)
+  with pytest.raises(TypeError, match="value=loss"):
+    opt.update(jnp.ones(2), state, params)
+
+
+def test_init_on_abstract_parameters():
+  abstract = {"w": jax.ShapeDtypeStruct((3, 4), jnp.bfloat16),
+              "b": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  opt = optax_lcam.lcam(0.1, steps_per_epoch=10)
+  abstract_state = jax.eval_shape(opt.init, abstract)
+  lcam_state = optax_lcam.find_lcam_state(abstract_state)
+  assert lcam_state.momentum["w"].shape == (3, 4)
+  assert lcam_state.momentum["w"].dtype == jnp.bfloat16
+  concrete = opt.init(abstract)
+  assert optax_lcam.find_lcam_state(concrete).momentum["b"].dtype == (
+      jnp.float32)
+
+
+def test_buffer_donation_under_jit():
+  opt = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=10)
+  params = jnp.arange(1000.0)
+  state = opt.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state, loss):
+    updates, state = opt.update(params, state, params, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  momentum = optax_lcam.find_lcam_state(state).momentum
+  new_params, new_state = step(params, state, 1.0)
+  assert params.is_deleted() and momentum.is_deleted()
+  step(new_params, new_state, 2.0)
+
+
+# ----------------------------------------------------------------------------
+# Several devices.
+
+
+def _per_device_data(num_devices, key):
+  grads = jax.random.normal(key, (num_devices, 6))
+  # Device-dependent losses: some replicas see theirs below their own running
+  # mean, some above, so replicas without a shared loss pick different betas.
+  losses = jnp.stack([jnp.linspace(1.0, 3.0, num_devices),
+                      jnp.linspace(3.0, 1.0, num_devices),
+                      jnp.full((num_devices,), 2.0)])
+  return grads, losses
+
+
+def _pmap_train(opt, pmean_loss_in_caller=False):
+  """Three steps under pmap, each replica keeping its own params and state."""
+  num_devices = jax.local_device_count()
+  assert num_devices == 8, "tests/conftest.py asks for 8 CPU devices"
+
+  @functools.partial(jax.pmap, axis_name="batch")
+  def step(params, state, grads, loss):
+    grads = jax.lax.pmean(grads, "batch")
+    if pmean_loss_in_caller:
+      loss = jax.lax.pmean(loss, "batch")
+    updates, state = opt.update(grads, state, params, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  replicate = lambda x: jnp.broadcast_to(x, (num_devices,) + x.shape)
+  params = jnp.zeros(6)
+  params, state = jax.tree.map(replicate, (params, opt.init(params)))
+  grads, losses = _per_device_data(num_devices, jax.random.key(3))
+  for loss in losses:
+    params, state = step(params, state, grads, loss)
+  return params, state
+
+
+def _replicas_identical(tree):
+  return all(bool(jnp.all(x == x[:1])) for x in jax.tree.leaves(tree))
+
+
+def test_pmap_with_axis_name_keeps_replicas_identical():
+  opt = optax_lcam.lcam(0.1, 0.95, 0.5, steps_per_epoch=10, axis_name="batch")
+  assert _replicas_identical(_pmap_train(opt))
+
+
+def test_pmap_with_loss_averaged_by_caller_keeps_replicas_identical():
+  opt = optax_lcam.lcam(0.1, 0.95, 0.5, steps_per_epoch=10)
+  assert _replicas_identical(_pmap_train(opt, pmean_loss_in_caller=True))
+
+
+def test_pmap_without_shared_loss_lets_replicas_drift():
+  # The trap of the spec: this is what the test above would catch.
+  opt = optax_lcam.lcam(0.1, 0.95, 0.5, steps_per_epoch=10)
+  params, state = _pmap_train(opt)
+  assert not _replicas_identical(state)
+  assert not _replicas_identical(params)
+
+
+def test_jit_with_named_sharding_matches_single_device():
+  mesh = jax.make_mesh((8,), ("batch",))
+  data_sharding = NamedSharding(mesh, P("batch"))
+  replicated = NamedSharding(mesh, P())
+  opt = optax_lcam.lcam(0.1, 0.95, 0.5, steps_per_epoch=3)
+  key_x, key_y = jax.random.split(jax.random.key(0))
+  inputs = jax.random.normal(key_x, (64, 6))
+  targets = jax.random.normal(key_y, (64,))
+
+  def loss_fn(params, x, y):
+    return jnp.mean((x @ params - y) ** 2)
+
+  def step(params, state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, state = opt.update(grads, state, params, value=loss)
+    return optax.apply_updates(params, updates), state
+
+  sharded_step = jax.jit(step, out_shardings=replicated)
+  params = jax.device_put(jnp.zeros(6), replicated)
+  state = jax.device_put(opt.init(params), replicated)
+  ref_params, ref_state = jnp.zeros(6), opt.init(jnp.zeros(6))
+  for i in range(5):
+    x = inputs[(i % 4) * 16:(i % 4 + 1) * 16].repeat(4, axis=0)
+    y = targets[(i % 4) * 16:(i % 4 + 1) * 16].repeat(4, axis=0)
+    params, state = sharded_step(params, state,
+                                 jax.device_put(x, data_sharding),
+                                 jax.device_put(y, data_sharding))
+    ref_params, ref_state = jax.jit(step)(ref_params, ref_state, x, y)
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-5)
+  chex.assert_trees_all_close(state, ref_state, rtol=1e-5)
+  for leaf in jax.tree.leaves(state):
+    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+    assert len(shards) == 8
+    assert all(np.array_equal(s, shards[0]) for s in shards)
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+
+
+def test_non_finite_loss_leaves_statistics_and_beta_untouched():
+  opt = optax_lcam.scale_by_lcam(0.95, 0.9, steps_per_epoch=5)
+  state = opt.init(jnp.zeros(2))
+  for loss in [3.0, 1.0]:
+    _, state = opt.update(jnp.ones(2), state, value=loss)
+  for bad in [jnp.nan, jnp.inf, -jnp.inf]:
+    _, after = jax.jit(opt.update)(jnp.ones(2), state, value=bad)
+    for field in ("beta", "loss_sum", "loss_weight", "below_mean"):
+      assert getattr(after, field) == getattr(state, field), field
+    assert int(after.lcam_step) == int(state.lcam_step) + 1
+  # The next finite loss is compared with the mean of the finite ones.
+  _, after = opt.update(jnp.ones(2), after, value=2.5)
+  assert float(optax_lcam.lcam_info(after).mean_loss) == pytest.approx(6.5 / 3)
+
+
+def test_non_finite_loss_at_epoch_start_still_resets():
+  opt = optax_lcam.scale_by_lcam(0.95, 0.9, steps_per_epoch=2)
+  state = opt.init(jnp.zeros(()))
+  for loss in [3.0, 1.0, jnp.nan, 5.0]:
+    _, state = opt.update(jnp.ones(()), state, value=loss)
+  info = optax_lcam.lcam_info(state)
+  assert float(info.mean_loss) == 5.0 and float(info.beta) == pytest.approx(0.9)
+
+
+def test_missing_value_is_a_clear_type_error():
+  opt = optax_lcam.lcam(0.1, steps_per_epoch=5)
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  with pytest.raises(TypeError, match=r"value=loss"):
+    opt.update(jnp.ones(2), state, params)
+  with pytest.raises(TypeError, match=r"value=loss"):
+    opt.update(jnp.ones(2), state, params, value=None)
+  with pytest.raises(ValueError, match="scalar"):
+    opt.update(jnp.ones(2), state, params, value=jnp.ones(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"beta_below": 1.0}, "beta_below"),
+        ({"beta_above": -0.1}, "beta_above"),
+        ({"beta_init": 1.5}, "beta_init"),
+        ({"ema_decay": 1.0, "averaging": "ema"}, "ema_decay"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch"),
+        ({"steps_per_epoch": -3}, "steps_per_epoch"),
+        ({"steps_per_epoch": 2.5}, "steps_per_epoch"),
+        ({"steps_per_epoch": None}, "needs `steps_per_epoch`"),
+        ({"averaging": "median"}, "Unknown `averaging`"),
+        ({"start_step": -1}, "start_step"),
+    ],
+)
+def test_bad_hyperparameters_are_clear_value_errors(kwargs, match):
+  kwargs = {"steps_per_epoch": 10, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    optax_lcam.scale_by_lcam(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    optax_lcam.lcam(0.1, **kwargs)
+
+
+def test_ema_averaging_needs_no_epoch_length():
+  opt = optax_lcam.scale_by_lcam(0.95, 0.9, averaging="ema", ema_decay=0.5)
+  state = opt.init(jnp.zeros(()))
+  for loss in [2.0, 1.0]:
+    _, state = opt.update(jnp.zeros(()), state, value=loss)
+  # Debiased EMA of [2, 1] with decay 0.5: (0.25 * 2 + 0.5 * 1) / 0.75.
+  info = optax_lcam.lcam_info(state)
+  assert float(info.mean_loss) == pytest.approx(4.0 / 3)
+  assert bool(info.below_mean)
+
+
+def test_lcam_info_finds_the_state_anywhere():
+  lcam = optax_lcam.lcam(0.1, steps_per_epoch=4)
+  params = jnp.zeros(2)
+  wrapped = [
+      optax.chain(optax.clip_by_global_norm(1.0), lcam),
+      optax.inject_hyperparams(optax_lcam.lcam)(0.1, steps_per_epoch=4),
+      optax.MultiSteps(lcam, 2),
+      optax.apply_if_finite(lcam, 3),
+  ]
+  for opt in wrapped:
+    state = opt.init(params)
+    assert int(optax_lcam.lcam_info(state).step) == 0
+    assert math.isnan(float(optax_lcam.lcam_info(state).mean_loss))
+  with pytest.raises(ValueError, match="exactly one LCAM state"):
+    optax_lcam.lcam_info(optax.sgd(0.1).init(params))
+  with pytest.raises(ValueError, match="found 2"):
+    optax_lcam.lcam_info((lcam.init(params), lcam.init(params)))
