@@ -1,0 +1,226 @@
+"""Tests for train.plot: loading, grouping, the table, the figure, the CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from train import plot
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_NUM_EPOCHS = 6
+_STEPS_PER_EPOCH = 10
+
+
+def _config(seed, beta_below, beta_above, workdir):
+  return {
+      "seed": seed,
+      "workdir": workdir,
+      "num_epochs": _NUM_EPOCHS,
+      "model": {"name": "wrn_16_4"},
+      "optimizer": {"name": "lcam", "beta_below": beta_below,
+                    "beta_above": beta_above, "learning_rate": 0.1},
+      "schedule": {"name": "step"},
+      "data": {"source": "cifar10", "shuffle_seed": seed},
+  }
+
+
+def _accuracy_curve(final_accuracy, peak_epoch=None):
+  """Accuracy rising to final_accuracy; a bump of +0.01 at peak_epoch."""
+  epochs = np.arange(1, _NUM_EPOCHS + 1)
+  accuracy = final_accuracy * (1.0 - 0.5 ** epochs) / (1.0 - 0.5 ** _NUM_EPOCHS)
+  if peak_epoch is not None:
+    accuracy[peak_epoch - 1] = final_accuracy + 0.01
+  return accuracy
+
+
+def _make_run(root, name, config, accuracy, extra_lines=()):
+  """A fake workdir with config.json and metrics.jsonl."""
+  workdir = root / name
+  workdir.mkdir()
+  if config is not None:
+    (workdir / "config.json").write_text(json.dumps(config))
+  lines = []
+  for epoch, acc in enumerate(accuracy, start=1):
+    step = epoch * _STEPS_PER_EPOCH
+    lines.append({"kind": "train", "step": step - 5, "epoch": epoch - 0.5,
+                  "loss": 2.0 / epoch, "learning_rate": 0.1, "beta": 0.9,
+                  "mean_loss": 2.0 / epoch, "images_per_sec": 1000.0})
+    lines.append({"kind": "epoch", "epoch": epoch, "step": step,
+                  "train_loss": 2.0 / epoch, "phase_below_fraction": 0.4,
+                  "phase_above_fraction": 0.6, "test_loss": 1.0 / epoch,
+                  "test_accuracy": float(acc), "epoch_time_s": 12.5})
+  lines.extend(extra_lines)
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(line) + "\n" for line in lines))
+  return workdir
+
+
+@pytest.fixture(name="runs")
+def runs_fixture(tmp_path):
+  """2 seeds x 2 configs + 1 single run; returns (dirs, accuracies)."""
+  specs = [
+      ("lcam_a_s0", 0, 0.95, 0.9, _accuracy_curve(0.80, peak_epoch=4)),
+      ("lcam_a_s1", 1, 0.95, 0.9, _accuracy_curve(0.84, peak_epoch=5)),
+      ("sgd_s0", 0, 0.9, 0.9, _accuracy_curve(0.70)),
+      ("sgd_s1", 1, 0.9, 0.9, _accuracy_curve(0.74)),
+      ("lcam_b", 0, 0.9, 0.95, _accuracy_curve(0.77)),
+  ]
+  dirs, accuracies = {}, {}
+  for name, seed, below, above, accuracy in specs:
+    config = _config(seed, below, above, str(tmp_path / name))
+    dirs[name] = _make_run(tmp_path, name, config, accuracy)
+    accuracies[name] = accuracy
+  return dirs, accuracies
+
+
+def test_load_run_reads_config_and_deduplicated_epochs(tmp_path):
+  resumed = [{"kind": "epoch", "epoch": 2, "step": 20, "train_loss": 0.1,
+              "test_accuracy": 0.99}]
+  workdir = _make_run(tmp_path, "run", {"seed": 3}, [0.5, 0.6, 0.7],
+                      extra_lines=resumed)
+  run = plot.load_run(workdir)
+  assert run.name == "run" and run.config == {"seed": 3}
+  epochs, accuracy = run.curve("test_accuracy")
+  np.testing.assert_array_equal(epochs, [1, 2, 3])
+  np.testing.assert_allclose(accuracy, [0.5, 0.99, 0.7])
+  _, missing = run.curve("no_such_field")
+  assert np.all(np.isnan(missing))
+
+
+def test_load_run_rejects_a_directory_without_metrics(tmp_path):
+  with pytest.raises(plot.NotARunError, match="not a training workdir"):
+    plot.load_run(tmp_path)
+
+
+def test_group_runs_groups_seeds_and_labels_by_differing_fields(runs):
+  dirs, _ = runs
+  groups = plot.group_runs(plot.load_run(d) for d in dirs.values())
+  assert [(g.label, [r.name for r in g.runs]) for g in groups] == [
+      ("lcam 0.95/0.9", ["lcam_a_s0", "lcam_a_s1"]),
+      ("lcam 0.9/0.9", ["sgd_s0", "sgd_s1"]),
+      ("lcam 0.9/0.95", ["lcam_b"]),
+  ]
+
+
+def test_group_labels_fall_back_to_directory_names(tmp_path):
+  same = _config(0, 0.9, 0.9, "x")
+  runs = [
+      plot.load_run(_make_run(tmp_path, "base_seed0", same, [0.5])),
+      plot.load_run(_make_run(tmp_path, "base_seed1", dict(same, seed=1),
+                              [0.6])),
+  ]
+  (group,) = plot.group_runs(runs)
+  assert group.label == "base" and len(group.runs) == 2
+
+  # Runs without a config are never grouped together.
+  bare = [plot.load_run(_make_run(tmp_path, n, None, [0.5]))
+          for n in ("bare_a", "bare_b")]
+  assert [g.label for g in plot.group_runs(bare)] == ["bare_a", "bare_b"]
+
+
+def test_labels_name_other_differing_fields():
+  configs = [{"optimizer.name": "sgd", "optimizer.momentum": 0.9,
+              "schedule.name": "cosine"},
+             {"optimizer.name": "lcam", "optimizer.beta_below": 0.93,
+              "optimizer.beta_above": 0.9, "schedule.name": "cosine",
+              "num_epochs": 100}]
+  differing = plot.differing_config_keys(configs)
+  assert [plot.config_label(c, differing) for c in configs] == [
+      "sgd momentum=0.9", "lcam 0.93/0.9 num_epochs=100"]
+
+
+def test_group_curve_aligns_runs_of_different_lengths(tmp_path):
+  runs = [plot.load_run(_make_run(tmp_path, "a", {"seed": 0}, [0.2, 0.4])),
+          plot.load_run(_make_run(tmp_path, "b", {"seed": 1}, [0.4]))]
+  (group,) = plot.group_runs(runs)
+  curve = plot.group_curve(group, "test_accuracy")
+  np.testing.assert_array_equal(curve.epochs, [1, 2])
+  np.testing.assert_allclose(curve.mean, [0.3, 0.4])
+  np.testing.assert_allclose(curve.low, [0.2, 0.4])
+  np.testing.assert_allclose(curve.high, [0.4, 0.4])
+
+
+def _table_row(table, label):
+  (row,) = [line for line in table.splitlines() if line.startswith(label + " ")]
+  return row
+
+
+def test_summary_table_reports_final_and_best_accuracy(runs):
+  dirs, accuracies = runs
+  groups = plot.group_runs(plot.load_run(d) for d in dirs.values())
+  table = plot.summary_table(groups)
+
+  final = 100 * np.array([accuracies["lcam_a_s0"][-1],
+                          accuracies["lcam_a_s1"][-1]])
+  best = final + 1.0  # The bump at epochs 4 and 5.
+  row = _table_row(table, "lcam 0.95/0.9")
+  assert f"{final.mean():.2f} ± {final.std(ddof=1):.2f}" == "82.00 ± 2.83"
+  assert f"{final.mean():.2f} ± {final.std(ddof=1):.2f}" in row
+  assert f"{best.mean():.2f} ± {best.std(ddof=1):.2f}" in row
+  assert row.split()[-1] == "4-5"  # Epochs of the best accuracy.
+  assert row.split()[2:4] == ["2", "6"]  # Seeds, last epoch.
+
+  row = _table_row(table, "lcam 0.9/0.9")
+  assert "72.00 ± 2.83" in row and row.split()[-1] == "6"
+  row = _table_row(table, "lcam 0.9/0.95")
+  assert row.split()[2:5] == ["1", "6", "77.00"]
+  assert table.splitlines()[0].split()[:2] == ["run", "group"]
+
+
+def test_summary_table_handles_runs_without_test_accuracy(tmp_path):
+  workdir = tmp_path / "no_eval"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text(json.dumps(
+      {"kind": "epoch", "epoch": 1, "step": 10, "train_loss": 1.0}) + "\n")
+  table = plot.summary_table(plot.group_runs([plot.load_run(workdir)]))
+  assert _table_row(table, "no_eval").split()[1:] == ["0"] + ["n/a"] * 4
+
+
+def test_main_writes_a_png_and_prints_the_table(runs, tmp_path, capsys):
+  dirs, _ = runs
+  output = tmp_path / "figures" / "curves.png"
+  status = plot.main([str(d) for d in dirs.values()]
+                     + ["-o", str(output), "--table"])
+  assert status == 0
+  data = output.read_bytes()
+  assert data.startswith(_PNG_MAGIC) and len(data) > 20_000
+  out = capsys.readouterr().out
+  for label in ("lcam 0.95/0.9", "lcam 0.9/0.9", "lcam 0.9/0.95"):
+    assert label in out
+
+
+def test_main_rejects_a_directory_that_is_not_a_run(runs, tmp_path, capsys):
+  dirs, _ = runs
+  not_a_run = tmp_path / "empty"
+  not_a_run.mkdir()
+  output = tmp_path / "curves.png"
+  status = plot.main([str(dirs["sgd_s0"]), str(not_a_run), "-o", str(output)])
+  assert status != 0
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert str(not_a_run) in err and "not a training workdir" in err
+  assert not output.exists()
+
+
+def test_main_skips_runs_without_epochs_with_a_warning(runs, tmp_path, capsys):
+  dirs, _ = runs
+  starting = tmp_path / "starting"
+  starting.mkdir()
+  (starting / "metrics.jsonl").write_text(json.dumps(
+      {"kind": "train", "step": 1, "loss": 2.3}) + "\n")
+  assert plot.main([str(starting), str(dirs["lcam_b"]), "--table"]) == 0
+  captured = capsys.readouterr()
+  assert "warning" in captured.err and str(starting) in captured.err
+  assert "lcam_b" in captured.out and "starting" not in captured.out
+
+  assert plot.main([str(starting)]) == 1
+  assert "no run has a finished epoch" in capsys.readouterr().err
+
+
+def test_is_ignored_config_key():
+  assert plot.is_ignored_config_key("data.shuffle_seed")
+  assert plot.is_ignored_config_key("checkpoint_dir")
+  assert not plot.is_ignored_config_key("optimizer.beta_below")
+  assert os.path.basename(plot.CONFIG_FILENAME) == "config.json"
