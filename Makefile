@@ -6,9 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= train/configs/quick.py
 WORKDIR ?= workdirs/quick
+# The real CIFAR-10 archive beside the checkout when there is one, else TFDS.
+SHARED_CIFAR10 := ../shared/data/cifar10_jpeg.tar.gz
+DATA ?= $(if $(wildcard $(SHARED_CIFAR10)),folder:$(SHARED_CIFAR10),tfds:cifar10)
 ARGS ?=
 
-.PHONY: run test bench venv clean
+.PHONY: run test venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: venv
-	$(PY) -m train --config $(CONFIG) --workdir $(WORKDIR) $(ARGS)
+	$(PY) -m train --config $(CONFIG) --workdir $(WORKDIR) \
+		--config.data.source=$(DATA) $(ARGS)
 	$(PY) -m train.plot $(WORKDIR) -o $(WORKDIR)/curves.png
 
 test: venv

@@ -71,23 +71,31 @@ def batch_moments(
   reduction_axes = tuple(range(x.ndim - 1))
   values_per_example = math.prod(x.shape[1:-1])
   if mask is None:
+    is_real = None
     count = jnp.asarray(x.shape[0] * values_per_example, STATS_DTYPE)
   else:
-    values = jnp.where(_example_mask(mask, x.ndim), values, 0.0)
+    is_real = _example_mask(mask, x.ndim)
+    values = jnp.where(is_real, values, 0.0)
     count = jnp.sum(jnp.asarray(mask, STATS_DTYPE)) * values_per_example
-  sums = (
-      jnp.sum(values, axis=reduction_axes),
-      jnp.sum(jnp.square(values), axis=reduction_axes),
-      count,
-  )
-  if axis_name is not None:
-    sums = jax.lax.psum(sums, axis_name)
-  total, total_of_squares, count = sums
+
+  def total(per_value):
+    return _sum_over_devices(jnp.sum(per_value, axis=reduction_axes), axis_name)
+
+  # Two passes (the mean, then the squared deviations from it), as PyTorch's
+  # kernels are: E[x^2] - E[x]^2 loses the variance of channels whose mean is
+  # large against their spread, and makes it depend on the order of the sums.
+  count = _sum_over_devices(count, axis_name)
   safe_count = jnp.maximum(count, 1.0)
-  mean = total / safe_count
-  # E[x^2] - E[x]^2 can round to slightly below zero.
-  var = jnp.maximum(total_of_squares / safe_count - jnp.square(mean), 0.0)
+  mean = total(values) / safe_count
+  deviations = jnp.square(values - mean)
+  if is_real is not None:
+    deviations = jnp.where(is_real, deviations, 0.0)
+  var = total(deviations) / safe_count
   return mean, var, count
+
+
+def _sum_over_devices(x: Array, axis_name: str | None) -> Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def updated_running_moments(

@@ -1,0 +1,68 @@
+"""Learning-rate schedules of the LCAM reference and its baselines, as optax schedules."""
+
+import ml_collections
+import optax
+
+SCHEDULE_NAMES = ("step", "exponential", "cosine", "constant")
+
+
+def step_decay(learning_rate: float, boundaries_epochs, decay_factor: float,
+               steps_per_epoch: int) -> optax.Schedule:
+  """Multiplies the rate by ``decay_factor`` after each epoch in ``boundaries_epochs``.
+
+  Schedule A of the reference is ``step_decay(0.1, (31, 61, 91), 0.2, S)``:
+  epochs 0-30 at 0.1, 31-60 at 0.02, 61-90 at 0.004, then 0.0008.
+  """
+  boundaries = {int(epoch) * steps_per_epoch: decay_factor
+                for epoch in boundaries_epochs}
+  return optax.piecewise_constant_schedule(learning_rate, boundaries)
+
+
+def constant_then_exponential(learning_rate: float, constant_epochs: int,
+                              decay_per_step: float,
+                              steps_per_epoch: int) -> optax.Schedule:
+  """Constant for ``constant_epochs``, then x ``decay_per_step`` before every step.
+
+  Schedule B of the reference: 0.1 for 31 epochs, then the first step of epoch
+  31 already uses ``0.1 * 0.99985``.
+  """
+  return optax.exponential_decay(
+      learning_rate, transition_steps=1, decay_rate=decay_per_step,
+      transition_begin=max(constant_epochs * steps_per_epoch - 1, 0))
+
+
+def create_learning_rate_schedule(config: ml_collections.ConfigDict,
+                                  steps_per_epoch: int,
+                                  num_epochs: int) -> optax.Schedule:
+  """The schedule named by ``config.name``, with an optional linear warm-up.
+
+  Args:
+    config: The ``schedule`` part of a training config.
+    steps_per_epoch: Optimizer steps in one epoch.
+    num_epochs: Length of the run (the end of the cosine decay).
+
+  Returns:
+    An optax schedule of the global step.
+  """
+  total_steps = num_epochs * steps_per_epoch
+  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.name == "step":
+    main = step_decay(config.learning_rate, config.boundaries_epochs,
+                      config.decay_factor, steps_per_epoch)
+  elif config.name == "exponential":
+    main = constant_then_exponential(config.learning_rate,
+                                     config.constant_epochs,
+                                     config.decay_per_step, steps_per_epoch)
+  elif config.name == "cosine":
+    alpha = config.final_learning_rate / config.learning_rate
+    main = optax.cosine_decay_schedule(
+        config.learning_rate, max(total_steps - warmup_steps, 1), alpha=alpha)
+  elif config.name == "constant":
+    main = optax.constant_schedule(config.learning_rate)
+  else:
+    raise ValueError(f"Unknown schedule {config.name!r}: use one of "
+                     f"{SCHEDULE_NAMES}.")
+  if warmup_steps == 0:
+    return main
+  warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
