@@ -10,11 +10,15 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import models
+import optax_lcam
 from train import checkpoints
+from train import data
 from train import metric_writers
 from train import plot
 from train import train
@@ -147,14 +151,42 @@ def test_pmap_and_jit_agree(tmp_path):
                      final_arrays(tmp_path / "jit"), rtol=2e-4, atol=2e-6)
 
 
-def test_mock_tfds_data(tmp_path):
+def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = tiny_config(**{"data.source": "tfds:cifar10", "num_epochs": 1,
-                          "stop_after_steps": 2,
+                          "stop_after_steps": 2, "model.dtype": "bfloat16",
                           "data.data_dir": str(tmp_path / "tfds")})
   with tfds.testing.mock_data(num_examples=128):
-    train.train_and_evaluate(config, str(tmp_path))
+    state = train.train_and_evaluate(config, str(tmp_path))
   assert metric_writers.read_metrics(tmp_path)["train"]
+  # bf16 compute; parameters, statistics and optimizer state stay float32.
+  for leaf in jax.tree.leaves((state.params, state.batch_stats,
+                               state.opt_state)):
+    assert leaf.dtype in (np.float32, np.int32, np.bool_), leaf.dtype
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "jit"])
+def test_evaluation_is_exact(parallel):
+  # 96 test examples in batches of 64: the last batch is padded.
+  config = tiny_config(parallel=parallel)
+  test_split = data.load_split(config.data.source, "test")
+  train_split = data.load_split(config.data.source, "train")
+  parallel_steps, state = train.build_parallel(config, train_split, 4)
+  state = parallel_steps.put_state(state)
+  result = train.evaluate(parallel_steps, state, test_split, 64)
+
+  host_state = jax.device_get(state)
+  images = data.normalize(test_split.images, data.IMAGENET_MEAN,
+                          data.IMAGENET_STD)
+  logits = models.create_model("tiny", 10).apply(
+      {"params": host_state.params, "batch_stats": host_state.batch_stats},
+      images, train=False)
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits, test_split.labels)
+  accuracy = np.mean(np.argmax(logits, -1) == test_split.labels)
+  assert result["test_accuracy"] == pytest.approx(float(accuracy), abs=1e-7)
+  assert result["test_loss"] == pytest.approx(float(np.mean(losses)),
+                                              rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -209,6 +241,8 @@ def test_non_finite_loss_can_skip_steps(tmp_path):
                           "checkpoint_every_steps": 1, "keep_checkpoints": 0})
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(jax.device_get(state.step)) == 4
+  # LCAM's own step counter stays aligned with the data's epochs.
+  assert int(jax.device_get(optax_lcam.lcam_info(state.opt_state).step)) == 4
   losses = [r["loss"] for r in metric_writers.read_metrics(tmp_path)["train"]]
   # losses[i] is the loss of step i + 1, computed after i updates.
   first_bad = losses.index(None)

@@ -29,14 +29,22 @@ USER_ERRORS = (train.ConfigError, data.DataError, FileNotFoundError,
                train.NonFiniteLossError)
 
 
+def _quiet_orbax(record) -> bool:
+  """Keeps Orbax's many INFO lines about every save out of the log."""
+  return record.levelno > logging.converter.STANDARD_INFO or (
+      "/orbax/" not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
-    if FLAGS.verbosity >= logging.DEBUG:
+    if FLAGS.verbosity >= logging.DEBUG:  # --verbosity=1: the traceback
       raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

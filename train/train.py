@@ -239,18 +239,40 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     below_mean = info.below_mean
 
   is_finite = jnp.isfinite(loss)
-  new_epoch = (state.step % step_config.steps_per_epoch) == 0
-  sums = jax.tree.map(lambda x: jnp.where(new_epoch, 0.0, x), state.epoch_sums)
-  step_sums = {"loss": loss, "below_mean": below_mean.astype(jnp.float32),
-               "steps": jnp.ones([], jnp.float32)}
-  new_state = new_state.replace(epoch_sums=jax.tree.map(
-      lambda s, x: jnp.where(is_finite, s + x, s), sums, step_sums))
+  new_state = new_state.replace(epoch_sums=_add_to_epoch_sums(
+      state, step_config.steps_per_epoch, is_finite,
+      {"loss": loss, "below_mean": below_mean.astype(jnp.float32),
+       "steps": jnp.ones([], jnp.float32)}))
   if step_config.skip_nonfinite:
-    skipped = state.replace(step=state.step + 1,
-                            epoch_sums=new_state.epoch_sums)
-    new_state = jax.tree.map(lambda new, old: jnp.where(is_finite, new, old),
-                             new_state, skipped)
+    new_state = _drop_update_unless(is_finite, new_state, state)
   return new_state, metrics
+
+
+def _add_to_epoch_sums(state: TrainState, steps_per_epoch: int, is_finite,
+                       step_values: dict[str, jax.Array]):
+  """The epoch's sums with this step's values (reset at an epoch's first step)."""
+  new_epoch = (state.step % steps_per_epoch) == 0
+  sums = jax.tree.map(lambda x: jnp.where(new_epoch, 0.0, x), state.epoch_sums)
+  return jax.tree.map(lambda s, x: jnp.where(is_finite, s + x, s), sums,
+                      step_values)
+
+
+def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
+  """Keeps the old parameters, statistics and optimizer buffers if not finite.
+
+  Integer leaves (the step counters of the train state, of LCAM and of the
+  learning-rate schedule) advance all the same, so the optimizer's epochs stay
+  aligned with the data's.
+  """
+  def keep_if_finite(new, old):
+    if not jnp.issubdtype(new.dtype, jnp.inexact):
+      return new
+    return jnp.where(is_finite, new, old)
+
+  return new_state.replace(**{
+      field: jax.tree.map(keep_if_finite, getattr(new_state, field),
+                          getattr(state, field))
+      for field in ("params", "batch_stats", "opt_state")})
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
@@ -432,8 +454,10 @@ def _fetch_train_metrics(pending: list, writer, steps_per_epoch: int,
 
 def _train_record(values, step, steps_per_epoch, throughput):
   record = {k: float(v) for k, v in values.items() if k != "below_mean"}
-  record.update(epoch=step / steps_per_epoch,
-                images_per_sec=throughput.images_per_sec(step))
+  record["epoch"] = step / steps_per_epoch
+  images_per_sec = throughput.images_per_sec(step)
+  if np.isfinite(images_per_sec):  # not at the epoch's first step
+    record["images_per_sec"] = images_per_sec
   return record
 
 

@@ -1,0 +1,54 @@
+"""The learning-rate schedules of the reference and the baselines."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from train import schedules
+from train.configs import default
+
+S = 391  # steps per epoch of the reference
+
+
+def schedule_config(**overrides) -> ml_collections.ConfigDict:
+  config = default.get_config().schedule
+  config.update(overrides)
+  return config
+
+
+def test_schedule_a_multiplies_by_0_2_after_epochs_31_61_91():
+  schedule = schedules.create_learning_rate_schedule(schedule_config(), S, 150)
+  expected = {0: 0.1, 31 * S - 1: 0.1, 31 * S: 0.02, 61 * S - 1: 0.02,
+              61 * S: 0.004, 91 * S: 0.0008, 150 * S - 1: 0.0008}
+  for step, rate in expected.items():
+    assert float(schedule(step)) == pytest.approx(rate, rel=1e-6), step
+
+
+def test_schedule_b_decays_before_every_step_after_31_epochs():
+  schedule = schedules.create_learning_rate_schedule(
+      schedule_config(name="exponential"), S, 150)
+  assert float(schedule(31 * S - 1)) == pytest.approx(0.1)
+  assert float(schedule(31 * S)) == pytest.approx(0.1 * 0.99985)
+  assert float(schedule(31 * S + 99)) == pytest.approx(0.1 * 0.99985 ** 100,
+                                                       rel=1e-5)
+
+
+def test_cosine_reaches_the_final_rate_and_warmup_ramps_up():
+  config = schedule_config(name="cosine", warmup_epochs=2.0,
+                           final_learning_rate=0.001)
+  schedule = schedules.create_learning_rate_schedule(config, 10, 20)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(0.05)
+  assert float(schedule(20)) == pytest.approx(0.1)
+  assert float(schedule(200)) == pytest.approx(0.001, rel=1e-4)
+  rates = np.array([float(schedule(s)) for s in range(20, 200)])
+  assert np.all(np.diff(rates) <= 1e-9)
+
+
+def test_constant_and_unknown():
+  schedule = schedules.create_learning_rate_schedule(
+      schedule_config(name="constant", learning_rate=0.3), S, 2)
+  assert float(schedule(5 * S)) == pytest.approx(0.3)
+  with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
+    schedules.create_learning_rate_schedule(schedule_config(name="linear"), S,
+                                            2)
