@@ -534,7 +534,7 @@ def _train_loop(config, state, parallel, checkpointer, writer, train_split,
                 run_start):
   """Runs epochs from ``step`` to ``stop_step``; see `train_and_evaluate`."""
   is_chief = jax.process_index() == 0
-  pending, shown = [], {}
+  pending = []
   while step < stop_step:
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     epoch_start = time.perf_counter()
@@ -567,9 +567,11 @@ def _train_loop(config, state, parallel, checkpointer, writer, train_split,
       stopping = step >= stop_step
       if (config.log_every_steps and step % config.log_every_steps == 0
           ) or end_of_epoch or stopping:
+        # The fetch waits for the steps before it, so the progress's speed is
+        # the device's, not the speed at which steps are queued.
         shown = fetch()
-      progress.update(step - epoch * steps_per_epoch,
-                      **{k: shown[k] for k in ("loss", "beta") if k in shown})
+        progress.update(step - epoch * steps_per_epoch,
+                        **{k: shown[k] for k in ("loss", "beta") if k in shown})
       if stopping or end_of_epoch:
         break
       if (config.checkpoint_every_steps
