@@ -99,6 +99,7 @@ def main():
   # The loop, in segments that resume one another, interleaved with the bare
   # step so that drifts of the machine's speed hit both alike.
   loop_rates, bare_rates, compiles, first_step_times = [], [], [], []
+  bare_rate()  # warm-up: the first timed steps run slower
   with tempfile.TemporaryDirectory() as workdir:
     for segment in range(1, args.segments + 1):
       bare_rates.append(bare_rate())
