@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 from flax.training import train_state
