@@ -22,6 +22,19 @@ class MultiStepsMeanLossState(NamedTuple):
   micro_loss_sum: jax.Array
 
 
+def _was_skipped(old: optax.MultiStepsState,
+                 new: optax.MultiStepsState) -> jax.Array:
+  """Whether `optax.MultiSteps` rejected the micro-step from ``old`` to ``new``.
+
+  When its ``should_skip_update_fn`` says skip, MultiSteps leaves its counters
+  as they were; any other micro-step moves ``mini_step`` on (modulo k), or,
+  with k = 1, ``gradient_step``. Reading the counters, rather than calling the
+  skip function a second time, agrees with MultiSteps by construction.
+  """
+  return jnp.logical_and(new.mini_step == old.mini_step,
+                         new.gradient_step == old.gradient_step)
+
+
 def multi_steps_with_mean_loss(
     opt: optax.GradientTransformation,
     every_k_schedule: int | optax.Schedule,
@@ -33,7 +46,15 @@ def multi_steps_with_mean_loss(
   micro-step's ``value`` and keeps only the state of the emitting one, so an
   inner LCAM would compare the *last* micro-batch's loss with the mean. This
   wrapper sums the micro-batches' losses and hands the inner optimizer their
-  mean, the loss of the whole accumulated batch, as ``value``.
+  mean, the loss of the whole accumulated batch, as ``value``. A micro-step
+  that MultiSteps rejects through its ``should_skip_update_fn`` neither adds
+  its loss nor counts, as MultiSteps leaves its own state untouched then.
+
+  The inner optimizer updates once every k micro-steps, so an inner LCAM's
+  ``steps_per_epoch`` counts these updates: ``ceil(N / (batch_size * k))`` for
+  N examples in micro-batches of ``batch_size``. That is exact when k divides
+  the number of micro-batches per epoch, ``ceil(N / batch_size)``; otherwise
+  some updates straddle two epochs and LCAM's epochs drift from the data's.
 
   Args:
     opt: The inner optimizer, e.g. `optax_lcam.lcam(...)`.
@@ -80,8 +101,11 @@ def multi_steps_with_mean_loss(
     mean_loss = loss_sum / micro_steps_done.astype(jnp.float32)
     updates, new_multi_steps = multi_steps.update(
         updates, state.multi_steps, params, value=mean_loss, **extra_args)
+    skipped = _was_skipped(state.multi_steps, new_multi_steps)
     emitted = new_multi_steps.mini_step == 0
+    micro_loss_sum = jnp.where(emitted, 0.0, loss_sum)
     return updates, MultiStepsMeanLossState(
-        new_multi_steps, jnp.where(emitted, 0.0, loss_sum))
+        new_multi_steps,
+        jnp.where(skipped, state.micro_loss_sum, micro_loss_sum))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

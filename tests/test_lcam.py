@@ -83,6 +83,31 @@ def test_equal_betas_is_sgd_with_momentum(nesterov):
   assert int(optax_lcam.lcam_info(state).step) == 100
 
 
+def numpy_phases(losses, *, steps_per_epoch=None, averaging="epoch",
+                 ema_decay=0.99):
+  """The float64 NumPy mirror of the phase rule: one bool a step, True when
+  the loss was strictly below the running mean (its epoch's mean so far, or
+  the debiased moving average with ``averaging="ema"``).
+
+  Like the reference's Python floats, the statistics are float64 whatever the
+  dtype of ``losses`` (NumPy 2 would keep ``0.0 + np.float32`` in float32).
+  """
+  loss_sum, loss_weight = 0.0, 0.0
+  below = []
+  for t, loss in enumerate(losses):
+    loss = float(loss)
+    if averaging == "epoch":
+      if t % steps_per_epoch == 0:
+        loss_sum, loss_weight = 0.0, 0.0
+      loss_sum += loss
+      loss_weight += 1
+    else:
+      loss_sum = ema_decay * loss_sum + (1 - ema_decay) * loss
+      loss_weight = ema_decay * loss_weight + (1 - ema_decay)
+    below.append(loss < loss_sum / loss_weight)
+  return below
+
+
 def numpy_reference(grads, losses, *, lr, wd, theta0, beta_below, beta_above,
                     steps_per_epoch=None, beta_init=0.9, averaging="epoch",
                     ema_decay=0.99, lag=True, start_step=0):
@@ -93,22 +118,14 @@ def numpy_reference(grads, losses, *, lr, wd, theta0, beta_below, beta_above,
   momentum for the next step after `optimizer.step()`. The ablation options
   follow `scale_by_lcam`'s documentation.
   """
+  phases = numpy_phases(losses, steps_per_epoch=steps_per_epoch,
+                        averaging=averaging, ema_decay=ema_decay)
   theta = np.array(theta0, np.float64)
   buf = None
   beta = beta_init
-  loss_sum, loss_weight = 0.0, 0.0
   thetas, betas_used = [], []
-  for t, (g, loss) in enumerate(zip(grads, losses)):
-    if averaging == "epoch":
-      if t % steps_per_epoch == 0:
-        loss_sum, loss_weight = 0.0, 0.0
-      loss_sum += loss
-      loss_weight += 1
-    else:
-      loss_sum = ema_decay * loss_sum + (1 - ema_decay) * loss
-      loss_weight = ema_decay * loss_weight + (1 - ema_decay)
-    mean = loss_sum / loss_weight
-    decided = beta_below if loss < mean else beta_above
+  for t, (g, below) in enumerate(zip(grads, phases)):
+    decided = beta_below if below else beta_above
     used = beta if lag else decided
     if t < start_step:
       used = beta_init
@@ -538,3 +555,23 @@ def test_lcam_info_finds_the_state_anywhere():
     optax_lcam.lcam_info(optax.sgd(0.1).init(params))
   with pytest.raises(ValueError, match="found 2"):
     optax_lcam.lcam_info((lcam.init(params), lcam.init(params)))
+
+
+def test_multi_steps_with_mean_loss_ignores_skipped_micro_steps():
+  # optax.MultiSteps drops a micro-step its `should_skip_update_fn` rejects, as
+  # if it never happened; its loss must not enter the mean either.
+  inner = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4)
+  opt = optax_lcam.multi_steps_with_mean_loss(
+      inner, every_k_schedule=2, should_skip_update_fn=optax.skip_not_finite)
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  micro_steps = [(jnp.ones(2), 1.0),
+                 (jnp.array([jnp.nan, 1.0]), 100.0),  # skipped by MultiSteps
+                 (jnp.ones(2), 3.0)]
+  for grads, loss in micro_steps:
+    _, state = update(grads, state, params, value=loss)
+  info = optax_lcam.lcam_info(state)
+  assert int(info.step) == 1
+  assert float(info.mean_loss) == 2.0
+
