@@ -3,19 +3,21 @@
 from optax_lcam._info import LCAMInfo
 from optax_lcam._info import find_lcam_state
 from optax_lcam._info import lcam_info
-from optax_lcam._lcam import AVERAGING_MODES
 from optax_lcam._lcam import ScaleByLCAMState
 from optax_lcam._lcam import lcam
-from optax_lcam._lcam import running_mean
 from optax_lcam._lcam import scale_by_lcam
 from optax_lcam._multi_steps import MultiStepsMeanLossState
 from optax_lcam._multi_steps import multi_steps_with_mean_loss
+from optax_lcam._phase import AVERAGING_MODES
+from optax_lcam._phase import LossPhaseState
+from optax_lcam._phase import running_mean
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AVERAGING_MODES",
     "LCAMInfo",
+    "LossPhaseState",
     "MultiStepsMeanLossState",
     "ScaleByLCAMState",
     "find_lcam_state",

@@ -4,8 +4,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from optax_lcam import _phase
 from optax_lcam._lcam import ScaleByLCAMState
-from optax_lcam._lcam import running_mean
 
 
 class LCAMInfo(NamedTuple):
@@ -28,6 +28,12 @@ class LCAMInfo(NamedTuple):
   step: jax.Array
 
 
+def _find_all(opt_state: Any, types: tuple[type, ...]) -> list[Any]:
+  is_wanted = lambda x: isinstance(x, types)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_wanted)
+          if is_wanted(x)]
+
+
 def find_lcam_state(opt_state: Any) -> ScaleByLCAMState:
   """Finds the one `ScaleByLCAMState` inside an optimizer state.
 
@@ -44,8 +50,7 @@ def find_lcam_state(opt_state: Any) -> ScaleByLCAMState:
   Raises:
     ValueError: When there is no LCAM state, or more than one.
   """
-  is_lcam = lambda x: isinstance(x, ScaleByLCAMState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_lcam) if is_lcam(x)]
+  found = _find_all(opt_state, (ScaleByLCAMState,))
   if len(found) != 1:
     raise ValueError(
         f"Expected exactly one LCAM state in the optimizer state, found "
@@ -79,5 +84,6 @@ def lcam_info(opt_state: Any) -> LCAMInfo:
   """
   state = find_lcam_state(opt_state)
   return LCAMInfo(beta=state.beta,
-                  mean_loss=running_mean(state.loss_sum, state.loss_weight),
+                  mean_loss=_phase.mean_of(state.loss_phase),
                   below_mean=state.below_mean, step=state.lcam_step)
+

@@ -6,129 +6,68 @@ S. Zhao, D. Liu, C. M. Toptan and H. Liu, exact to the authors' reference code
 (repository ``hakumaicc/Asymmetric-Momentum-LCAM``).
 """
 
-import numbers
 from typing import Any, NamedTuple, Optional
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
-AVERAGING_MODES = ("epoch", "ema")
+from optax_lcam import _phase
 
-# The loss statistics are kept in float32 whatever the dtype of the parameters
-# or of the incoming loss, so that bf16 models compare losses accurately and the
-# state's dtypes never change between steps.
-_STATS_DTYPE = jnp.float32
-_MISSING = object()
+
+_MISSING_LOSS = (
+    "LCAM chooses its momentum from the training loss: pass the mini-batch "
+    "loss to the update as `update(grads, state, params, value=loss)` (e.g. "
+    "from `jax.value_and_grad`).")
 
 
 class ScaleByLCAMState(NamedTuple):
   """State of the `GradientTransformation` returned by `scale_by_lcam`.
 
   Attributes:
-    lcam_step: Number of updates done so far (the global step ``t`` of the
-      next update), int32.
     momentum: The heavy-ball momentum buffer, a tree like the parameters.
     beta: The pending momentum coefficient, decided from the last finite loss
-      (float32 scalar). With ``lag=True`` it is the coefficient the next update
-      uses.
-    loss_sum: With ``averaging="epoch"``, the sum of the current epoch's
-      finite losses; with ``averaging="ema"``, their exponential moving
-      average, not debiased (float32 scalar).
-    loss_weight: With ``averaging="epoch"``, the number of losses in
-      ``loss_sum``; with ``averaging="ema"``, the moving average's total
-      weight. ``loss_sum / loss_weight`` is the running mean (float32
-      scalar).
-    below_mean: Whether the last finite loss was strictly below the running
-      mean (bool scalar): the loss phase of the last step.
+      (float32 scalar); ``beta_init`` before the first. With ``lag=True`` it is
+      the coefficient the next update uses (from ``start_step`` on).
+    loss_phase: The loss statistics and the phase (`LossPhaseState`), also
+      readable as the properties below.
   """
 
-  lcam_step: jax.Array
   momentum: optax.Updates
   beta: jax.Array
-  loss_sum: jax.Array
-  loss_weight: jax.Array
-  below_mean: jax.Array
+  loss_phase: _phase.LossPhaseState
 
+  @property
+  def lcam_step(self) -> jax.Array:
+    """Number of updates done so far (the global step ``t`` of the next
+    update), int32."""
+    return self.loss_phase.phase_step
 
-def _is_concrete_number(x: Any) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+  @property
+  def loss_sum(self) -> jax.Array:
+    """The epoch's sum of finite losses (rounded to float32), or the moving
+    average with ``averaging="ema"``."""
+    return self.loss_phase.loss_sum
+
+  @property
+  def loss_sum_compensation(self) -> jax.Array:
+    """What ``loss_sum`` misses of the exact sum (float32)."""
+    return self.loss_phase.loss_sum_compensation
+
+  @property
+  def loss_weight(self) -> jax.Array:
+    """The number of losses in the sum, or the moving average's weight."""
+    return self.loss_phase.loss_weight
+
+  @property
+  def below_mean(self) -> jax.Array:
+    """Whether the last finite loss was strictly below the running mean."""
+    return self.loss_phase.below_mean
 
 
 def _check_unit_interval(name: str, value: Any) -> None:
-  if _is_concrete_number(value) and not 0.0 <= value < 1.0:
+  if _phase.is_concrete_number(value) and not 0.0 <= value < 1.0:
     raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
-
-
-def _validate_hyperparams(
-    beta_below, beta_above, beta_init, steps_per_epoch, averaging, ema_decay,
-    start_step,
-) -> None:
-  """Checks the hyper-parameters that are concrete Python numbers.
-
-  Traced values (from `optax.inject_hyperparams`) are not checked: a Python
-  ``if`` on them would fail.
-  """
-  for name, value in (("beta_below", beta_below), ("beta_above", beta_above),
-                      ("beta_init", beta_init), ("ema_decay", ema_decay)):
-    _check_unit_interval(name, value)
-  if averaging not in AVERAGING_MODES:
-    raise ValueError(
-        f"Unknown `averaging` {averaging!r}: use one of {AVERAGING_MODES}.")
-  if averaging == "epoch" and steps_per_epoch is None:
-    raise ValueError(
-        'averaging="epoch" compares each loss with the mean of the current '
-        "epoch's losses, so it needs `steps_per_epoch` (the number of updates "
-        "in one epoch, e.g. ceil(num_train_examples / batch_size)). Pass it, "
-        'or use averaging="ema", which needs no epoch length.')
-  if _is_concrete_number(steps_per_epoch) and (
-      steps_per_epoch <= 0 or int(steps_per_epoch) != steps_per_epoch):
-    raise ValueError(
-        "`steps_per_epoch` must be a positive integer, got "
-        f"{steps_per_epoch!r}.")
-  if _is_concrete_number(start_step) and start_step < 0:
-    raise ValueError(f"`start_step` must be >= 0, got {start_step!r}.")
-
-
-def _epoch_statistics(state: ScaleByLCAMState, loss, is_finite,
-                      steps_per_epoch):
-  """Adds ``loss`` to the running sum of the current epoch.
-
-  The statistics are reset at the first step of every epoch (``t mod S == 0``),
-  whether or not that step's loss is finite; a non-finite loss is not added.
-
-  Returns:
-    The new ``(loss_sum, loss_weight)``: the sum and number of the epoch's
-    finite losses, this one included.
-  """
-  new_epoch = (state.lcam_step % steps_per_epoch) == 0
-  loss_sum = jnp.where(new_epoch, 0.0, state.loss_sum)
-  loss_weight = jnp.where(new_epoch, 0.0, state.loss_weight)
-  loss_sum = jnp.where(is_finite, loss_sum + loss, loss_sum)
-  loss_weight = jnp.where(is_finite, loss_weight + 1, loss_weight)
-  return loss_sum, loss_weight
-
-
-def _ema_statistics(state: ScaleByLCAMState, loss, is_finite, ema_decay):
-  """Adds ``loss`` to an exponential moving average of the losses.
-
-  Returns:
-    The new ``(loss_sum, loss_weight)``: the moving average, not debiased, and
-    its total weight ``1 - ema_decay ** n``, so that their ratio is the
-    debiased average.
-  """
-  decay = jnp.asarray(ema_decay, _STATS_DTYPE)
-  loss_sum = decay * state.loss_sum + (1 - decay) * loss
-  loss_weight = decay * state.loss_weight + (1 - decay)
-  return (jnp.where(is_finite, loss_sum, state.loss_sum),
-          jnp.where(is_finite, loss_weight, state.loss_weight))
-
-
-def running_mean(loss_sum: jax.Array, loss_weight: jax.Array) -> jax.Array:
-  """The running mean of the losses, NaN before the first finite loss."""
-  safe_weight = jnp.where(loss_weight > 0, loss_weight, 1.0)
-  return jnp.where(loss_weight > 0, loss_sum / safe_weight, jnp.nan)
 
 
 def _heavy_ball(updates, momentum, beta, nesterov, accumulator_dtype):
@@ -194,16 +133,30 @@ def scale_by_lcam(
   mean; ``lag=False`` uses the beta decided from the current loss at once;
   ``start_step`` uses plain momentum ``beta_init`` for the steps before it.
 
+  Epochs are counted in updates: the statistics are reset every
+  ``steps_per_epoch`` calls of ``update``. Under `optax.MultiSteps` or
+  `multi_steps_with_mean_loss` with k micro-steps per update, pass
+  ``ceil(N / (batch_size * k))`` for N examples in micro-batches of
+  ``batch_size`` (exact when k divides the number of micro-batches per epoch).
+
   A non-finite loss leaves the loss statistics (apart from the reset at the
-  start of an epoch), the pending beta and the phase untouched; what to do with
-  the update itself is the caller's business (see `optax.apply_if_finite`).
+  start of an epoch), the pending beta and the phase untouched, and the step
+  still counts. So when only the loss is non-finite, LCAM's own handling is
+  enough. Do not wrap LCAM in `optax.apply_if_finite` to drop bad steps: on a
+  step it skips, it keeps LCAM's whole state, step counter included, so LCAM's
+  epochs drift from the data's by one step per skip. To drop a step's update,
+  keep the new optimizer state's step counter and loss statistics and select
+  only the old parameters and momentum buffer, e.g. ``jnp.where(ok, new,
+  old)`` on those leaves with ``ok = jnp.isfinite(loss)`` (and finite
+  gradients).
 
   Args:
     beta_below: Momentum used after a loss strictly below the running mean.
     beta_above: Momentum used after a loss at or above the running mean.
-    steps_per_epoch: Number of updates per epoch (``ceil(N / batch_size)``
-      when the last partial batch is kept). Required with
-      ``averaging="epoch"``.
+    steps_per_epoch: Number of optimizer updates per epoch (``ceil(N /
+      batch_size)`` when the last partial batch is kept; ``ceil(N /
+      (batch_size * k))`` with k accumulated micro-batches per update).
+      Required with ``averaging="epoch"``.
     beta_init: Momentum of the first update (and of every update before
       ``start_step``).
     averaging: ``"epoch"`` (the reference: mean of the current epoch's losses)
@@ -246,19 +199,22 @@ def scale_by_lcam(
     Zhang et al., `Asymmetric Momentum: A Rethinking of Gradient Descent
     <https://arxiv.org/abs/2309.02130>`_, 2023
   """
-  _validate_hyperparams(beta_below, beta_above, beta_init, steps_per_epoch,
-                        averaging, ema_decay, start_step)
+  for name, value in (("beta_below", beta_below), ("beta_above", beta_above),
+                      ("beta_init", beta_init)):
+    _check_unit_interval(name, value)
+  rule = _phase.PhaseRule(
+      steps_per_epoch=steps_per_epoch, averaging=averaging,
+      ema_decay=ema_decay, lag=lag, start_step=start_step,
+      axis_name=axis_name)
+  _phase.validate_rule(rule)
   if accumulator_dtype is not None:
     accumulator_dtype = jnp.dtype(accumulator_dtype)
 
   def init_fn(params: optax.Params) -> ScaleByLCAMState:
     return ScaleByLCAMState(
-        lcam_step=jnp.zeros([], jnp.int32),
         momentum=optax.tree.zeros_like(params, dtype=accumulator_dtype),
-        beta=jnp.asarray(beta_init, _STATS_DTYPE),
-        loss_sum=jnp.zeros([], _STATS_DTYPE),
-        loss_weight=jnp.zeros([], _STATS_DTYPE),
-        below_mean=jnp.zeros([], jnp.bool_),
+        beta=jnp.asarray(beta_init, _phase.STATS_DTYPE),
+        loss_phase=_phase.init(),
     )
 
   def update_fn(
@@ -266,50 +222,21 @@ def scale_by_lcam(
       state: ScaleByLCAMState,
       params: Optional[optax.Params] = None,
       *,
-      value: jax.typing.ArrayLike = _MISSING,
+      value: Optional[jax.typing.ArrayLike] = None,
       **extra_args,
   ) -> tuple[optax.Updates, ScaleByLCAMState]:
     del params, extra_args
-    if value is _MISSING or value is None:
-      raise TypeError(
-          "LCAM chooses its momentum from the training loss: pass the "
-          "mini-batch loss to the update as `update(grads, state, params, "
-          "value=loss)` (e.g. from `jax.value_and_grad`).")
-    loss = jnp.asarray(value).astype(_STATS_DTYPE)
-    if loss.shape != ():
-      raise ValueError(
-          f"`value` must be the scalar loss of the step, got shape {loss.shape}"
-          "; average the per-example losses first.")
-    if axis_name is not None:
-      loss = lax.pmean(loss, axis_name)
-    is_finite = jnp.isfinite(loss)
-
-    if averaging == "epoch":
-      loss_sum, loss_weight = _epoch_statistics(
-          state, loss, is_finite, steps_per_epoch)
-    else:
-      loss_sum, loss_weight = _ema_statistics(
-          state, loss, is_finite, ema_decay)
-    mean = running_mean(loss_sum, loss_weight)
-    below_mean = jnp.where(is_finite, loss < mean, state.below_mean)
-    decided_beta = jnp.where(below_mean, beta_below, beta_above)
-    new_beta = jnp.where(is_finite, decided_beta, state.beta).astype(
-        _STATS_DTYPE)
-
-    beta = state.beta if lag else new_beta
-    beta = jnp.where(state.lcam_step < start_step, beta_init, beta)
-    directions, momentum = _heavy_ball(
-        updates, state.momentum, beta.astype(_STATS_DTYPE), nesterov,
-        accumulator_dtype)
-    new_state = ScaleByLCAMState(
-        lcam_step=optax.safe_increment(state.lcam_step),
-        momentum=momentum,
-        beta=new_beta,
-        loss_sum=loss_sum,
-        loss_weight=loss_weight,
-        below_mean=below_mean,
-    )
-    return directions, new_state
+    loss = _phase.loss_from_value(value, axis_name, _MISSING_LOSS)
+    loss_phase = _phase.update(state.loss_phase, loss, rule)
+    initial_beta = jnp.asarray(beta_init, _phase.STATS_DTYPE)
+    new_beta = _phase.phase_values(loss_phase, beta_below, beta_above,
+                                   undecided=initial_beta)
+    beta = _phase.values_in_force(state.loss_phase.phase_step, state.beta,
+                                  new_beta, initial_beta, rule)
+    directions, momentum = _heavy_ball(updates, state.momentum, beta,
+                                       nesterov, accumulator_dtype)
+    return directions, ScaleByLCAMState(momentum=momentum, beta=new_beta,
+                                        loss_phase=loss_phase)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -344,13 +271,21 @@ def lcam(
   ``beta_below > beta_above`` ("sparse" priority) on some datasets and the
   reverse on others.
 
+  ``steps_per_epoch`` counts optimizer updates, not micro-batches: with
+  `multi_steps_with_mean_loss` (or `optax.MultiSteps`) and k micro-steps per
+  update it is ``ceil(N / (batch_size * k))``. Do not wrap LCAM in
+  `optax.apply_if_finite`: it freezes LCAM's step counter on the steps it
+  skips, and LCAM's epochs then drift from the data's. LCAM already ignores a
+  non-finite loss; see `scale_by_lcam` for dropping a step's update.
+
   Args:
     learning_rate: A fixed learning rate or an optax schedule of the step.
     beta_below: Momentum used after a loss strictly below the running mean.
     beta_above: Momentum used after a loss at or above the running mean.
     weight_decay: Coupled (L2) weight decay :math:`\lambda`, added to the
       gradient of every parameter before the momentum.
-    steps_per_epoch: See `scale_by_lcam`.
+    steps_per_epoch: Number of optimizer updates per epoch; see
+      `scale_by_lcam`.
     beta_init: See `scale_by_lcam`.
     averaging: See `scale_by_lcam`.
     ema_decay: See `scale_by_lcam`.

@@ -1,0 +1,304 @@
+"""The loss-phase rule of LCAM, shared by `scale_by_lcam` and `loss_controlled`.
+
+Each step's loss is compared with the running mean of the losses (the current
+epoch's mean, or a debiased moving average); a loss strictly below it puts
+training in the "below" phase, any other finite loss in the "above" phase. The
+phase of step ``t`` picks the hyper-parameters of step ``t + 1`` (or of step
+``t`` itself without the one-step lag). This module holds the statistics and
+the decision; what a phase selects is up to its caller.
+"""
+
+import numbers
+from typing import Any, NamedTuple, Optional
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+
+AVERAGING_MODES = ("epoch", "ema")
+
+# The loss statistics are kept in float32 whatever the dtype of the parameters
+# or of the incoming loss, so that bf16 models compare losses accurately and the
+# state's dtypes never change between steps.
+STATS_DTYPE = jnp.float32
+
+# The epoch mean is compared exactly for epochs of up to this many steps.
+_EXACT_MAX_STEPS = 2 ** 16
+
+
+class LossPhaseState(NamedTuple):
+  """The loss statistics and the phase of the last step.
+
+  Attributes:
+    phase_step: Number of steps seen so far (the global step ``t`` of the next
+      update), int32.
+    loss_sum: With ``averaging="epoch"``, the sum of the current epoch's
+      finite losses, rounded to float32; with ``averaging="ema"``, their
+      exponential moving average, not debiased (float32 scalar).
+    loss_sum_compensation: With ``averaging="epoch"``, what ``loss_sum``
+      misses of the exact sum (a compensated, double-float32 sum); zero with
+      ``averaging="ema"`` (float32 scalar).
+    loss_weight: With ``averaging="epoch"``, the number of losses in the sum;
+      with ``averaging="ema"``, the moving average's total weight. The running
+      mean is ``(loss_sum + loss_sum_compensation) / loss_weight`` (float32
+      scalar).
+    below_mean: Whether the last finite loss was strictly below the running
+      mean (bool scalar): the loss phase in force.
+    phase_decided: Whether any finite loss has been seen, i.e. whether
+      ``below_mean`` holds a decision yet (bool scalar).
+  """
+
+  phase_step: jax.Array
+  loss_sum: jax.Array
+  loss_sum_compensation: jax.Array
+  loss_weight: jax.Array
+  below_mean: jax.Array
+  phase_decided: jax.Array
+
+
+class PhaseRule(NamedTuple):
+  """The options of the rule (Python values, fixed when the optimizer is made).
+
+  See `scale_by_lcam` for their meaning.
+  """
+
+  steps_per_epoch: Optional[int] = None
+  averaging: str = "epoch"
+  ema_decay: jax.typing.ArrayLike = 0.99
+  lag: bool = True
+  start_step: int = 0
+  axis_name: Optional[str] = None
+
+
+def is_concrete_number(x: Any) -> bool:
+  """Whether ``x`` is a Python or NumPy real number (not a bool, not traced)."""
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def validate_rule(rule: PhaseRule) -> None:
+  """Raises a ValueError for options of the rule that cannot work.
+
+  Traced values (from `optax.inject_hyperparams`) are not checked: a Python
+  ``if`` on them would fail.
+  """
+  if rule.averaging not in AVERAGING_MODES:
+    raise ValueError(
+        f"Unknown `averaging` {rule.averaging!r}: use one of "
+        f"{AVERAGING_MODES}.")
+  if rule.averaging == "epoch" and rule.steps_per_epoch is None:
+    raise ValueError(
+        'averaging="epoch" compares each loss with the mean of the current '
+        "epoch's losses, so it needs `steps_per_epoch` (the number of updates "
+        "in one epoch, e.g. ceil(num_train_examples / batch_size)). Pass it, "
+        'or use averaging="ema", which needs no epoch length.')
+  steps = rule.steps_per_epoch
+  if is_concrete_number(steps) and (steps <= 0 or int(steps) != steps):
+    raise ValueError(
+        f"`steps_per_epoch` must be a positive integer, got {steps!r}.")
+  if is_concrete_number(rule.ema_decay) and not 0.0 <= rule.ema_decay < 1.0:
+    raise ValueError(f"`ema_decay` must be in [0, 1), got {rule.ema_decay!r}.")
+  if is_concrete_number(rule.start_step) and rule.start_step < 0:
+    raise ValueError(f"`start_step` must be >= 0, got {rule.start_step!r}.")
+
+
+def init() -> LossPhaseState:
+  """The phase state before the first step: no loss seen, no decision."""
+  return LossPhaseState(
+      phase_step=jnp.zeros([], jnp.int32),
+      loss_sum=jnp.zeros([], STATS_DTYPE),
+      loss_sum_compensation=jnp.zeros([], STATS_DTYPE),
+      loss_weight=jnp.zeros([], STATS_DTYPE),
+      below_mean=jnp.zeros([], jnp.bool_),
+      phase_decided=jnp.zeros([], jnp.bool_),
+  )
+
+
+def loss_from_value(value: Any, axis_name: Optional[str],
+                    missing_message: str) -> jax.Array:
+  """The step's loss as a float32 scalar, averaged over ``axis_name`` if set.
+
+  Args:
+    value: The ``value`` passed to ``update`` (None when it was not passed).
+    axis_name: Named axis to average the loss over (``lax.pmean``), or None.
+    missing_message: The TypeError's message when ``value`` is None.
+
+  Returns:
+    The loss, a float32 scalar.
+
+  Raises:
+    TypeError: When there is no loss.
+    ValueError: When the loss is not a scalar.
+  """
+  if value is None:
+    raise TypeError(missing_message)
+  loss = jnp.asarray(value).astype(STATS_DTYPE)
+  if loss.shape != ():
+    raise ValueError(
+        f"`value` must be the scalar loss of the step, got shape {loss.shape}"
+        "; average the per-example losses first.")
+  if axis_name is not None:
+    loss = lax.pmean(loss, axis_name)
+  return loss
+
+
+def running_mean(loss_sum: jax.Array, loss_weight: jax.Array,
+                 loss_sum_compensation: jax.typing.ArrayLike = 0.0
+                 ) -> jax.Array:
+  """The running mean of the losses, NaN before the first finite loss.
+
+  Args:
+    loss_sum: The (rounded) sum or moving average of the losses.
+    loss_weight: Their number, or the moving average's total weight.
+    loss_sum_compensation: What ``loss_sum`` misses of the exact sum.
+
+  Returns:
+    ``(loss_sum + loss_sum_compensation) / loss_weight``, or NaN when the
+    weight is zero.
+  """
+  safe_weight = jnp.where(loss_weight > 0, loss_weight, 1.0)
+  mean = (loss_sum + loss_sum_compensation) / safe_weight
+  return jnp.where(loss_weight > 0, mean, jnp.nan)
+
+
+def mean_of(state: LossPhaseState) -> jax.Array:
+  """The running mean the last finite loss was compared with."""
+  return running_mean(state.loss_sum, state.loss_weight,
+                      state.loss_sum_compensation)
+
+
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``a + b`` as ``s + e`` exactly, ``s`` the rounded sum (Knuth's TwoSum).
+
+  Additions only, so no fused multiply-add can change it.
+  """
+  s = a + b
+  b_virtual = s - a
+  a_virtual = s - b_virtual
+  return s, (a - a_virtual) + (b - b_virtual)
+
+
+def _split_float32(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``x = head + tail`` exactly, ``head`` keeping x's top 8 significant bits."""
+  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  head = lax.bitcast_convert_type(bits & jnp.uint32(0xFFFF0000), STATS_DTYPE)
+  return head, x - head
+
+
+def _is_below_epoch_mean(loss, loss_sum, compensation, count) -> jax.Array:
+  """``loss < (loss_sum + compensation) / count``, decided without rounding.
+
+  The sign of ``loss_sum + compensation - count * loss`` is computed with
+  error-free transformations: the loss is split into three parts of at most 8
+  significant bits, whose products with an integer count below 2**16 are exact
+  in float32, and the five terms are added with TwoSum. Comparing with a
+  rounded float32 mean would get ties within half an ulp of the mean wrong.
+  """
+  high, rest = _split_float32(loss)
+  middle, low = _split_float32(rest)
+  total, error = loss_sum, compensation
+  for part in (high, middle, low):
+    total, part_error = _two_sum(total, -count * part)
+    error = error + part_error
+  return total + error > 0
+
+
+def _add_to_epoch(state: LossPhaseState, loss, is_finite, steps_per_epoch):
+  """The epoch's statistics with ``loss`` added, reset at an epoch's start.
+
+  The statistics are reset at the first step of every epoch (``t mod S ==
+  0``), whether or not that step's loss is finite; a non-finite loss is not
+  added. The sum is compensated: ``loss_sum + loss_sum_compensation`` is the
+  exact sum to about 48 bits, ``loss_sum`` alone its float32 rounding.
+  """
+  new_epoch = (state.phase_step % steps_per_epoch) == 0
+  old_sum = jnp.where(new_epoch, 0.0, state.loss_sum)
+  old_compensation = jnp.where(new_epoch, 0.0, state.loss_sum_compensation)
+  old_weight = jnp.where(new_epoch, 0.0, state.loss_weight)
+  new_sum, error = _two_sum(old_sum, loss)
+  new_sum, new_compensation = _two_sum(new_sum, old_compensation + error)
+  return (jnp.where(is_finite, new_sum, old_sum),
+          jnp.where(is_finite, new_compensation, old_compensation),
+          jnp.where(is_finite, old_weight + 1, old_weight))
+
+
+def _add_to_ema(state: LossPhaseState, loss, is_finite, ema_decay):
+  """The moving average with ``loss`` added (unchanged for a non-finite one).
+
+  Returns the moving average, not debiased, a zero compensation, and its total
+  weight ``1 - ema_decay ** n``, so that their ratio is the debiased average.
+  """
+  decay = jnp.asarray(ema_decay, STATS_DTYPE)
+  new_sum = decay * state.loss_sum + (1 - decay) * loss
+  new_weight = decay * state.loss_weight + (1 - decay)
+  return (jnp.where(is_finite, new_sum, state.loss_sum),
+          state.loss_sum_compensation,
+          jnp.where(is_finite, new_weight, state.loss_weight))
+
+
+def update(state: LossPhaseState, loss: jax.Array,
+           rule: PhaseRule) -> LossPhaseState:
+  """Adds the step's loss to the statistics and decides the phase.
+
+  A non-finite loss leaves the statistics (apart from the reset at the start
+  of an epoch) and the phase untouched; the step counter always advances.
+
+  Args:
+    state: The phase state before the step.
+    loss: The step's loss, a float32 scalar (see `loss_from_value`).
+    rule: The options of the rule.
+
+  Returns:
+    The phase state after the step; its ``below_mean`` is the decision.
+  """
+  is_finite = jnp.isfinite(loss)
+  if rule.averaging == "epoch":
+    loss_sum, compensation, weight = _add_to_epoch(
+        state, loss, is_finite, rule.steps_per_epoch)
+    below = _is_below_epoch_mean(loss, loss_sum, compensation, weight)
+  else:
+    loss_sum, compensation, weight = _add_to_ema(
+        state, loss, is_finite, rule.ema_decay)
+    below = loss < running_mean(loss_sum, weight)
+  return LossPhaseState(
+      phase_step=optax.safe_increment(state.phase_step),
+      loss_sum=loss_sum,
+      loss_sum_compensation=compensation,
+      loss_weight=weight,
+      below_mean=jnp.where(is_finite, below, state.below_mean),
+      phase_decided=jnp.logical_or(state.phase_decided, is_finite),
+  )
+
+
+def phase_values(state: LossPhaseState, below: Any, above: Any,
+                 undecided: Any) -> Any:
+  """The values the phase selects: ``below``, ``above``, or ``undecided``
+  before any finite loss. Trees of matching structure, cast like
+  ``undecided``."""
+  def select(b, a, u):
+    value = jnp.where(state.below_mean, b, a)
+    value = jnp.where(state.phase_decided, value, u)
+    return value.astype(jnp.result_type(u))
+  return jax.tree.map(select, below, above, undecided)
+
+
+def values_in_force(step: jax.Array, pending: Any, decided: Any, initial: Any,
+                    rule: PhaseRule) -> Any:
+  """The values a step uses: lag, and the start of the rule.
+
+  Args:
+    step: The step's index ``t`` (the phase step before the update).
+    pending: The values decided before this step (from the loss of ``t - 1``).
+    decided: The values decided from this step's loss.
+    initial: The values before ``rule.start_step``.
+    rule: The options of the rule.
+
+  Returns:
+    ``initial`` before ``start_step``, else ``pending`` with the one-step lag
+    and ``decided`` without it; cast like ``initial``.
+  """
+  chosen = pending if rule.lag else decided
+  return jax.tree.map(
+      lambda c, i: jnp.where(step < rule.start_step, i, c).astype(
+          jnp.result_type(i)),
+      chosen, initial)
