@@ -1,11 +1,12 @@
 """Reading LCAM's state out of any optax optimizer state, for logging."""
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 import jax
 
 from optax_lcam import _phase
 from optax_lcam._lcam import ScaleByLCAMState
+from optax_lcam._loss_controlled import LossControlledState
 
 
 class LCAMInfo(NamedTuple):
@@ -87,3 +88,88 @@ def lcam_info(opt_state: Any) -> LCAMInfo:
                   mean_loss=_phase.mean_of(state.loss_phase),
                   below_mean=state.below_mean, step=state.lcam_step)
 
+
+class LossControlInfo(NamedTuple):
+  """What a loss-controlled state (LCAM's or `loss_controlled`'s) says.
+
+  Attributes:
+    below_mean: The loss phase of the last finite loss: True when it was
+      strictly below the running mean.
+    mean_loss: The running mean it was compared with; NaN before the first
+      finite loss of an epoch.
+    step: The number of updates done.
+    hyperparams: The current values of the hyper-parameters: for
+      `loss_controlled`, the inner optimizer's injected hyper-parameters, the
+      controlled ones holding the values decided from the last finite loss
+      (see `LossControlledState`); for LCAM, ``{"beta": beta}``.
+  """
+
+  below_mean: jax.Array
+  mean_loss: jax.Array
+  step: jax.Array
+  hyperparams: dict[str, jax.Array]
+
+
+def find_loss_control_state(
+    opt_state: Any) -> Union[ScaleByLCAMState, LossControlledState]:
+  """Finds the one LCAM or `loss_controlled` state inside an optimizer state.
+
+  Args:
+    opt_state: An optimizer state that contains exactly one of them, at any
+      depth (chained, injected, multi-step, ...).
+
+  Returns:
+    The `ScaleByLCAMState` or `LossControlledState`.
+
+  Raises:
+    ValueError: When there is none, or more than one.
+  """
+  found = _find_all(opt_state, (ScaleByLCAMState, LossControlledState))
+  if len(found) != 1:
+    raise ValueError(
+        "Expected exactly one loss-controlled state in the optimizer state, "
+        f"found {len(found)}. Pass the state of an optimizer built with "
+        "`optax_lcam.loss_controlled`, `optax_lcam.lcam` or "
+        "`optax_lcam.scale_by_lcam`.")
+  return found[0]
+
+
+def loss_control_info(opt_state: Any) -> LossControlInfo:
+  """Returns the phase, running mean loss and hyper-parameters, for logging.
+
+  Works on the state of `loss_controlled` and on LCAM's.
+
+  Args:
+    opt_state: An optimizer state holding one such state anywhere inside it.
+
+  Returns:
+    A `LossControlInfo`. On replicated (pmapped) states each field has the
+    leading device axis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_lcam
+    >>> opt = optax_lcam.loss_controlled(
+    ...     optax.inject_hyperparams(optax.sgd)(0.1, momentum=0.9),
+    ...     below={"momentum": 0.95}, above={"momentum": 0.5},
+    ...     steps_per_epoch=4)
+    >>> params = jnp.zeros(2)
+    >>> state = opt.init(params)
+    >>> for loss in [2.0, 1.0]:
+    ...   _, state = opt.update(jnp.ones(2), state, params, value=loss)
+    >>> info = optax_lcam.loss_control_info(state)
+    >>> bool(info.below_mean), float(info.mean_loss), int(info.step)
+    (True, 1.5, 2)
+    >>> round(float(info.hyperparams["momentum"]), 2)
+    0.95
+  """
+  state = find_loss_control_state(opt_state)
+  if isinstance(state, ScaleByLCAMState):
+    hyperparams = {"beta": state.beta}
+  else:
+    hyperparams = dict(state.controlled_state.hyperparams)
+  phase = state.loss_phase
+  return LossControlInfo(below_mean=phase.below_mean,
+                         mean_loss=_phase.mean_of(phase),
+                         step=phase.phase_step, hyperparams=hyperparams)
