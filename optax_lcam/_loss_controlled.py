@@ -59,10 +59,12 @@ def _check_value_dicts(below: Any, above: Any) -> tuple[str, ...]:
         "`below` and `above` must name at least one hyper-parameter, with its "
         'value in each phase, e.g. below={"b1": 0.95}, above={"b1": 0.9}.')
   if set(below) != set(above):
+    only_below = sorted(set(below) - set(above))
+    only_above = sorted(set(above) - set(below))
     raise ValueError(
         "`below` and `above` must set the same hyper-parameters, each needs a "
-        f"value in both phases. Only in `below`: {sorted(set(below) - set(above))}"
-        f"; only in `above`: {sorted(set(above) - set(below))}.")
+        f"value in both phases. Only in `below`: {only_below}; only in "
+        f"`above`: {only_above}.")
   for label, values in (("below", below), ("above", above)):
     for name, value in values.items():
       if callable(value) or isinstance(value, (bool, str)) or not (

@@ -179,14 +179,14 @@ def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _split_float32(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``x = head + tail`` exactly, ``head`` keeping x's top 8 significant bits."""
+  """``x = head + tail`` exactly; ``head`` keeps x's top 8 significant bits."""
   bits = lax.bitcast_convert_type(x, jnp.uint32)
   head = lax.bitcast_convert_type(bits & jnp.uint32(0xFFFF0000), STATS_DTYPE)
   return head, x - head
 
 
 def _is_below_epoch_mean(loss, loss_sum, compensation, count) -> jax.Array:
-  """``loss < (loss_sum + compensation) / count``, decided without rounding.
+  """``loss < (loss_sum + compensation) / count``, without rounding the mean.
 
   The sign of ``loss_sum + compensation - count * loss`` is computed with
   error-free transformations: the loss is split into three parts of at most 8
@@ -272,9 +272,18 @@ def update(state: LossPhaseState, loss: jax.Array,
 
 def phase_values(state: LossPhaseState, below: Any, above: Any,
                  undecided: Any) -> Any:
-  """The values the phase selects: ``below``, ``above``, or ``undecided``
-  before any finite loss. Trees of matching structure, cast like
-  ``undecided``."""
+  """The values the phase selects, ``undecided`` before any finite loss.
+
+  Args:
+    state: A phase state.
+    below: The values of the phase below the mean.
+    above: The values of the phase at or above the mean (same structure).
+    undecided: The values before the first decision (same structure, arrays).
+
+  Returns:
+    ``below`` or ``above`` by ``state.below_mean``, or ``undecided``; each
+    leaf cast to the dtype of its ``undecided`` leaf.
+  """
   def select(b, a, u):
     value = jnp.where(state.below_mean, b, a)
     value = jnp.where(state.phase_decided, value, u)
