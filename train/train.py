@@ -104,7 +104,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         f"{config[field]}.")
   for field in ("eval_every_epochs", "log_every_steps",
                 "checkpoint_every_steps", "stop_after_steps",
-                "keep_checkpoints"):
+                "keep_checkpoints", "host_devices"):
     if config[field] < 0:
       raise ConfigError(f"config.{field} must be >= 0, got {config[field]}.")
   # Build the parts once, so that their own checks speak now, as config errors.

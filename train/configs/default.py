@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.stop_after_steps = 0  # > 0: stop (resumably) once at this step
   config.on_nonfinite_loss = "stop"  # or "skip" (drop that step's update)
+  # CPU hosts without an accelerator are split into this many XLA devices by
+  # the command line (0: automatic, 2 per core up to 8); see train/main.py.
+  config.host_devices = 0
   config.parallel = "pmap"  # or "jit" (jax.jit with a NamedSharding)
   config.progress = True  # progress bar (plain lines when not a terminal)
 
