@@ -14,7 +14,6 @@ from models.wide_resnet import WRN_16_4
 from models.wide_resnet import WRN_16_8
 from models.wide_resnet import WRN_28_10
 from models.wide_resnet import WRN_40_4
-from models.wide_resnet import WRN_TINY
 from models.wide_resnet import WideResNet
 from models.wide_resnet import blocks_per_group
 from models.wide_resnet import canonical_model_name
@@ -30,7 +29,6 @@ __all__ = (
     'WRN_16_8',
     'WRN_28_10',
     'WRN_40_4',
-    'WRN_TINY',
     'WideResNet',
     'batch_moments',
     'blocks_per_group',

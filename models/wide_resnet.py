@@ -256,10 +256,6 @@ WRN_16_8 = functools.partial(WideResNet, depth=16, widen_factor=8)
 WRN_40_4 = functools.partial(WideResNet, depth=40, widen_factor=4)
 WRN_16_4 = functools.partial(WideResNet, depth=16, widen_factor=4)
 WRN_10_1 = functools.partial(WideResNet, depth=10, widen_factor=1)
-# The smallest valid WRN (one block per group, ~78k parameters), for tests.
-# It has the same layers as WRN-10-1 and still exercises both kinds of
-# shortcut (identity in group 1, 1x1 conv in groups 2 and 3).
-WRN_TINY = functools.partial(WideResNet, depth=10, widen_factor=1)
 
 _VARIANTS = {
     'wrn-28-10': WRN_28_10,
@@ -267,8 +263,10 @@ _VARIANTS = {
     'wrn-40-4': WRN_40_4,
     'wrn-16-4': WRN_16_4,
     'wrn-10-1': WRN_10_1,
-    'tiny': WRN_TINY,
 }
+# Old spellings still accepted by create_model: train/configs/tiny.py and its
+# tests name WRN-10-1 (the smallest valid WRN, ~78k parameters) 'tiny'.
+_ALIASES = {'tiny': 'wrn-10-1'}
 MODEL_NAMES = tuple(_VARIANTS)
 
 
@@ -276,7 +274,7 @@ def canonical_model_name(name: str) -> str:
   """Spells a model name the way ``MODEL_NAMES`` does: lower case, dashes.
 
   Args:
-    name: e.g. ``'WRN_28_10'``, ``'wrn-28-10'`` or ``'Tiny'``.
+    name: e.g. ``'WRN_28_10'`` or ``'wrn-28-10'``.
 
   Returns:
     The canonical spelling, e.g. ``'wrn-28-10'``.
@@ -293,8 +291,9 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> WideResNet:
 
   Args:
     name: one of ``MODEL_NAMES`` (``'wrn-28-10'``, ``'wrn-16-8'``,
-      ``'wrn-40-4'``, ``'wrn-16-4'``, ``'wrn-10-1'``, ``'tiny'``); case and
-      underscores instead of dashes do not matter.
+      ``'wrn-40-4'``, ``'wrn-16-4'``, ``'wrn-10-1'``); case and underscores
+      instead of dashes do not matter. ``'tiny'`` is an old name of
+      ``'wrn-10-1'``.
     num_classes: number of logits.
     **overrides: other ``WideResNet`` fields, e.g. ``dtype=jnp.bfloat16``,
       ``bn_axis_name='batch'``, ``dropout_rate=0.3``.
@@ -312,6 +311,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> WideResNet:
     (16, 8, 100)
   """
   key = canonical_model_name(name)
+  key = _ALIASES.get(key, key)
   if key not in _VARIANTS:
     raise ValueError(
         f'Unknown model name {name!r}; known names: {", ".join(MODEL_NAMES)} '
