@@ -14,17 +14,26 @@ input side should deliver more than 50 times that.
 """
 
 import argparse
+import os
 from pathlib import Path
+import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
+# The harness (models/, train/) is imported from the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train import data
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
-DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / (
-    "shared/data/cifar10_jpeg.tar.gz")
+from train import data  # noqa: E402
+
+# The kit's copy in the checkout (.data/, see the README) or the shared one.
+_REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = next(
+    (path for path in (_REPO / ".data/cifar10_jpeg.tar.gz",
+                       _REPO.parent / "shared/data/cifar10_jpeg.tar.gz")
+     if path.exists()), _REPO.parent / "shared/data/cifar10_jpeg.tar.gz")
 WRN_16_4_IMAGES_PER_S = 30.0  # The upper end of a CPU train step's appetite.
 
 

@@ -21,6 +21,9 @@ import sys
 import tempfile
 import time
 
+# The harness (models/, train/) is imported from the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
