@@ -224,3 +224,123 @@ def test_is_ignored_config_key():
   assert plot.is_ignored_config_key("checkpoint_dir")
   assert not plot.is_ignored_config_key("optimizer.beta_below")
   assert os.path.basename(plot.CONFIG_FILENAME) == "config.json"
+
+
+def _loss_run(root, name, seed, losses, **config_fields):
+  """A workdir whose epoch records have the given training losses."""
+  config = dict(_config(seed, 0.95, 0.9, str(root / name)), **config_fields)
+  lines = [{"kind": "epoch", "epoch": epoch, "step": 10 * epoch,
+            "train_loss": loss, "phase_below_fraction": 0.5,
+            "test_accuracy": 0.5}
+           for epoch, loss in enumerate(losses, start=1)]
+  workdir = root / name
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps(config))
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(line) + "\n" for line in lines))
+  return workdir
+
+
+def _y_tick_labels(axis):
+  return [label.get_text() for label in axis.get_yticklabels()]
+
+
+def _is_plain_decimal(text):
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return "e" not in text.lower()
+
+
+@pytest.mark.parametrize("losses", [
+    [1.63, 1.21, 1.02, 0.91, 0.83],  # 0.83-1.63: two log labels before
+    [2.3178, 2.3176, 2.3174, 2.3172],  # narrow: 2.3175x10^0 before
+    [2.3, 0.9, 0.2, 0.04],  # almost two decades
+])
+def test_loss_axis_has_readable_plain_decimal_ticks(tmp_path, losses):
+  workdir = _loss_run(tmp_path, "run", 0, losses)
+  figure = plot.plot_runs(plot.group_runs([plot.load_run(workdir)]),
+                          tmp_path / "curves.png")
+  loss_axis = figure.axes[1]
+  assert loss_axis.get_yscale() == "log"
+  labels = _y_tick_labels(loss_axis)
+  assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+  assert all(_is_plain_decimal(text) for text in labels), labels
+  low, high = loss_axis.get_ylim()
+  ticks = loss_axis.get_yticks()
+  assert all(low <= t <= high for t in ticks)
+  np.testing.assert_allclose([float(text) for text in labels], ticks,
+                             rtol=1e-9)
+  assert not loss_axis.yaxis.get_minorticklabels() or not any(
+      label.get_text() for label in loss_axis.yaxis.get_minorticklabels())
+
+
+def test_tick_values_and_labels():
+  assert plot.tick_labels(plot.tick_values(0.83, 1.63, log_scale=True)) == [
+      "1.0", "1.2", "1.4", "1.6"]
+  narrow = plot.tick_values(2.31715, 2.31785, log_scale=True)
+  assert len(narrow) >= 3
+  assert plot.tick_labels(narrow)[0].startswith("2.317")
+  assert plot.tick_values(0.05, 2.3, log_scale=True) == [
+      0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+  assert len(plot.tick_values(1e-6, 10.0, log_scale=True)) <= 6
+  assert plot.tick_values(3.0, 3.0, log_scale=True) == [3.0]
+
+
+def test_epoch_axis_shows_whole_epochs(tmp_path):
+  workdir = _loss_run(tmp_path, "run", 0, [1.5, 1.2, 1.1])
+  figure = plot.plot_runs(plot.group_runs([plot.load_run(workdir)]),
+                          tmp_path / "curves.png")
+  low, high = figure.axes[0].get_xlim()
+  ticks = [t for t in figure.axes[0].get_xticks() if low <= t <= high]
+  assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def _legend_texts(figure):
+  return [text.get_text() for legend in figure.legends
+          for text in legend.get_texts()]
+
+
+def test_legend_counts_distinct_seeds(tmp_path):
+  same_seed = [_loss_run(tmp_path, f"same{i}", 0, [1.5, 1.2]) for i in range(3)]
+  seeds = [_loss_run(tmp_path, f"seed{i}", i, [1.4, 1.1], num_epochs=99)
+           for i in range(3)]
+  groups = plot.group_runs(plot.load_run(d) for d in same_seed + seeds)
+  figure = plot.plot_runs(groups, tmp_path / "curves.png")
+  texts = _legend_texts(figure)
+  assert len(texts) == 2
+  assert "(3 runs, min-max)" in texts[0] and "seeds" not in texts[0]
+  assert "(3 seeds, min-max)" in texts[1]
+
+
+def test_logging_and_device_fields_do_not_split_or_label_groups(tmp_path):
+  dirs = [
+      _loss_run(tmp_path, "a0", 0, [1.0], log_every_steps=2,
+                checkpoint_every_steps=3, progress=True, host_devices=4),
+      _loss_run(tmp_path, "a1", 1, [1.0], log_every_steps=50,
+                checkpoint_every_steps=1000, progress=False, host_devices=0,
+                parallel="jit", stop_after_steps=7, eval_every_epochs=2,
+                eval_batch_size=500, keep_checkpoints=1,
+                distributed={"process_id": 1}),
+      _loss_run(tmp_path, "b", 0, [1.0], log_every_steps=7,
+                schedule={"name": "cosine"},
+                data={"source": "cifar10", "cache_dir": "/tmp/x"}),
+  ]
+  groups = plot.group_runs(plot.load_run(d) for d in dirs)
+  assert [(g.label, len(g.runs)) for g in groups] == [("step", 2),
+                                                      ("cosine", 1)]
+
+
+def test_plot_run_dirs_draws_given_groups(runs, tmp_path):
+  dirs, _ = runs
+  run_dirs = [dirs["lcam_a_s0"], dirs["lcam_a_s1"], dirs["sgd_s0"]]
+  output = tmp_path / "study" / "curves.png"
+  groups = plot.plot_run_dirs(run_dirs, output, labels=["A", "A", "B"])
+  assert [(g.label, len(g.runs)) for g in groups] == [("A", 2), ("B", 1)]
+  assert output.read_bytes().startswith(_PNG_MAGIC)
+
+  groups = plot.plot_run_dirs(run_dirs, output)  # grouped by config
+  assert [len(g.runs) for g in groups] == [2, 1]
+  with pytest.raises(ValueError, match="labels"):
+    plot.plot_run_dirs(run_dirs, output, labels=["A"])

@@ -2,9 +2,11 @@
 
 Reads each run's ``config.json`` and ``metrics.jsonl`` (see
 :mod:`train.metric_writers`). Runs whose configs differ only in their seed
-(and in paths such as the workdir) are grouped: a group is drawn as the mean
-over its seeds with a min-max band, and labelled by the config fields that
-tell the groups apart (e.g. ``lcam 0.95/0.9``).
+(and in paths, logging, checkpoints, devices or evaluation, see
+`is_ignored_config_key`) are grouped: a group is drawn as the mean over its
+runs with a min-max band, and labelled by the config fields that tell the
+groups apart (e.g. ``lcam 0.95/0.9``). `plot_run_dirs` draws the figure of a
+list of workdirs, with labels of the caller's choice if given.
 
 The figure has three panels against epochs: test error (%), mean training
 loss (log scale), and the fraction of each epoch's steps whose loss was below
@@ -30,11 +32,18 @@ from train import metric_writers
 
 CONFIG_FILENAME = "config.json"
 
-# Config keys (at any depth) that do not make two runs different experiments.
+# Config keys (at any depth) that do not make two runs different experiments:
+# seeds, paths, and how a run is logged, saved, spread over devices, evaluated
+# or cut short.
 _IGNORED_CONFIG_KEYS = frozenset({
     "seed", "workdir", "work_dir", "output_dir", "log_dir", "checkpoint_dir",
-    "tensorboard_dir", "data_dir", "resume", "restore_from",
+    "tensorboard_dir", "data_dir", "cache_dir", "resume", "restore_from",
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "progress", "host_devices", "parallel", "stop_after_steps",
+    "eval_every_epochs", "eval_batch_size",
 })
+# Config sections whose fields never make two runs different experiments.
+_IGNORED_CONFIG_SECTIONS = ("distributed",)
 
 # Where a differing field goes in a group label; lower comes first.
 _LABEL_ORDER = ("optimizer", "model", "data", "schedule")
@@ -132,14 +141,21 @@ def flatten_config(
 
 
 def is_ignored_config_key(dotted_key: str) -> bool:
-  """Whether a config field does not tell experiments apart (seeds, paths).
+  """Whether a config field does not tell experiments apart.
+
+  Seeds, paths and the fields of logging, checkpoints, progress, devices,
+  evaluation, early stops and data caches are ignored.
 
   >>> [is_ignored_config_key(k) for k in ("seed", "data.shuffle_seed",
-  ...                                      "workdir", "optimizer.name")]
-  [True, True, True, False]
+  ...                                      "workdir", "log_every_steps",
+  ...                                      "distributed.process_id",
+  ...                                      "optimizer.name")]
+  [True, True, True, True, True, False]
   """
-  leaf = dotted_key.rsplit(".", 1)[-1].lower()
-  return leaf in _IGNORED_CONFIG_KEYS or leaf.endswith("_seed")
+  key = dotted_key.lower()
+  leaf = key.rsplit(".", 1)[-1]
+  return (leaf in _IGNORED_CONFIG_KEYS or leaf.endswith("_seed")
+          or key.split(".", 1)[0] in _IGNORED_CONFIG_SECTIONS)
 
 
 def experiment_key(run: Run) -> str:
@@ -154,15 +170,29 @@ def experiment_key(run: Run) -> str:
   return json.dumps(fields, sort_keys=True, default=str)
 
 
-def group_runs(runs: Iterable[Run]) -> list[RunGroup]:
+def group_runs(
+    runs: Iterable[Run], labels: Sequence[str] | None = None
+) -> list[RunGroup]:
   """Groups runs that differ only in their seed, and labels the groups.
 
   Args:
     runs: the runs, in the order to show them.
+    labels: optional, one group label per run: runs with the same label form
+      one group, with that label, whatever their configs.
 
   Returns:
     The groups, in the order of their first run.
   """
+  runs = list(runs)
+  if labels is not None:
+    labels = list(labels)
+    if len(labels) != len(runs):
+      raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    by_label = {}
+    for run, label in zip(runs, labels):
+      by_label.setdefault(str(label), []).append(run)
+    return [RunGroup(label=label, runs=tuple(members))
+            for label, members in by_label.items()]
   members = {}
   for run in runs:
     members.setdefault(experiment_key(run), []).append(run)
@@ -432,6 +462,121 @@ def summary_table(groups: Sequence[RunGroup]) -> str:
   return "\n".join([line(header), rule] + [line(row) for row in rows])
 
 
+def describe_runs(runs: Sequence[Run]) -> str:
+  """How many runs a group has: ``"3 seeds"``, or ``"3 runs"`` if seeds repeat.
+
+  Runs count as seeds only when each has a distinct ``seed`` in its config.
+
+  >>> runs = [Run(path="", name="", config={"seed": s}, epochs=())
+  ...         for s in (0, 1, 1)]
+  >>> describe_runs(runs[:2]), describe_runs(runs), describe_runs(runs[:1])
+  ('2 seeds', '3 runs', '1 run')
+  """
+  if len(runs) == 1:
+    return "1 run"
+  seeds = [run.config.get("seed") for run in runs]
+  if None not in seeds and len({json.dumps(seed) for seed in seeds}) == len(
+      runs):
+    return f"{len(runs)} seeds"
+  return f"{len(runs)} runs"
+
+
+def tick_values(low: float, high: float, log_scale: bool,
+                max_ticks: int = 6) -> list[float]:
+  """A few round values between ``low`` and ``high`` for an axis's ticks.
+
+  Within a factor of 10, or on a linear axis, they are evenly spaced round
+  decimals (steps of 1, 2, 2.5 or 5 times a power of 10), however narrow the
+  range. On a log axis over a wider range they are 1, 2 and 5 (or fewer)
+  times powers of 10.
+
+  >>> tick_values(0.83, 1.63, log_scale=True)
+  [1.0, 1.2, 1.4, 1.6]
+  >>> tick_values(0.05, 2.3, log_scale=True)
+  [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+  """
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+    return []
+  if low == high:
+    return [low]
+  if log_scale and low > 0 and high / low > 10:
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    for mantissas in ((1, 2, 5), (1, 3), (1,)):
+      ticks = [float(f"{m}e{e}") for e in range(first, last + 1)
+               for m in mantissas if low <= m * 10.0 ** e <= high]
+      if len(ticks) <= max_ticks:
+        return ticks
+    every = math.ceil(len(ticks) / max_ticks)
+    return ticks[::every]
+  locator = ticker.MaxNLocator(nbins=max_ticks - 1, steps=[1, 2, 2.5, 5, 10])
+  ticks = [float(t) for t in locator.tick_values(low, high)]
+  span = high - low
+  # Rounded to the step's digits, so that labels and values agree.
+  return [round(t, 12) for t in ticks
+          if low - 1e-9 * span <= t <= high + 1e-9 * span]
+
+
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+  """Plain decimal labels: as few digits as tell the values apart, no powers.
+
+  Evenly spaced ticks share one number of decimals; others (log ticks) each
+  get their own shortest form.
+
+  >>> tick_labels([1.0, 1.2, 1.4])
+  ['1.0', '1.2', '1.4']
+  >>> tick_labels([2.3172, 2.3174, 2.3176])
+  ['2.3172', '2.3174', '2.3176']
+  >>> tick_labels([0.05, 0.1, 1.0, 2.0])
+  ['0.05', '0.1', '1', '2']
+  """
+  if not ticks:
+    return []
+  steps = np.diff(ticks)
+  scale = max(abs(t) for t in ticks) or 1.0
+  evenly_spaced = len(ticks) > 1 and np.allclose(
+      steps, steps[0], rtol=1e-6, atol=1e-12 * scale)
+  if not evenly_spaced:
+    return [np.format_float_positional(t, precision=12, trim="-")
+            for t in ticks]
+  for decimals in range(13):
+    labels = [f"{t:.{decimals}f}" for t in ticks]
+    if all(abs(float(label) - t) <= 1e-9 * scale
+           for label, t in zip(labels, ticks)):
+      return labels
+  return [f"{t:.12g}" for t in ticks]
+
+
+def _set_value_ticks(panel, low: float, high: float, log_scale: bool) -> None:
+  """Limits with a margin, round ticks and plain decimal labels on the y axis."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
+  if log_scale:
+    panel.set_yscale("log")
+    margin = (high / low) ** 0.05 if high > low else 1.05
+    low, high = low / margin, high * margin
+  else:
+    margin = 0.05 * (high - low) if high > low else 0.05 * (abs(high) or 1.0)
+    low, high = low - margin, high + margin
+  ticks = tick_values(low, high, log_scale)
+  if len(ticks) > 1 and not (log_scale and high / low > 10):
+    # Evenly spaced ticks: widen the limits to the next tick when it is near,
+    # so that both ends of the axis are labelled.
+    step, span = ticks[1] - ticks[0], high - low
+    below, above = ticks[0] - step, ticks[-1] + step
+    if low - below <= 0.2 * span and (below > 0 or not log_scale):
+      low = below
+    if above - high <= 0.2 * span:
+      high = above
+    ticks = tick_values(low, high, log_scale)
+  panel.set_ylim(low, high)
+  panel.yaxis.set_major_locator(ticker.FixedLocator(ticks))
+  panel.yaxis.set_major_formatter(ticker.FixedFormatter(tick_labels(ticks)))
+  panel.yaxis.set_minor_locator(ticker.NullLocator())
+  panel.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
 # (field, panel title, y label, transform of the values, log scale)
 _PANELS = (
     ("test_accuracy", "Test error", "test error (%)",
@@ -445,59 +590,150 @@ _PANELS = (
 
 def plot_runs(
     groups: Sequence[RunGroup], output_path: str | os.PathLike[str]
-) -> None:
+):
   """Draws the groups' curves against epochs and saves the figure.
 
   Three panels: test error in %, mean training loss (log scale) and the
   fraction of steps in the below-mean phase. Each group is a line (the mean
-  over seeds) with a band from the lowest to the highest seed.
+  over seeds) with a band from the lowest to the highest seed. The x axis
+  shows whole epochs, the y axes round values with plain decimal labels.
 
   Args:
     groups: the run groups.
     output_path: the image file; its extension picks the format (png, pdf,
       svg...). Missing parent directories are created.
+
+  Returns:
+    The `matplotlib.figure.Figure`, as saved.
   """
   # The object-oriented API renders without pyplot, so no global backend.
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   figure = Figure(figsize=(16, 4.8), layout="constrained")
   axes = figure.subplots(1, len(_PANELS), sharex=True)
   legend_lines, legend_labels = [], []
+  # The lowest and highest value drawn in each panel, bands included.
+  drawn_range = [[math.inf, -math.inf] for _ in _PANELS]
   for index, group in enumerate(groups):
     color = f"C{index % 10}"
-    num_seeds = len(group.runs)
+    several = len(group.runs) > 1
     group_line = None
-    for panel, (field, _, _, transform, _) in zip(axes, _PANELS):
+    for panel_index, (panel, (field, _, _, transform, log_scale)) in enumerate(
+        zip(axes, _PANELS)):
       curve = group_curve(group, field)
       mean = transform(curve.mean)
       drawn = ~np.isnan(mean)
+      if log_scale:
+        drawn &= mean > 0
       if not drawn.any():
         continue
       (line,) = panel.plot(curve.epochs[drawn], mean[drawn], color=color,
                            linewidth=1.4)
       group_line = group_line or line
-      if num_seeds > 1:
+      values = [mean[drawn]]
+      if several:
         low, high = transform(curve.low), transform(curve.high)
         panel.fill_between(curve.epochs[drawn], low[drawn], high[drawn],
                            color=color, alpha=0.2, linewidth=0)
+        values += [low[drawn], high[drawn]]
+      values = np.concatenate(values)
+      values = values[np.isfinite(values) & ((values > 0) | (not log_scale))]
+      if values.size:
+        span = drawn_range[panel_index]
+        span[0] = min(span[0], float(values.min()))
+        span[1] = max(span[1], float(values.max()))
     if group_line is not None:
-      seeds = f"{num_seeds} seeds, min-max" if num_seeds > 1 else "1 run"
+      runs = describe_runs(group.runs)
       legend_lines.append(group_line)
-      legend_labels.append(f"{group.label} ({seeds})")
-  for panel, (_, title, ylabel, _, log_scale) in zip(axes, _PANELS):
+      legend_labels.append(
+          f"{group.label} ({runs}, min-max)" if several
+          else f"{group.label} ({runs})")
+  for panel, (_, title, ylabel, _, log_scale), (low, high) in zip(
+      axes, _PANELS, drawn_range):
     panel.set_title(title)
     panel.set_xlabel("epoch")
     panel.set_ylabel(ylabel)
     panel.grid(True, which="major", alpha=0.3)
-    if log_scale and panel.has_data():
-      panel.set_yscale("log")
+    if panel is not axes[2] and low <= high:
+      _set_value_ticks(panel, low, high, log_scale)
   axes[2].set_ylim(0.0, 1.0)
+  # Whole epochs only; sharex gives every panel the same ticks.
+  axes[0].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   if legend_lines:
     figure.legend(legend_lines, legend_labels, loc="outside lower center",
                   ncol=min(len(legend_lines), 4), frameon=False)
   output_path = os.fspath(output_path)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   figure.savefig(output_path, dpi=120)
+  return figure
+
+
+def load_runs(
+    run_dirs: Iterable[str | os.PathLike[str]],
+    labels: Sequence[str] | None = None,
+) -> tuple[list[Run], list[str] | None, list[str]]:
+  """Reads workdirs, dropping repeats and runs without a finished epoch.
+
+  Args:
+    run_dirs: training workdirs.
+    labels: optional, one group label per workdir (see `group_runs`).
+
+  Returns:
+    ``(runs, their labels or None, paths skipped for lack of an epoch)``.
+
+  Raises:
+    NotARunError: for a directory without ``metrics.jsonl``.
+    OSError, ValueError: for an unreadable ``config.json``.
+  """
+  run_dirs = list(run_dirs)
+  if labels is not None and len(labels) != len(run_dirs):
+    raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run dirs")
+  runs, kept_labels, skipped, seen = [], [], [], set()
+  for index, run_dir in enumerate(run_dirs):
+    run = load_run(run_dir)
+    if os.path.abspath(run.path) in seen:
+      continue
+    seen.add(os.path.abspath(run.path))
+    if not run.epochs:
+      skipped.append(run.path)
+      continue
+    runs.append(run)
+    if labels is not None:
+      kept_labels.append(labels[index])
+  return runs, (kept_labels if labels is not None else None), skipped
+
+
+def plot_run_dirs(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    output_path: str | os.PathLike[str],
+    labels: Sequence[str] | None = None,
+) -> list[RunGroup]:
+  """Draws the curves of training workdirs into one figure.
+
+  Runs are grouped as by ``python -m train.plot`` (configs equal but for the
+  seed), or by ``labels`` when given. Workdirs without a finished epoch are
+  left out.
+
+  Args:
+    run_dirs: training workdirs (with ``metrics.jsonl``).
+    output_path: the image file (png, pdf, svg...).
+    labels: optional, one group label per workdir; workdirs with the same
+      label form one group.
+
+  Returns:
+    The groups drawn.
+
+  Raises:
+    NotARunError: for a directory that is not a training workdir.
+    ValueError: if no run has a finished epoch, or the labels do not match.
+  """
+  runs, run_labels, _ = load_runs(run_dirs, labels)
+  if not runs:
+    raise ValueError("no run has a finished epoch; nothing to plot")
+  groups = group_runs(runs, run_labels)
+  plot_runs(groups, output_path)
+  return groups
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -518,25 +754,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line: returns the exit status (0 on success)."""
   args = _parse_args(argv)
-  runs = []
-  seen = set()
   try:
-    for run_dir in args.run_dirs:
-      run = load_run(run_dir)
-      if os.path.abspath(run.path) in seen:
-        continue
-      seen.add(os.path.abspath(run.path))
-      if not run.epochs:
-        _print_message(f"warning: {run.path} has no finished epoch yet; "
-                       "skipped")
-        continue
-      runs.append(run)
+    runs, _, skipped = load_runs(args.run_dirs)
   except NotARunError as error:
     _print_message(f"error: {error}")
     return 2
   except (OSError, ValueError) as error:  # An unreadable config.json.
     _print_message(f"error: {error}")
     return 1
+  for path in skipped:
+    _print_message(f"warning: {path} has no finished epoch yet; skipped")
   if not runs:
     _print_message("error: no run has a finished epoch; nothing to plot")
     return 1
