@@ -1,0 +1,705 @@
+"""Studies: arms x seeds of training runs, run anywhere, and honest statistics.
+
+  python -m train.study run STUDY --workdir DIR [--workers N] [--arms A,B] [--seeds 0,1]
+  python -m train.study commands STUDY --workdir DIR
+  python -m train.study summarize DIR
+
+STUDY is a study file (``train/studies/NAME.py[:ARG]``, or just ``NAME``) whose
+``get_study()`` returns a ``ConfigDict`` with:
+
+* ``config``: the training config every run starts from, as ``--config`` takes
+  it (``train/configs/reference.py:cifar10,A,0.9/0.9``);
+* ``overrides``: ``{"dotted.field": value}`` applied to every run;
+* ``arms``: ``{name: overrides}``, the experiments to compare;
+* ``seeds``: the seeds each arm runs with; ``baseline``: the arm the others
+  are compared with; ``targets``: test accuracies for "epochs to reach".
+
+Each (arm, seed) is an ordinary ``python -m train`` run in its own workdir,
+``DIR/<arm>/seed<k>`` (a ``/`` in an arm's name becomes ``_``), so the loop's
+exact resume applies: re-running a killed study continues every unfinished run
+where it stopped and skips the finished ones. ``run`` keeps N runs going at once
+(on a CPU host the cores are split between them; with several GPUs each run
+gets its own); ``commands`` prints one shell command per pending run for any
+other scheduler. ``summarize`` reads the runs and writes ``summary.md``,
+``summary.json`` and ``curves.png`` into DIR.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from train import metric_writers
+from train import plot
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDIES_DIR = os.path.join(REPO_ROOT, "train", "studies")
+STUDY_FILENAME = "study.json"
+FAILURE_FILENAME = "failure.txt"
+LOG_FILENAME = "train.log"
+LOG_TAIL_LINES = 20
+
+
+class StudyError(ValueError):
+  """A study definition or a study directory that cannot be used."""
+
+
+# -----------------------------------------------------------------------------
+# Study definitions and the runs they name.
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise StudyError(f"{what} {path} does not exist.")
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _call_with_argument(spec: str, function: str, what: str):
+  """``path.py[:ARG]`` -> ``module.function(ARG)`` (or without an argument)."""
+  path, _, argument = spec.partition(".py:")
+  path = path if path.endswith(".py") else path + ".py"
+  module = _load_module(os.path.join(REPO_ROOT, path), what)
+  try:
+    return getattr(module, function)(*([argument] if argument else []))
+  except (TypeError, ValueError) as e:
+    raise StudyError(f"{what} {spec}: {e}") from e
+
+
+def load_study(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``train/studies/NAME.py[:ARG]`` (or a bare ``NAME``) and checks it.
+
+  Raises:
+    StudyError: the file is missing, or the study names an unknown arm,
+      baseline or config field.
+  """
+  name, colon, argument = spec.partition(":")
+  if os.sep not in name and not name.endswith(".py"):
+    spec = os.path.join(STUDIES_DIR, name + ".py") + colon + argument
+  study = _call_with_argument(spec, "get_study", "Study file")
+  missing = [key for key in ("config", "arms", "seeds", "baseline")
+             if key not in study]
+  if missing:
+    raise StudyError(f"The study {spec} has no {', '.join(missing)}.")
+  if study.baseline not in study.arms:
+    raise StudyError(f"The study's baseline {study.baseline!r} is not one of "
+                     f"its arms {list(study.arms)}.")
+  for arm in study.arms:
+    run_config(study, arm, study.seeds[0])  # Unknown fields speak now.
+  return study
+
+
+def base_config(spec: str) -> ml_collections.ConfigDict:
+  """The training config named by ``spec`` as ``--config`` takes it."""
+  return _call_with_argument(spec, "get_config", "Config file")
+
+
+def _apply_override(config: ml_collections.ConfigDict, field: str,
+                    value: Any) -> None:
+  """Sets the dotted ``field`` of ``config``; unknown fields are errors."""
+  keys = field.split(".")
+  node = config
+  for depth, key in enumerate(keys):
+    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+      where = ".".join(keys[:depth]) or "the config"
+      valid = (", ".join(sorted(node)) if isinstance(
+          node, ml_collections.ConfigDict) else "no fields")
+      raise StudyError(f"Unknown config field {field!r}: {where} has "
+                       f"{valid}.")
+    if depth < len(keys) - 1:
+      node = node[key]
+  try:
+    setattr(node, keys[-1], value)
+  except TypeError as e:
+    raise StudyError(f"Bad value for config field {field!r}: {e}") from e
+
+
+def run_overrides(study: ml_collections.ConfigDict, arm: str,
+                  seed: int) -> dict[str, Any]:
+  """The overrides of one run: the study's, the arm's, then the seed."""
+  overrides = dict(study.get("overrides", {}))
+  overrides.update(study.arms[arm])
+  overrides["seed"] = seed
+  return overrides
+
+
+def run_config(study: ml_collections.ConfigDict, arm: str,
+               seed: int) -> ml_collections.ConfigDict:
+  """The full training config of one (arm, seed) of ``study``."""
+  config = base_config(study.config)
+  for field, value in run_overrides(study, arm, seed).items():
+    _apply_override(config, field, value)
+  return config
+
+
+def arm_dirname(arm: str) -> str:
+  return arm.replace("/", "_").replace(" ", "_")
+
+
+def run_dir(workdir: str, arm: str, seed: int) -> str:
+  return os.path.join(os.path.abspath(workdir), arm_dirname(arm),
+                      f"seed{seed}")
+
+
+def _flag_value(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    return "(" + ",".join(_flag_value(v) for v in value) + ("," if len(
+        value) == 1 else "") + ")"
+  return str(value)
+
+
+def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
+                  seed: int) -> list[str]:
+  """The ``python -m train`` command line of one run, to run in `REPO_ROOT`.
+
+  Relative paths in the study (its config file, a ``folder:`` source) are
+  relative to the repository, as for ``python -m train`` run there.
+  """
+  return [sys.executable, "-m", "train", "--config", study.config,
+          "--workdir", run_dir(workdir, arm, seed)] + [
+              f"--config.{field}={_flag_value(value)}"
+              for field, value in run_overrides(study, arm, seed).items()]
+
+
+# -----------------------------------------------------------------------------
+# The state of a study directory.
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+  """What a run's workdir says about it."""
+
+  arm: str
+  seed: int
+  path: str
+  epochs_done: int
+  num_epochs: int | None
+  failure: str | None  # the tail of the log of a failed attempt
+
+  @property
+  def finished(self) -> bool:
+    return self.num_epochs is not None and self.epochs_done >= self.num_epochs
+
+
+def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
+  path = run_dir(workdir, arm, seed)
+  num_epochs, epochs_done, failure = None, 0, None
+  config_file = os.path.join(path, plot.CONFIG_FILENAME)
+  if os.path.isfile(config_file):
+    with open(config_file, encoding="utf-8") as f:
+      num_epochs = json.load(f).get("num_epochs")
+  if os.path.isfile(os.path.join(path, metric_writers.METRICS_FILENAME)):
+    epochs = metric_writers.read_metrics(path).get("epoch", [])
+    epochs_done = max((int(r["epoch"]) for r in epochs), default=0)
+  failure_file = os.path.join(path, FAILURE_FILENAME)
+  if os.path.isfile(failure_file):
+    with open(failure_file, encoding="utf-8") as f:
+      failure = f.read()
+  return RunStatus(arm, seed, path, epochs_done, num_epochs, failure)
+
+
+def study_runs(study: ml_collections.ConfigDict, workdir: str,
+               arms: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None) -> list[RunStatus]:
+  """The runs of the study, seed by seed (all arms of a seed, then the next)."""
+  arms = list(study.arms) if arms is None else list(arms)
+  seeds = list(study.seeds) if seeds is None else list(seeds)
+  unknown = [arm for arm in arms if arm not in study.arms]
+  if unknown:
+    raise StudyError(f"Unknown arm(s) {unknown}: the study has "
+                     f"{list(study.arms)}.")
+  return [read_run_status(workdir, arm, seed) for seed in seeds
+          for arm in arms]
+
+
+def save_study(study: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the definition into ``DIR/study.json``, for `summarize`."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, STUDY_FILENAME)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(study.to_json(indent=2))
+  os.replace(path + ".tmp", path)
+
+
+def read_study(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, STUDY_FILENAME)
+  if not os.path.isfile(path):
+    raise StudyError(f"{workdir} holds no {STUDY_FILENAME}: it is not a study "
+                     "directory (made by `python -m train.study run` or "
+                     "`commands`).")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f), allow_dotted_keys=True)
+
+
+# -----------------------------------------------------------------------------
+# Running: a local pool of N processes.
+
+
+def gpu_count() -> int:
+  """The GPUs this host has, without starting JAX (0 without nvidia-smi)."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return len([d for d in visible.split(",") if d.strip()])
+  try:
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                            text=True, timeout=30, check=False).stdout
+  except (OSError, subprocess.TimeoutExpired):
+    return 0
+  return sum(line.startswith("GPU ") for line in listed.splitlines())
+
+
+def worker_shares(workers: int, cores: Sequence[int],
+                  gpus: int) -> list[dict[str, Any]]:
+  """What each of ``workers`` concurrent runs may use.
+
+  Returns:
+    One dict per worker: ``{"gpu": index}`` on a host with GPUs (run ``i``
+    on GPU ``i mod gpus``), else ``{"cores": [...]}``, the cores split into
+    ``workers`` near-equal parts (one worker keeps them all).
+
+  Example:
+    >>> worker_shares(2, [0, 1, 2], gpus=0)
+    [{'cores': [0, 1]}, {'cores': [2]}]
+    >>> worker_shares(3, [0, 1], gpus=2)
+    [{'gpu': 0}, {'gpu': 1}, {'gpu': 0}]
+  """
+  if gpus:
+    return [{"gpu": i % gpus} for i in range(workers)]
+  parts = np.array_split(np.asarray(cores), min(workers, len(cores)))
+  return [{"cores": [int(c) for c in parts[i % len(parts)]]}
+          for i in range(workers)]
+
+
+def _start_run(command: list[str], path: str,
+               share: dict[str, Any]) -> subprocess.Popen:
+  os.makedirs(path, exist_ok=True)
+  env = dict(os.environ)
+  if "gpu" in share:
+    env["CUDA_VISIBLE_DEVICES"] = str(share["gpu"])
+  cores = share.get("cores")
+  log = open(os.path.join(path, LOG_FILENAME), "a", encoding="utf-8")
+  with log:
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+
+
+def _record_outcome(path: str, returncode: int) -> None:
+  failure_file = os.path.join(path, FAILURE_FILENAME)
+  if returncode == 0:
+    if os.path.exists(failure_file):
+      os.remove(failure_file)
+    return
+  with open(os.path.join(path, LOG_FILENAME), encoding="utf-8",
+            errors="replace") as f:
+    tail = f.readlines()[-LOG_TAIL_LINES:]
+  with open(failure_file, "w", encoding="utf-8") as f:
+    f.write(f"exit status {returncode}; the end of {LOG_FILENAME}:\n"
+            + "".join(tail))
+
+
+class StudyProgress:
+  """One line for the study: done, running, failed, pending, and an ETA."""
+
+  def __init__(self, workers: int, stream=sys.stderr):
+    self._workers = workers
+    self._stream = stream
+    self._last = None
+
+  def update(self, runs: Sequence[RunStatus], running: set[str]) -> None:
+    """Prints the line when it changed; ``running`` holds the runs' paths."""
+    done = sum(r.finished for r in runs)
+    active = sum(r.path in running and not r.finished for r in runs)
+    failed = sum(r.failure is not None and not r.finished
+                 and r.path not in running for r in runs)
+    pending = len(runs) - done - active - failed
+    line = (f"study: {done} done, {active} running, {failed} failed, "
+            f"{pending} pending")
+    eta = self.eta_seconds(runs)
+    if eta is not None:
+      line += f"; ETA {metric_writers.format_duration(eta)}"
+    if line != self._last:
+      print(line, file=self._stream, flush=True)
+      self._last = line
+
+  def eta_seconds(self, runs: Sequence[RunStatus]) -> float | None:
+    """Remaining epochs x mean epoch time so far / workers."""
+    times = []
+    for run in runs:
+      if run.epochs_done:
+        epochs = metric_writers.read_metrics(run.path).get("epoch", [])
+        times += [r["epoch_time_s"] for r in epochs if r.get("epoch_time_s")]
+    if not times:
+      return None
+    remaining = sum(max((r.num_epochs or 0) - r.epochs_done, 0) for r in runs
+                    if not r.finished)
+    return remaining * float(np.mean(times)) / self._workers
+
+
+def run_study(study: ml_collections.ConfigDict, workdir: str, *,
+              workers: int = 1, arms=None, seeds=None,
+              poll_s: float = 5.0) -> list[RunStatus]:
+  """Runs every unfinished (arm, seed), ``workers`` at a time.
+
+  A failed run is recorded (``failure.txt`` with the tail of its log) and the
+  others go on; it is tried again by the next `run_study`. SIGINT or SIGTERM
+  stops the runs (each saves a checkpoint, see `train.main`) and returns.
+
+  Returns:
+    The status of every run afterwards.
+  """
+  save_study(study, workdir)
+  queue = [r for r in study_runs(study, workdir, arms, seeds)
+           if not r.finished]
+  shares = worker_shares(workers, sorted(os.sched_getaffinity(0)),
+                         gpu_count())
+  progress = StudyProgress(workers)
+  running: dict[int, tuple[subprocess.Popen, RunStatus]] = {}
+  stop_requested = []
+  previous_handlers = {
+      sig: signal.signal(sig, lambda *_: stop_requested.append(True))
+      for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    while (queue and not stop_requested) or running:
+      free_slots = [s for s in range(workers) if s not in running]
+      while free_slots and queue and not stop_requested:
+        run, slot = queue.pop(0), free_slots.pop(0)
+        running[slot] = (_start_run(
+            train_command(study, workdir, run.arm, run.seed), run.path,
+            shares[slot]), run)
+      if stop_requested and len(stop_requested) == 1:
+        stop_requested.append(True)  # Tell the runs once; each saves a checkpoint.
+        for process, _ in running.values():
+          process.send_signal(signal.SIGTERM)
+      for slot, (process, run) in list(running.items()):
+        if process.poll() is not None:
+          if not stop_requested:  # A stopped run has not failed.
+            _record_outcome(run.path, process.returncode)
+          del running[slot]
+      progress.update(study_runs(study, workdir, arms, seeds),
+                      {run.path for _, run in running.values()})
+      if running:
+        time.sleep(poll_s)
+  finally:
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+  return study_runs(study, workdir, arms, seeds)
+
+
+def pending_commands(study: ml_collections.ConfigDict,
+                     workdir: str) -> list[str]:
+  """One shell command per unfinished run, for any scheduler."""
+  return [f"cd {shlex.quote(REPO_ROOT)} && "
+          + shlex.join(train_command(study, workdir, r.arm, r.seed))
+          for r in study_runs(study, workdir) if not r.finished]
+
+
+# -----------------------------------------------------------------------------
+# Statistics.
+
+
+def mean_std_ci(values: Sequence[float], confidence: float = 0.95):
+  """Mean, sample std and Student-t interval; no std or interval from one value.
+
+  Example:
+    >>> mean_std_ci([0.5])
+    {'mean': 0.5, 'std': None, 'ci95': None}
+  """
+  values = np.asarray(values, float)
+  if len(values) == 0:
+    return {"mean": None, "std": None, "ci95": None}
+  if len(values) == 1:
+    return {"mean": float(values[0]), "std": None, "ci95": None}
+  mean = float(np.mean(values))
+  return {"mean": mean, "std": float(np.std(values, ddof=1)),
+          "ci95": _t_interval(values, confidence)}
+
+
+def _t_interval(values: np.ndarray, confidence: float) -> list[float]:
+  """The Student-t interval of the mean (a point when the values are equal)."""
+  mean, sem = float(np.mean(values)), float(stats.sem(values))
+  if sem == 0.0:
+    return [mean, mean]
+  low, high = stats.t.interval(confidence, len(values) - 1, loc=mean,
+                               scale=sem)
+  return [float(low), float(high)]
+
+
+def epochs_to_target(runs: Sequence[plot.Run], target: float):
+  """The median over runs of the first epoch reaching ``target`` test accuracy.
+
+  A run that never reaches it counts as infinitely late, so the median is
+  None when half of the runs or more never get there.
+  """
+  firsts = []
+  for run in runs:
+    epochs, accuracy = run.curve("test_accuracy")
+    reached = epochs[accuracy >= target]
+    firsts.append(float(reached[0]) if len(reached) else math.inf)
+  median = float(np.median(firsts)) if firsts else math.inf
+  return {"median": median if math.isfinite(median) else None,
+          "reached": int(np.isfinite(firsts).sum()), "n": len(firsts)}
+
+
+def _final(run: plot.Run, field: str) -> float:
+  _, values = run.curve(field)
+  return float(values[-1]) if len(values) else math.nan
+
+
+def _best(run: plot.Run, field: str) -> float:
+  _, values = run.curve(field)
+  return float(np.nanmax(values)) if len(values) else math.nan
+
+
+def _wall_time_s(run: plot.Run) -> float:
+  records = metric_writers.read_metrics(run.path)
+  return float(sum(r.get("epoch_time_s") or 0.0 for r in records.get(
+      "epoch", [])) + sum(r.get("time_to_first_step_s") or 0.0
+                          for r in records.get("run", [])))
+
+
+def arm_statistics(runs: Sequence[plot.Run],
+                   targets: Sequence[float]) -> dict[str, Any]:
+  """The statistics of one arm's finished runs."""
+  statistics = {
+      "n": len(runs),
+      "seeds": [run.config.get("seed") for run in runs],
+      "final_test_accuracy": mean_std_ci(
+          [_final(r, "test_accuracy") for r in runs]),
+      "best_test_accuracy": mean_std_ci(
+          [_best(r, "test_accuracy") for r in runs]),
+      "epochs_to_target": {str(t): epochs_to_target(runs, t)
+                           for t in targets},
+      "final_train_loss": {
+          k: v for k, v in mean_std_ci(
+              [_final(r, "train_loss") for r in runs]).items()
+          if k != "ci95"},
+      "wall_time_s": float(np.mean([_wall_time_s(r) for r in runs]))
+                     if runs else None,
+  }
+  if runs and all(r.config.get("optimizer", {}).get("name") == "lcam"
+                  for r in runs):
+    fractions = [np.nanmean(r.curve("phase_below_fraction")[1]) for r in runs]
+    statistics["phase_below_fraction"] = {
+        k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
+  return statistics
+
+
+def paired_difference(arm: dict[int, float], baseline: dict[int, float],
+                      confidence: float = 0.95) -> dict[str, Any]:
+  """Arm minus baseline over the seeds both have: paired t-test and interval.
+
+  Args:
+    arm: seed -> the arm's value (e.g. final test accuracy).
+    baseline: seed -> the baseline's value.
+    confidence: of the interval.
+
+  Returns:
+    ``{mean, ci95, p_value, n, verdict}``; the interval and p-value are None
+    with fewer than two pairs.
+  """
+  seeds = sorted(set(arm) & set(baseline))
+  differences = np.array([arm[s] - baseline[s] for s in seeds])
+  result = {"mean": float(np.mean(differences)) if seeds else None,
+            "ci95": None, "p_value": None, "n": len(seeds), "seeds": seeds}
+  if len(seeds) >= 2:
+    result["ci95"] = _t_interval(differences, confidence)
+    if np.ptp(differences) > 0:  # Else the t statistic is undefined.
+      result["p_value"] = float(stats.ttest_rel(
+          [arm[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
+  result["verdict"] = verdict(result)
+  return result
+
+
+def verdict(difference: dict[str, Any]) -> str:
+  """Better, worse, or no detectable difference at 95%, in words."""
+  if difference["ci95"] is None:
+    return "too few paired seeds to tell"
+  low, high = difference["ci95"]
+  if low > 0:
+    return "better"
+  if high < 0:
+    return "worse"
+  return "no detectable difference at 95%"
+
+
+def summarize(workdir: str):
+  """The statistics of a study directory.
+
+  Returns:
+    ``(summary, finished)``: the contents of ``summary.json`` (per arm, the
+    paired differences against the baseline, the unfinished and failed runs)
+    and, per arm, its finished runs as `train.plot.Run`.
+  """
+  study = read_study(workdir)
+  statuses = study_runs(study, workdir)
+  finished = {arm: [plot.load_run(s.path) for s in statuses
+                    if s.arm == arm and s.finished] for arm in study.arms}
+  targets = list(study.get("targets", ()))
+  arms = {arm: arm_statistics(runs, targets) for arm, runs in finished.items()}
+  final_by_seed = {arm: {r.config["seed"]: _final(r, "test_accuracy")
+                         for r in runs} for arm, runs in finished.items()}
+  return {
+      "baseline": study.baseline,
+      "targets": targets,
+      "arms": arms,
+      "paired_difference": {
+          arm: paired_difference(final_by_seed[arm],
+                                 final_by_seed[study.baseline])
+          for arm in study.arms if arm != study.baseline},
+      "unfinished": [
+          {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,
+           "num_epochs": s.num_epochs} for s in statuses
+          if not s.finished and s.failure is None],
+      "failed": [{"arm": s.arm, "seed": s.seed, "log_tail": s.failure}
+                 for s in statuses if not s.finished and s.failure],
+  }, finished
+
+
+def _percent(value, digits=2) -> str:
+  return "–" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _mean_std_text(entry, scale=100.0, digits=2) -> str:
+  if entry["mean"] is None:
+    return "–"
+  text = f"{scale * entry['mean']:.{digits}f}"
+  if entry["std"] is not None:
+    text += f" ± {scale * entry['std']:.{digits}f}"
+  return text
+
+
+def _interval_text(entry) -> str:
+  if entry.get("ci95") is None:
+    return "–"
+  low, high = entry["ci95"]
+  return f"[{_percent(low)}, {_percent(high)}]"
+
+
+def _reach_text(entry) -> str:
+  median = "–" if entry["median"] is None else f"{entry['median']:g}"
+  return f"{median} ({entry['reached']}/{entry['n']})"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+  """``summary.md``: the same numbers as ``summary.json``, as tables."""
+  targets = summary["targets"]
+  lines = [
+      "| arm | n | final test acc. % (mean ± std) | 95% CI | best test acc. %"
+      " | " + " | ".join(f"epochs to {_percent(t, 0)}%" for t in targets)
+      + " | final train loss | steps below mean | wall time / run |",
+      "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|---:|---:|"]
+  for arm, s in summary["arms"].items():
+    reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
+    below = s.get("phase_below_fraction")
+    lines.append(
+        f"| {arm} | {s['n']} | {_mean_std_text(s['final_test_accuracy'])} | "
+        f"{_interval_text(s['final_test_accuracy'])} | "
+        f"{_mean_std_text(s['best_test_accuracy'])} | "
+        + "".join(f"{text} | " for text in reach)
+        + f"{_mean_std_text(s['final_train_loss'], 1.0, 4)} | "
+        + (f"{_mean_std_text(below, 1.0, 3)} | " if below else "– | ")
+        + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
+           "– |"))
+  lines += ["", f"Paired against the baseline `{summary['baseline']}` "
+            "(final test accuracy, same seeds; paired t-test):", "",
+            "| arm | pairs | difference (points) | 95% CI | p-value | verdict |",
+            "|---|---:|---:|---:|---:|---|"]
+  for arm, d in summary["paired_difference"].items():
+    mean = "–" if d["mean"] is None else f"{100 * d['mean']:+.2f}"
+    p_value = "–" if d["p_value"] is None else f"{d['p_value']:.3f}"
+    lines.append(f"| {arm} | {d['n']} | {mean} | {_interval_text(d)} | "
+                 f"{p_value} | {d['verdict']} |")
+  for kind in ("unfinished", "failed"):
+    if summary[kind]:
+      lines += ["", f"{kind.capitalize()} runs (not averaged): " + ", ".join(
+          f"{r['arm']} seed {r['seed']}" for r in summary[kind]) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def write_summary(workdir: str) -> str:
+  """Writes ``summary.json``, ``summary.md`` and ``curves.png``; returns the md."""
+  summary, finished = summarize(workdir)
+  with open(os.path.join(workdir, "summary.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+    f.write("\n")
+  markdown = summary_markdown(summary)
+  with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(markdown)
+  groups = [plot.RunGroup(label=arm, runs=runs)
+            for arm, runs in finished.items() if runs]
+  if groups:
+    plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+  return markdown
+
+
+# -----------------------------------------------------------------------------
+# The command line.
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m train.study",
+      description="Run, list and summarize studies (arms x seeds).")
+  commands = parser.add_subparsers(dest="command", required=True)
+  run = commands.add_parser("run", help="run every unfinished (arm, seed)")
+  listing = commands.add_parser(
+      "commands", help="print one shell command per pending run")
+  for sub in (run, listing):
+    sub.add_argument("study", metavar="STUDY",
+                     help="train/studies/NAME.py[:ARG] or NAME")
+    sub.add_argument("--workdir", required=True, metavar="DIR")
+  run.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="runs at once (default 1)")
+  run.add_argument("--arms", metavar="A,B", help="only these arms")
+  run.add_argument("--seeds", metavar="0,1", help="only these seeds")
+  summary = commands.add_parser("summarize", help="write summary.{md,json}, "
+                                "curves.png and print the table")
+  summary.add_argument("workdir", metavar="DIR")
+  return parser.parse_args(argv)
+
+
+def _split(text: str | None, cast=str):
+  return None if text is None else [cast(x) for x in text.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(argv)
+  try:
+    if args.command == "summarize":
+      print(write_summary(args.workdir), end="")
+      return 0
+    study = load_study(args.study)
+    if args.command == "commands":
+      save_study(study, args.workdir)
+      print("\n".join(pending_commands(study, args.workdir)))
+      return 0
+    if args.workers < 1:
+      raise StudyError(f"--workers must be at least 1, got {args.workers}.")
+    runs = run_study(study, args.workdir, workers=args.workers,
+                     arms=_split(args.arms), seeds=_split(args.seeds, int))
+  except (StudyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(write_summary(args.workdir), end="")
+  return 0 if all(r.finished for r in runs) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
