@@ -316,8 +316,11 @@ def _record_outcome(path: str, returncode: int) -> None:
 class StudyProgress:
   """One line for the study: done, running, failed, pending, and an ETA."""
 
-  def __init__(self, workers: int, stream=sys.stderr):
+  def __init__(self, workers: int, planned_epochs: dict[str, int],
+               stream=sys.stderr):
+    """``planned_epochs``: each arm's number of epochs."""
     self._workers = workers
+    self._planned_epochs = planned_epochs
     self._stream = stream
     self._last = None
 
@@ -346,8 +349,8 @@ class StudyProgress:
         times += [r["epoch_time_s"] for r in epochs if r.get("epoch_time_s")]
     if not times:
       return None
-    remaining = sum(max((r.num_epochs or 0) - r.epochs_done, 0) for r in runs
-                    if not r.finished)
+    remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)
+                    for r in runs if not r.finished)
     return remaining * float(np.mean(times)) / self._workers
 
 
@@ -368,7 +371,9 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
            if not r.finished]
   shares = worker_shares(workers, sorted(os.sched_getaffinity(0)),
                          gpu_count())
-  progress = StudyProgress(workers)
+  progress = StudyProgress(workers, {
+      arm: run_config(study, arm, study.seeds[0]).num_epochs
+      for arm in study.arms})
   running: dict[int, tuple[subprocess.Popen, RunStatus]] = {}
   stop_requested = []
   previous_handlers = {
