@@ -12,46 +12,13 @@ def get_config() -> ml_collections.ConfigDict:
   """The reference experiment, schedule A, 'sparse' priority (0.95/0.9)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-
-  config.data = ml_collections.ConfigDict()
-  # "tfds:NAME", "folder:PATH" (folder or .tar/.tar.gz/.zip) or "synthetic:...".
-  config.data.source = "tfds:cifar10"
-  config.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir
-  config.data.cache_dir = config_dict.placeholder(str)  # decoded image folders
-  config.data.normalization = "imagenet"  # or "dataset"
-  config.data.augment = True  # random crop (pad 4) and horizontal flip
-  config.data.drop_remainder = False  # the reference keeps the last batch
-
+  config.data = _data()
   config.model = ml_collections.ConfigDict()
   config.model.name = "wrn-28-10"
   config.model.dropout_rate = 0.0
   config.model.dtype = "float32"  # computation dtype; "bfloat16" on GPU/TPU
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "lcam"  # or "sgd" (heavy ball or Nesterov)
-  config.optimizer.weight_decay = 5e-4  # coupled, on every parameter
-  config.optimizer.beta_below = 0.95
-  config.optimizer.beta_above = 0.9
-  config.optimizer.beta_init = 0.9
-  config.optimizer.averaging = "epoch"  # or "ema"
-  config.optimizer.ema_decay = 0.99
-  config.optimizer.lag = True
-  config.optimizer.start_step = 0
-  config.optimizer.momentum = 0.9  # for "sgd"
-  config.optimizer.nesterov = False
-
-  config.schedule = ml_collections.ConfigDict()
-  # "step" (x decay_factor after each of boundaries_epochs; schedule A),
-  # "exponential" (constant for constant_epochs, then x decay_per_step before
-  # every step; schedule B), "cosine", "constant".
-  config.schedule.name = "step"
-  config.schedule.learning_rate = 0.1
-  config.schedule.boundaries_epochs = (31, 61, 91)
-  config.schedule.decay_factor = 0.2
-  config.schedule.constant_epochs = 31
-  config.schedule.decay_per_step = 0.99985
-  config.schedule.final_learning_rate = 0.0  # end of "cosine"
-  config.schedule.warmup_epochs = 0.0  # linear warm-up from 0, any schedule
+  config.optimizer = _optimizer()
+  config.schedule = _schedule()
 
   config.batch_size = 128  # global, over all devices and processes
   config.eval_batch_size = 1000
@@ -67,13 +34,61 @@ def get_config() -> ml_collections.ConfigDict:
   config.host_devices = 0
   config.parallel = "pmap"  # or "jit" (jax.jit with a NamedSharding)
   config.progress = True  # progress bar (plain lines when not a terminal)
+  config.distributed = _distributed()
+  return config
 
-  config.distributed = ml_collections.ConfigDict()
+
+def _data() -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  # "tfds:NAME", "folder:PATH" (folder or .tar/.tar.gz/.zip) or "synthetic:...".
+  data.source = "tfds:cifar10"
+  data.data_dir = config_dict.placeholder(str)  # TFDS data_dir
+  data.cache_dir = config_dict.placeholder(str)  # decoded image folders
+  data.normalization = "imagenet"  # or "dataset"
+  data.augment = True  # random crop (pad 4) and horizontal flip
+  data.drop_remainder = False  # the reference keeps the last batch
+  return data
+
+
+def _optimizer() -> ml_collections.ConfigDict:
+  optimizer = ml_collections.ConfigDict()
+  optimizer.name = "lcam"  # or "sgd" (heavy ball or Nesterov)
+  optimizer.weight_decay = 5e-4  # coupled, on every parameter
+  optimizer.beta_below = 0.95
+  optimizer.beta_above = 0.9
+  optimizer.beta_init = 0.9
+  optimizer.averaging = "epoch"  # or "ema"
+  optimizer.ema_decay = 0.99
+  optimizer.lag = True
+  optimizer.start_step = 0
+  optimizer.momentum = 0.9  # for "sgd"
+  optimizer.nesterov = False
+  return optimizer
+
+
+def _schedule() -> ml_collections.ConfigDict:
+  schedule = ml_collections.ConfigDict()
+  # "step" (x decay_factor after each of boundaries_epochs; schedule A),
+  # "exponential" (constant for constant_epochs, then x decay_per_step before
+  # every step; schedule B), "cosine", "constant".
+  schedule.name = "step"
+  schedule.learning_rate = 0.1
+  schedule.boundaries_epochs = (31, 61, 91)
+  schedule.decay_factor = 0.2
+  schedule.constant_epochs = 31
+  schedule.decay_per_step = 0.99985
+  schedule.final_learning_rate = 0.0  # end of "cosine"
+  schedule.warmup_epochs = 0.0  # linear warm-up from 0, any schedule
+  return schedule
+
+
+def _distributed() -> ml_collections.ConfigDict:
+  distributed = ml_collections.ConfigDict()
   # "auto": jax.distributed.initialize() when the environment asks for it
   # (coordinator set below or in JAX_COORDINATOR_ADDRESS, or a cluster that
   # JAX detects); "yes" always; "no" never.
-  config.distributed.initialize = "auto"
-  config.distributed.coordinator_address = config_dict.placeholder(str)
-  config.distributed.num_processes = config_dict.placeholder(int)
-  config.distributed.process_id = config_dict.placeholder(int)
-  return config
+  distributed.initialize = "auto"
+  distributed.coordinator_address = config_dict.placeholder(str)
+  distributed.num_processes = config_dict.placeholder(int)
+  distributed.process_id = config_dict.placeholder(int)
+  return distributed
