@@ -1,0 +1,137 @@
+"""Helpers for the periodic work of the training loop.
+
+`Progress` shows an epoch's progress, `Throughput` is the loop's one measure
+of speed, and `StopOnSignals` turns Ctrl-C (SIGINT) and SIGTERM into a request
+to stop once the step in flight is done.
+"""
+
+import signal
+import sys
+import threading
+import time
+from typing import TextIO
+
+from rich import console as rich_console
+from rich import progress as rich_progress
+
+
+class Throughput:
+  """Images per second since `start` (the end of an epoch's first step).
+
+  The first step of an epoch may include compilation, so the clock starts
+  once it is done. The loop reads the rate when it fetches the step metrics,
+  which waits for the steps before, so the rate is the device's.
+  """
+
+  def __init__(self, batch_size: int):
+    self._batch_size = batch_size
+    self._start = None
+
+  def start(self, step: int) -> None:
+    self._start = (time.perf_counter(), step)
+
+  @property
+  def started(self) -> bool:
+    return self._start is not None
+
+  def images_per_sec(self, step: int) -> float | None:
+    """The rate up to ``step``; None before a step after the start."""
+    if self._start is None or step <= self._start[1]:
+      return None
+    elapsed = max(time.perf_counter() - self._start[0], 1e-9)
+    return (step - self._start[1]) * self._batch_size / elapsed
+
+
+def format_stats(stats: dict[str, float]) -> str:
+  """``"loss 1.235  beta 0.95  img/s 2346"`` (what the progress shows).
+
+  >>> format_stats({"loss": 1.234567, "images_per_sec": 2345.6})
+  'loss 1.235  img/s 2346'
+  """
+  names = {"images_per_sec": "img/s"}
+  return "  ".join(f"{names.get(k, k)} {v:.4g}" if abs(v) < 1000 else
+                   f"{names.get(k, k)} {v:.0f}" for k, v in stats.items())
+
+
+class Progress:
+  """An epoch's progress: a rich bar on a terminal, else a few plain lines.
+
+  Off a terminal (a log file, a batch system's output) a line is printed
+  each time another tenth of the epoch is done, so a log holds about ten
+  lines an epoch, not the redraws of a bar.
+  """
+
+  def __init__(self, steps_per_epoch: int, *, enabled: bool = True,
+               stream: TextIO | None = None):
+    self._steps = steps_per_epoch
+    self._enabled = enabled
+    self._stream = stream or sys.stderr
+    console = rich_console.Console(file=self._stream)
+    self._bar = None
+    if enabled and console.is_terminal:
+      self._bar = rich_progress.Progress(
+          rich_progress.TextColumn("epoch {task.fields[epoch]}"),
+          rich_progress.BarColumn(), rich_progress.MofNCompleteColumn(),
+          rich_progress.TimeRemainingColumn(elapsed_when_finished=True),
+          rich_progress.TextColumn("{task.fields[stats]}"), console=console)
+    self._epoch = self._task = self._shown = None
+
+  def start_epoch(self, epoch: int, steps_done: int) -> None:
+    """Starts showing epoch ``epoch`` (1-based), ``steps_done`` steps in."""
+    self._epoch, self._shown = epoch, steps_done * 10 // self._steps
+    if self._bar is not None:
+      self._task = self._bar.add_task("", total=self._steps,
+                                      completed=steps_done, epoch=epoch,
+                                      stats="")
+      self._bar.start()
+
+  def update(self, steps_done: int, stats: dict[str, float]) -> None:
+    """Shows that ``steps_done`` steps of the epoch are done."""
+    if self._bar is not None:
+      self._bar.update(self._task, completed=steps_done,
+                       stats=format_stats(stats))
+    elif self._enabled and steps_done * 10 // self._steps > self._shown:
+      self._shown = steps_done * 10 // self._steps
+      print(f"epoch {self._epoch} step {steps_done}/{self._steps}  "
+            f"{format_stats(stats)}", file=self._stream, flush=True)
+
+  def end_epoch(self) -> None:
+    if self._bar is not None and self._task is not None:
+      self._bar.stop()
+      self._bar.remove_task(self._task)
+      self._task = None
+
+
+class StopOnSignals:
+  """A context in which SIGINT and SIGTERM ask the loop to stop.
+
+  The first signal sets `signum`; the loop stops after the step in flight,
+  saves a checkpoint and raises. The handlers before the context come back
+  at once, so a second Ctrl-C interrupts at once. Outside the main thread
+  (where Python cannot handle signals) the context does nothing.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self) -> "StopOnSignals":
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle)
+                        for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signum = signum
+    self._restore()
+
+  def _restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc_info) -> None:
+    self._restore()
