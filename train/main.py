@@ -5,12 +5,15 @@ or `--config.data.source=folder:/data/cifar10_jpeg.tar.gz`.
 """
 
 import os
+import runpy
+import signal
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from train import checkpoints
@@ -31,10 +34,11 @@ USER_ERRORS = (train.ConfigError, data.DataError, FileNotFoundError,
                train.NonFiniteLossError)
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps Orbax's many INFO lines about every save out of the log."""
-  return record.levelno > logging.converter.STANDARD_INFO or (
-      "/orbax/" not in record.pathname)
+def _quiet(record) -> bool:
+  """Keeps INFO lines of Orbax (about every save) and of JAX's search for
+  accelerators (``Unable to initialize backend 'tpu'``) out of the log."""
+  return record.levelno > logging.converter.STANDARD_INFO or not (
+      "/orbax/" in record.pathname or record.name == "jax._src.xla_bridge")
 
 
 def host_device_count(batch_size: int, eval_batch_size: int,
@@ -60,7 +64,7 @@ def host_device_count(batch_size: int, eval_batch_size: int,
     >>> host_device_count(128, 1000, cpu_count=2)
     4
     >>> host_device_count(100, 1000, cpu_count=4)
-    4
+    5
     >>> host_device_count(63, 1000, cpu_count=2)
     1
   """
@@ -84,15 +88,77 @@ def use_host_devices(config) -> None:
   jax.config.update("jax_num_cpu_devices", count)
 
 
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of ``--config`` in ``argv``."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def command_line_error(argv: list[str], error: Exception) -> str:
+  """What is wrong with ``argv``, in one line, and what would do.
+
+  Args:
+    argv: The command line.
+    error: What parsing it raised.
+  """
+  spec = _config_spec(argv)
+  path, _, arg = (spec or "").partition(":")
+  if spec is not None and not os.path.isfile(path):
+    configs = os.path.relpath(os.path.join(os.path.dirname(__file__), "configs"))
+    names = sorted(f for f in os.listdir(configs)
+                   if f.endswith(".py") and not f.startswith("_"))
+    return (f"--config {spec}: no such file. The configs in {configs} are: "
+            f"{', '.join(names)}.")
+  try:
+    config = runpy.run_path(path)["get_config"](*([arg] if arg else []))
+  except Exception as e:  # pylint: disable=broad-except
+    return f"--config {spec}: {e}"
+  for flag in argv:
+    if flag.startswith("--config."):
+      *sections, field = flag[len("--config."):].split("=", 1)[0].split(".")
+      node = config
+      for i, name in enumerate(sections + [field]):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+          where = ".".join(["config"] + sections[:i])
+          valid = sorted(node) if isinstance(
+              node, ml_collections.ConfigDict) else []
+          return (f"{flag}: {where} has no field {name!r}; its fields are: "
+                  f"{', '.join(valid)}.")
+        node = node[name]
+  return str(error).strip().splitlines()[-1]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; a mistake exits with one ``error:`` line."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.to_dict()  # A config file that failed to load raises here.
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: {command_line_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+  return rest
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(_quiet)
   try:
     use_host_devices(FLAGS.config)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.TrainingInterrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except KeyboardInterrupt:  # Before the loop's handler, or a second Ctrl-C.
+    print("Interrupted; the same command resumes from the latest complete "
+          "checkpoint, if any.", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
   except USER_ERRORS as e:
     if FLAGS.verbosity >= logging.DEBUG:  # --verbosity=1: the traceback
       raise
@@ -101,7 +167,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

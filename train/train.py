@@ -6,19 +6,28 @@ by `jax.pmap` over the local devices (the train state unreplicated:
 sharded over a device mesh (``config.parallel``). Gradients, the loss given to
 LCAM and the BatchNorm statistics are averaged over all devices, so results do
 not depend on the device count.
+
+`train_and_evaluate` builds a `Run` once (data, wrapped steps, checkpoints)
+and loops over the batches; what happens between steps (logging, progress,
+checkpoints, evaluation at an epoch's end, stopping on a signal) is the work
+of one `_PeriodicWork` object.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
+from flax import traverse_util
 from flax.training import train_state
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -32,12 +41,18 @@ import optax_lcam
 from train import checkpoints
 from train import data
 from train import metric_writers
+from train import periodic
 from train import schedules
 
 AXIS_NAME = "batch"
-PARALLEL_MODES = ("pmap", "jit")
-OPTIMIZER_NAMES = ("lcam", "sgd")
-NONFINITE_POLICIES = ("stop", "skip")
+# The config fields with a fixed set of values, and those values.
+CHOICES = {
+    "parallel": ("pmap", "jit"),
+    "optimizer.name": ("lcam", "sgd"),
+    "schedule.name": schedules.SCHEDULE_NAMES,
+    "on_nonfinite_loss": ("stop", "skip"),
+    "distributed.initialize": ("auto", "yes", "no"),
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +61,17 @@ class NonFiniteLossError(RuntimeError):
 
 class ConfigError(ValueError):
   """A config field has a value the loop cannot use."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGINT or SIGTERM stopped training; a checkpoint of the step is saved."""
+
+  def __init__(self, signum: int, step: int, total_steps: int):
+    self.signum = signum
+    super().__init__(
+        f"Training stopped at step {step} of {total_steps} "
+        f"({signal.Signals(signum).name}); its checkpoint is saved, and the "
+        "same command resumes the run.")
 
 
 class TrainState(train_state.TrainState):
@@ -82,45 +108,49 @@ def _zero_epoch_sums() -> dict[str, jax.Array]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the config's choices before any data is loaded or compiled.
+  """Checks the config's choices and counts before any data is loaded.
+
+  The model, schedule and optimizer check their own arguments when they are
+  built (`build_parallel`), as config errors too.
 
   Raises:
     ConfigError: naming the field, the bad value and what would do.
   """
-  choices = {
-      "parallel": (config.parallel, PARALLEL_MODES),
-      "optimizer.name": (config.optimizer.name, OPTIMIZER_NAMES),
-      "schedule.name": (config.schedule.name, schedules.SCHEDULE_NAMES),
-      "on_nonfinite_loss": (config.on_nonfinite_loss, NONFINITE_POLICIES),
-      "distributed.initialize": (config.distributed.initialize,
-                                 ("auto", "yes", "no")),
-  }
-  for field, (value, valid) in choices.items():
-    if value not in valid:
-      raise ConfigError(f"config.{field}={value!r} is not one of {valid}.")
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  for field, valid in CHOICES.items():
+    if flat[field] not in valid:
+      raise ConfigError(f"config.{field}={flat[field]!r} is not one of "
+                        f"{valid}.")
   for field in ("batch_size", "eval_batch_size", "num_epochs"):
-    if config[field] <= 0:
+    if flat[field] <= 0:
       raise ConfigError(f"config.{field} must be positive, got "
-                        f"{config[field]}.")
+                        f"{flat[field]}.")
   for field in ("eval_every_epochs", "log_every_steps",
                 "checkpoint_every_steps", "stop_after_steps",
                 "keep_checkpoints", "host_devices"):
-    if config[field] < 0:
-      raise ConfigError(f"config.{field} must be >= 0, got {config[field]}.")
-  # Build the parts once, so that their own checks speak now, as config errors.
-  parts = {
-      "model": lambda: models.create_model(
-          config.model.name, 10, dropout_rate=config.model.dropout_rate,
-          dtype=jnp.dtype(config.model.dtype)),
-      "schedule": lambda: schedules.create_learning_rate_schedule(
-          config.schedule, 1, config.num_epochs),
-      "optimizer": lambda: create_optimizer(config.optimizer, 0.1, 1),
-  }
-  for name, build in parts.items():
-    try:
-      build()
-    except (ValueError, TypeError) as e:
-      raise ConfigError(f"config.{name}: {e}") from e
+    if flat[field] < 0:
+      raise ConfigError(f"config.{field} must be >= 0, got {flat[field]}.")
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict,
+                      device_count: int) -> None:
+  """Raises `ConfigError` naming the batch sizes ``device_count`` does not divide."""
+  bad = [f"config.{field} ({config[field]})"
+         for field in ("batch_size", "eval_batch_size")
+         if config[field] % device_count]
+  if bad:
+    raise ConfigError(
+        f"{' and '.join(bad)} must be divisible by the number of devices "
+        f"({device_count}).")
+
+
+@contextlib.contextmanager
+def _config_errors(section: str):
+  """Turns the ValueErrors and TypeErrors of a builder into `ConfigError`."""
+  try:
+    yield
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{section}: {e}") from e
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -258,21 +288,30 @@ def _add_to_epoch_sums(state: TrainState, steps_per_epoch: int, is_finite,
 
 
 def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
-  """Keeps the old parameters, statistics and optimizer buffers if not finite.
+  """Keeps the old parameters, BatchNorm statistics and momentum if not finite.
 
-  Integer leaves (the step counters of the train state, of LCAM and of the
-  learning-rate schedule) advance all the same, so the optimizer's epochs stay
-  aligned with the data's.
+  The rest of the optimizer state moves on as the optimizer decides: LCAM
+  adds no non-finite loss to its statistics (it only resets them at an
+  epoch's start), and every counter (the train state's, LCAM's, the
+  schedule's) advances, so the optimizer's epochs stay aligned with the data's.
   """
-  def keep_if_finite(new, old):
-    if not jnp.issubdtype(new.dtype, jnp.inexact):
-      return new
-    return jnp.where(is_finite, new, old)
+  def keep(new, old):
+    return jax.tree.map(lambda n, o: jnp.where(is_finite, n, o), new, old)
 
-  return new_state.replace(**{
-      field: jax.tree.map(keep_if_finite, getattr(new_state, field),
-                          getattr(state, field))
-      for field in ("params", "batch_stats", "opt_state")})
+  def keep_momentum(new, old):
+    if isinstance(new, optax_lcam.ScaleByLCAMState):
+      return new._replace(momentum=keep(new.momentum, old.momentum))
+    if isinstance(new, optax.TraceState):
+      return new._replace(trace=keep(new.trace, old.trace))
+    return new
+
+  return new_state.replace(
+      params=keep(new_state.params, state.params),
+      batch_stats=keep(new_state.batch_stats, state.batch_stats),
+      opt_state=jax.tree.map(
+          keep_momentum, new_state.opt_state, state.opt_state,
+          is_leaf=lambda x: isinstance(x, (optax_lcam.ScaleByLCAMState,
+                                           optax.TraceState))))
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
@@ -298,22 +337,23 @@ class Parallel(NamedTuple):
 
   train_step: Callable  # (state, device_batch) -> (state, metrics)
   eval_step: Callable  # (state, device_batch) -> sums
-  put_state: Callable  # host state -> device state
   put_batch: Callable  # this process's numpy batch -> device batch
+  state_sharding: NamedSharding  # where the state lives: on every device
+
+  def put_state(self, state):
+    """The host ``state`` on the devices, with the sharding the steps return."""
+    return jax.tree.map(
+        lambda x: _replicate(np.asarray(x), self.state_sharding), state)
 
 
 def make_parallel(mode: str, step_config: StepConfig) -> Parallel:
   """Wraps the per-device steps with `jax.pmap` or `jax.jit` and shardings.
 
-  Either way the state lives replicated on every device: `put_state` puts it
-  there with the sharding the steps return it with, so the step compiles once.
+  Either way the state lives replicated on every device, with the sharding
+  the steps return it with, so the step compiles once.
   """
   mesh = Mesh(np.asarray(jax.devices()), (AXIS_NAME,))
   replicated = NamedSharding(mesh, P())
-
-  def put_state(state):
-    return jax.tree.map(lambda x: _replicate(np.asarray(x), replicated), state)
-
   if mode == "pmap":
     pmapped = functools.partial(jax.pmap, axis_name=AXIS_NAME,
                                 in_axes=(None, 0))
@@ -323,9 +363,9 @@ def make_parallel(mode: str, step_config: StepConfig) -> Parallel:
                            out_axes=(None, None)),
         eval_step=pmapped(functools.partial(eval_step, step_config=config),
                           out_axes=None),
-        put_state=put_state,
         put_batch=lambda batch: data.shard_for_devices(
-            batch, jax.local_device_count()))
+            batch, jax.local_device_count()),
+        state_sharding=replicated)
 
   batch_sharding = NamedSharding(mesh, P(AXIS_NAME))
   config = dataclasses.replace(step_config, axis_name=None)
@@ -341,7 +381,7 @@ def make_parallel(mode: str, step_config: StepConfig) -> Parallel:
                          donate_argnums=(0,)),
       eval_step=jax.jit(functools.partial(eval_step, step_config=config),
                         out_shardings=replicated),
-      put_state=put_state, put_batch=put_batch)
+      put_batch=put_batch, state_sharding=replicated)
 
 
 def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -367,15 +407,21 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
   Returns:
     The steps wrapped for ``config.parallel``, and the initial train state on
     the host's default device.
+
+  Raises:
+    ConfigError: the model, schedule or optimizer rejects its config.
   """
-  model = models.create_model(
-      config.model.name, train_split.num_classes,
-      dropout_rate=config.model.dropout_rate,
-      dtype=jnp.dtype(config.model.dtype),
-      bn_axis_name=AXIS_NAME if config.parallel == "pmap" else None)
-  learning_rate = schedules.create_learning_rate_schedule(
-      config.schedule, steps_per_epoch, config.num_epochs)
-  tx = create_optimizer(config.optimizer, learning_rate, steps_per_epoch)
+  with _config_errors("model"):
+    model = models.create_model(
+        config.model.name, train_split.num_classes,
+        dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.dtype),
+        bn_axis_name=AXIS_NAME if config.parallel == "pmap" else None)
+  with _config_errors("schedule"):
+    learning_rate = schedules.create_learning_rate_schedule(
+        config.schedule, steps_per_epoch, config.num_epochs)
+  with _config_errors("optimizer"):
+    tx = create_optimizer(config.optimizer, learning_rate, steps_per_epoch)
   mean, std = data.normalization_stats(config.data.normalization, train_split)
   step_config = StepConfig(
       model=model, learning_rate=learning_rate,
@@ -419,46 +465,79 @@ def evaluate(parallel: Parallel, state, split: data.Split,
           "test_accuracy": float(totals["correct"]) / count}
 
 
-def _fetch_train_metrics(pending: list, writer, steps_per_epoch: int,
-                         throughput: "_Throughput",
-                         stop_on_nonfinite: bool) -> dict[str, float]:
-  """Moves pending step metrics to the host, checks them and logs the last.
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a run builds once: its config, data, wrapped steps and checkpoints."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  train_split: data.Split
+  test_split: data.Split | None  # None when the config never evaluates
+  steps_per_epoch: int
+  parallel: Parallel
+  checkpointer: checkpoints.Checkpointer
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_epoch * self.config.num_epochs
+
+  @property
+  def stop_step(self) -> int:
+    """Where this invocation stops: the end, or ``config.stop_after_steps``."""
+    return min(self.total_steps, self.config.stop_after_steps or
+               self.total_steps)
+
+  @property
+  def is_chief(self) -> bool:
+    return jax.process_index() == 0
+
+  def batches(self, step: int):
+    """This process's batches from global step ``step`` to its epoch's end."""
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    return data.train_batches(
+        self.train_split, self.config.batch_size, seed=self.config.seed,
+        epoch=epoch, start_step=step_in_epoch,
+        drop_remainder=self.config.data.drop_remainder,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str, *,
+              test_split: bool = False) -> tuple[Run, TrainState, dict]:
+  """Loads the data, builds the steps and restores the latest checkpoint.
+
+  Args:
+    config: A validated training config.
+    workdir: The run's directory.
+    test_split: Whether to load the test split even if the config never
+      evaluates.
+
+  Returns:
+    The run; its state on the devices (restored, or fresh when the workdir
+    has no checkpoint); the checkpoint's meta data (``{}`` without one).
 
   Raises:
-    NonFiniteLossError: naming the first step whose loss is not finite, when
-      ``stop_on_nonfinite``.
+    ConfigError, data.DataError, checkpoints.IncompatibleCheckpointError.
   """
-  if not pending:
-    return {}
-  steps, metrics = zip(*pending)
-  metrics = jax.device_get(list(metrics))
-  pending.clear()
-  for step, values in zip(steps, metrics):
-    if np.isfinite(values["loss"]):
-      continue
-    message = (f"The training loss is {values['loss']} at step {step} "
-               f"(epoch {(step - 1) // steps_per_epoch + 1}).")
-    if not stop_on_nonfinite:
-      logging.warning("%s The step's update was skipped.", message)
-      continue
-    writer.write("train", step, _train_record(values, step, steps_per_epoch,
-                                              throughput))
-    raise NonFiniteLossError(
-        f"{message} Training stopped; the last checkpoint before it is kept. "
-        "Lower the learning rate, or set --config.on_nonfinite_loss=skip to "
-        "skip such steps.")
-  record = _train_record(metrics[-1], steps[-1], steps_per_epoch, throughput)
-  writer.write("train", steps[-1], record)
-  return record
-
-
-def _train_record(values, step, steps_per_epoch, throughput):
-  record = {k: float(v) for k, v in values.items() if k != "below_mean"}
-  record["epoch"] = step / steps_per_epoch
-  images_per_sec = throughput.images_per_sec(step)
-  if np.isfinite(images_per_sec):  # not at the epoch's first step
-    record["images_per_sec"] = images_per_sec
-  return record
+  load = functools.partial(data.load_split, config.data.source,
+                           data_dir=config.data.data_dir,
+                           cache_dir=config.data.cache_dir)
+  train_split = load("train")
+  steps_per_epoch = data.steps_per_epoch(
+      train_split.num_examples, config.batch_size, config.data.drop_remainder)
+  parallel, state = build_parallel(config, train_split, steps_per_epoch)
+  checkpointer = checkpoints.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config,
+      keep=config.keep_checkpoints,
+      facts={"steps_per_epoch": steps_per_epoch,
+             "num_train_examples": train_split.num_examples})
+  try:
+    state, meta = checkpointer.restore_latest(parallel.put_state(state))
+    test = load("test") if test_split or config.eval_every_epochs else None
+  except BaseException:
+    checkpointer.close()
+    raise
+  return Run(config, workdir, train_split, test, steps_per_epoch, parallel,
+             checkpointer), state, meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -467,166 +546,205 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Writes ``config.json``, ``metrics.jsonl``, TensorBoard events and Orbax
   checkpoints; re-running on the same workdir resumes from the latest
-  checkpoint with the same remaining batches.
+  checkpoint with the same remaining batches, and does nothing when the run
+  is complete. SIGINT (Ctrl-C) or SIGTERM stops training after the step in
+  flight, with a checkpoint of that step.
 
   Args:
     config: A training config (see ``train/configs/default.py``).
     workdir: Directory for the outputs.
 
   Returns:
-    The final train state (replicated over the devices for ``jit``).
+    The final train state (replicated over the devices).
+
+  Raises:
+    TrainingInterrupted: after a signal, once the checkpoint is saved.
+    NonFiniteLossError: with ``on_nonfinite_loss="stop"``.
   """
   validate_config(config)
   maybe_initialize_distributed(config.distributed)
   run_start = time.perf_counter()
-  if config.batch_size % jax.device_count() or (
-      config.eval_batch_size % jax.device_count()):
-    raise ConfigError(
-        f"config.batch_size ({config.batch_size}) and config.eval_batch_size "
-        f"({config.eval_batch_size}) must be divisible by the number of "
-        f"devices ({jax.device_count()}).")
-  is_chief = jax.process_index() == 0
+  check_batch_sizes(config, jax.device_count())
+  with periodic.StopOnSignals() as stop:
+    run, state, meta = build_run(config, workdir)
+    try:
+      return _train(run, state, meta, stop, run_start)
+    finally:
+      run.checkpointer.close()
 
-  train_split = data.load_split(config.data.source, "train",
-                                data_dir=config.data.data_dir,
-                                cache_dir=config.data.cache_dir)
-  test_split = None
-  if config.eval_every_epochs:
-    test_split = data.load_split(config.data.source, "test",
-                                 data_dir=config.data.data_dir,
-                                 cache_dir=config.data.cache_dir)
-  steps_per_epoch = data.steps_per_epoch(train_split.num_examples,
-                                         config.batch_size,
-                                         config.data.drop_remainder)
-  total_steps = steps_per_epoch * config.num_epochs
-  parallel, state = build_parallel(config, train_split, steps_per_epoch)
 
-  checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config,
-      keep=config.keep_checkpoints)
-  state = parallel.put_state(checkpointer.restore_latest(state))
-  start_step = int(state.step)
-  if is_chief:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+def _train(run: Run, state: TrainState, meta: dict,
+           stop: periodic.StopOnSignals, run_start: float) -> TrainState:
+  """Writes the config, then trains from the state's step to the stop step."""
+  step = int(state.step)
+  if step >= run.stop_step:
+    logging.info("The run in %s is %s: nothing to do.", run.workdir,
+                 f"complete (step {step} of {run.total_steps})"
+                 if step >= run.total_steps else
+                 f"at step {step}, where config.stop_after_steps stops it")
+    return state
+  if run.is_chief:
+    os.makedirs(run.workdir, exist_ok=True)
+    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+      f.write(run.config.to_json(indent=2))
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
-                 "Resuming" if start_step else "Starting", start_step,
-                 total_steps, steps_per_epoch, jax.device_count())
-  stop_step = total_steps
-  if config.stop_after_steps:
-    stop_step = min(stop_step, config.stop_after_steps)
-
-  writer = metric_writers.MetricWriter(workdir, enabled=is_chief,
-                                       purge_step=start_step or None)
-  try:
-    state = _train_loop(config, state, parallel, checkpointer, writer,
-                        train_split, test_split, steps_per_epoch, start_step,
-                        stop_step, total_steps, run_start)
-  finally:
-    writer.close()
-    checkpointer.close()
+                 "Resuming" if step else "Starting", step, run.total_steps,
+                 run.steps_per_epoch, jax.device_count())
+  with metric_writers.MetricWriter(run.workdir, enabled=run.is_chief,
+                                   resume_step=step) as writer:
+    work = _PeriodicWork(run, writer, stop, run_start,
+                         meta.get("epoch_elapsed_s", 0.0))
+    while step < run.stop_step:
+      work.start_epoch(step)
+      try:
+        for batch in run.batches(step):
+          state, metrics = run.parallel.train_step(
+              state, run.parallel.put_batch(batch))
+          step += 1
+          work.after_step(step, state, metrics)
+          if step % run.steps_per_epoch == 0 or step >= run.stop_step:
+            break
+      finally:
+        work.progress.end_epoch()
   return state
 
 
-def _train_loop(config, state, parallel, checkpointer, writer, train_split,
-                test_split, steps_per_epoch, step, stop_step, total_steps,
-                run_start):
-  """Runs epochs from ``step`` to ``stop_step``; see `train_and_evaluate`."""
-  is_chief = jax.process_index() == 0
-  pending = []
-  while step < stop_step:
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    epoch_start = time.perf_counter()
-    batches = data.train_batches(
-        train_split, config.batch_size, seed=config.seed, epoch=epoch,
-        start_step=step_in_epoch, drop_remainder=config.data.drop_remainder,
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
-    progress = metric_writers.Progress(
-        steps_per_epoch, epoch + 1, batch_size=config.batch_size,
-        enabled=is_chief and config.progress)
-    throughput = _Throughput(config.batch_size)
-    fetch = functools.partial(
-        _fetch_train_metrics, pending, writer, steps_per_epoch, throughput,
-        config.on_nonfinite_loss == "stop")
-    for batch in batches:
-      state, metrics = parallel.train_step(state, parallel.put_batch(batch))
-      step += 1
-      pending.append((step, metrics))
-      if not throughput.started:
-        jax.block_until_ready(metrics)
-        throughput.start(step)
-        if run_start is not None:
-          writer.write("run", step, {
-              "time_to_first_step_s": time.perf_counter() - run_start,
-              "devices": jax.device_count(),
-              "processes": jax.process_count()})
-          run_start = None
-      end_of_epoch = step % steps_per_epoch == 0
-      stopping = step >= stop_step
-      if (config.log_every_steps and step % config.log_every_steps == 0
-          ) or end_of_epoch or stopping:
-        # The fetch waits for the steps before it, so the progress's speed is
-        # the device's, not the speed at which steps are queued.
-        shown = fetch()
-        progress.update(step - epoch * steps_per_epoch,
-                        **{k: shown[k] for k in ("loss", "beta") if k in shown})
-      if stopping or end_of_epoch:
-        break
-      if (config.checkpoint_every_steps
-          and step % config.checkpoint_every_steps == 0):
-        fetch()
-        checkpointer.save(step, state)
-    progress.close()
-    if step % steps_per_epoch == 0:
-      _end_epoch(config, state, parallel, writer, test_split, step,
-                 steps_per_epoch, total_steps, time.perf_counter() - epoch_start)
-    checkpointer.save(step, state)
-  return state
+class _PeriodicWork:
+  """What the loop does after a step: logs, progress, checkpoints, epoch ends.
 
-
-def _end_epoch(config, state, parallel, writer, test_split, step,
-               steps_per_epoch, total_steps, epoch_time):
-  """Evaluates when due and writes the epoch record."""
-  epoch = step // steps_per_epoch
-  sums = jax.device_get(state.epoch_sums)
-  num_steps = max(float(sums["steps"]), 1.0)
-  below = float(sums["below_mean"]) / num_steps
-  record = {"epoch": epoch, "train_loss": float(sums["loss"]) / num_steps,
-            "epoch_time_s": epoch_time}
-  if config.optimizer.name == "lcam":
-    record.update(phase_below_fraction=below, phase_above_fraction=1 - below)
-  every = config.eval_every_epochs
-  if test_split is not None and every and (epoch % every == 0
-                                           or step == total_steps):
-    record.update(evaluate(parallel, state, test_split,
-                           config.eval_batch_size))
-  writer.write("epoch", step, record)
-  logging.info("epoch %d: %s", epoch, json.dumps(record))
-
-
-class _Throughput:
-  """Images per second from the end of an epoch's first step to a fetch.
-
-  The clock starts once the epoch's first step is done (it may include
-  compilation), and a fetch of the step metrics waits for the steps before
-  it, so the rate is the device's rate over the steps in between.
+  Train metrics stay on the devices until a logged step (every
+  ``log_every_steps``, an epoch's end, a checkpoint, the last step), so the
+  host does not wait for every step. A signal stops the loop after the step
+  in flight, with a checkpoint of it.
   """
 
-  def __init__(self, batch_size: int):
-    self._batch_size = batch_size
-    self._start = None
+  def __init__(self, run: Run, writer: metric_writers.MetricWriter,
+               stop: periodic.StopOnSignals, run_start: float | None,
+               epoch_elapsed_s: float):
+    self.run, self.writer, self.stop = run, writer, stop
+    self.run_start = run_start
+    self.progress = periodic.Progress(
+        run.steps_per_epoch, enabled=run.is_chief and run.config.progress)
+    self.pending = []
+    self.throughput = None
+    self.epoch_start = None
+    # The time the resumed epoch took before its checkpoint.
+    self.epoch_elapsed_before = epoch_elapsed_s
 
-  def start(self, step: int) -> None:
-    self._start = (time.perf_counter(), step)
+  def start_epoch(self, step: int) -> None:
+    epoch, done = divmod(step, self.run.steps_per_epoch)
+    before = self.epoch_elapsed_before if done else 0.0
+    self.epoch_start, self.epoch_elapsed_before = (
+        time.perf_counter() - before, 0.0)
+    self.throughput = periodic.Throughput(self.run.config.batch_size)
+    self.progress.start_epoch(epoch + 1, done)
 
-  @property
-  def started(self) -> bool:
-    return self._start is not None
+  def _due(self, step: int, every: int) -> bool:
+    return bool(every) and step % every == 0
 
-  def images_per_sec(self, step: int) -> float:
-    if self._start is None or step == self._start[1]:
-      return float("nan")
-    elapsed = time.perf_counter() - self._start[0]
-    return (step - self._start[1]) * self._batch_size / max(elapsed, 1e-9)
+  def after_step(self, step: int, state: TrainState, metrics) -> None:
+    config = self.run.config
+    self.pending.append((step, metrics))
+    if not self.throughput.started:
+      self._first_step_done(step, metrics)
+    end_of_epoch = step % self.run.steps_per_epoch == 0
+    save = (end_of_epoch or step >= self.run.stop_step
+            or self._due(step, config.checkpoint_every_steps))
+    log = save or self._due(step, config.log_every_steps)
+    signum = self._stop_signal(synced=log)
+    if log or signum:
+      self._log_train_metrics()
+    if end_of_epoch:
+      self.progress.end_epoch()
+      self._end_epoch(step, state)
+    if save or signum:
+      self._save(step, state, end_of_epoch)
+    if signum:
+      raise TrainingInterrupted(signum, step, self.run.total_steps)
+
+  def _first_step_done(self, step: int, metrics) -> None:
+    """Starts the epoch's clock; after the run's first step, its record."""
+    jax.block_until_ready(metrics)
+    self.throughput.start(step)
+    if self.run_start is not None:
+      self.writer.write("run", step, {
+          "time_to_first_step_s": time.perf_counter() - self.run_start,
+          "devices": jax.device_count(), "processes": jax.process_count()})
+      self.run_start = None
+
+  def _stop_signal(self, synced: bool) -> int:
+    """The signal that asks to stop, or 0.
+
+    With several processes they must stop at the same step: they agree at
+    steps where they wait for the devices anyway (logged steps).
+    """
+    if jax.process_count() == 1:
+      return self.stop.signum or 0
+    if not synced:
+      return 0
+    return int(np.max(multihost_utils.process_allgather(
+        np.int32(self.stop.signum or 0))))
+
+  def _log_train_metrics(self) -> None:
+    """Fetches the pending step metrics, checks them, logs the last.
+
+    Raises:
+      NonFiniteLossError: naming the first step whose loss is not finite,
+        with ``on_nonfinite_loss="stop"``.
+    """
+    if not self.pending:
+      return
+    steps, metrics = zip(*self.pending)
+    metrics = jax.device_get(list(metrics))
+    self.pending.clear()
+    spe = self.run.steps_per_epoch
+    for step, values in zip(steps, metrics):
+      if np.isfinite(values["loss"]):
+        continue
+      message = (f"The training loss is {values['loss']} at step {step} "
+                 f"(epoch {(step - 1) // spe + 1}).")
+      if self.run.config.on_nonfinite_loss == "skip":
+        logging.warning("%s The step's update was skipped.", message)
+        continue
+      self.writer.write("train", step, self._train_record(step, values))
+      raise NonFiniteLossError(
+          f"{message} Training stopped; the last checkpoint before it is "
+          "kept. Lower the learning rate, or set "
+          "--config.on_nonfinite_loss=skip to skip such steps.")
+    record = self._train_record(steps[-1], metrics[-1])
+    self.writer.write("train", steps[-1], record)
+    self.progress.update(steps[-1] - (steps[-1] - 1) // spe * spe, {
+        k: record[k] for k in ("loss", "beta", "images_per_sec")
+        if k in record})
+
+  def _train_record(self, step: int, values: dict) -> dict[str, float]:
+    record = {k: float(v) for k, v in values.items() if k != "below_mean"}
+    record["epoch"] = step / self.run.steps_per_epoch
+    images_per_sec = self.throughput.images_per_sec(step)
+    if images_per_sec is not None:  # Not at the epoch's first step.
+      record["images_per_sec"] = images_per_sec
+    return record
+
+  def _end_epoch(self, step: int, state: TrainState) -> None:
+    """Evaluates when due and writes the epoch record."""
+    run, config = self.run, self.run.config
+    epoch = step // run.steps_per_epoch
+    sums = jax.device_get(state.epoch_sums)
+    num_steps = max(float(sums["steps"]), 1.0)
+    below = float(sums["below_mean"]) / num_steps
+    record = {"epoch": epoch, "train_loss": float(sums["loss"]) / num_steps,
+              "epoch_time_s": time.perf_counter() - self.epoch_start}
+    if config.optimizer.name == "lcam":
+      record.update(phase_below_fraction=below, phase_above_fraction=1 - below)
+    every = config.eval_every_epochs
+    if run.test_split is not None and every and (
+        epoch % every == 0 or step == run.total_steps):
+      record.update(evaluate(run.parallel, state, run.test_split,
+                             config.eval_batch_size))
+    self.writer.write("epoch", step, record)
+    logging.info("epoch %d: %s", epoch, json.dumps(record))
+
+  def _save(self, step: int, state: TrainState, end_of_epoch: bool) -> None:
+    """Saves a checkpoint, with the time the epoch has taken so far."""
+    elapsed = 0.0 if end_of_epoch else time.perf_counter() - self.epoch_start
+    self.run.checkpointer.save(step, state, epoch_elapsed_s=elapsed)

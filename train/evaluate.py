@@ -1,0 +1,73 @@
+"""`python -m train.evaluate WORKDIR`: the exact test metrics of a checkpoint.
+
+Loads the workdir's ``config.json`` and its latest checkpoint, evaluates
+every test example and prints one line, e.g.
+
+  step 1955 (epoch 5): test_loss 0.822108 test_accuracy 0.709400 (10000 examples)
+
+Nothing in the workdir changes. To use the trained parameters elsewhere,
+see `train.checkpoints.load_variables`.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+
+from train import checkpoints
+from train import data
+from train import main as train_main
+from train import train
+
+
+def evaluate_checkpoint(workdir: str) -> dict[str, float]:
+  """The test metrics of the latest checkpoint in ``workdir``.
+
+  Returns:
+    ``{"step", "epoch", "test_loss", "test_accuracy", "test_examples"}``.
+
+  Raises:
+    FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"No checkpoint in {workdir}.")
+  train.validate_config(config)
+  train_main.use_host_devices(config)
+  train.check_batch_sizes(config, jax.device_count())
+  run, state, _ = train.build_run(config, workdir, test_split=True)
+  run.checkpointer.close()
+  step = int(state.step)
+  if not step:
+    raise FileNotFoundError(f"No checkpoint in {workdir}.")
+  metrics = train.evaluate(run.parallel, state, run.test_split,
+                           config.eval_batch_size)
+  return {"step": step, "epoch": step / run.steps_per_epoch, **metrics,
+          "test_examples": run.test_split.num_examples}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m train.evaluate",
+      description="Exact test loss and accuracy of a workdir's latest "
+      "checkpoint.")
+  parser.add_argument("workdir", help="a training workdir")
+  args = parser.parse_args(argv)
+  try:
+    result = evaluate_checkpoint(args.workdir)
+  except (FileNotFoundError, data.DataError, train.ConfigError,
+          checkpoints.IncompatibleCheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"step {result['step']} (epoch {result['epoch']:g}): test_loss "
+        f"{result['test_loss']:.6f} test_accuracy "
+        f"{result['test_accuracy']:.6f} ({result['test_examples']} examples)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
