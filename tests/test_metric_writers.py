@@ -9,7 +9,6 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboardX.proto import event_pb2
 
 from train import metric_writers
 
@@ -19,9 +18,14 @@ def _lines(workdir):
     return [json.loads(line) for line in f]
 
 
+def _event_pb2():
+  return pytest.importorskip("tensorboardX.proto.event_pb2")
+
+
 def _events(workdir):
   """The events of the workdir's TensorBoard files (TFRecords: length,
   length CRC, event, event CRC)."""
+  event_pb2 = _event_pb2()
   events = []
   directory = os.path.join(workdir, "tensorboard")
   for name in sorted(os.listdir(directory)):
@@ -99,6 +103,7 @@ def test_read_metrics_without_a_file_raises(tmp_path):
 
 
 def test_tensorboard_gets_each_number_as_a_kind_slash_name_scalar(tmp_path):
+  _event_pb2()
   with metric_writers.MetricWriter(str(tmp_path)) as writer:
     writer.write("train", 5, {"loss": np.float32(2.25), "note": "text"})
     writer.write("epoch", 10, {"test_loss": float("nan")})
@@ -113,6 +118,7 @@ def test_a_resumed_run_keeps_the_tensorboard_points_of_its_restart_step(
     tmp_path):
   # The first run logged steps 5 and 6 and was resumed from step 6: the
   # resumed run logs from step 7 on, so TensorBoard hides steps >= 7 only.
+  event_pb2 = _event_pb2()
   with metric_writers.MetricWriter(str(tmp_path)) as writer:
     for step in (5, 6, 7):
       writer.write("train", step, {"loss": 1.0})

@@ -1,5 +1,6 @@
 """End-to-end tests of the training loop on 8 CPU devices with the tiny WRN."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -111,7 +112,8 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
                             "images_per_sec"} <= train_records[-1].keys()
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == (
       "tiny")
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  if importlib.util.find_spec("tensorboardX"):
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert (tmp_path / "checkpoints").is_dir()
 
 
