@@ -23,6 +23,12 @@ from train import main as train_main
 from train import train
 
 
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's run was made with (its ``config.json``)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   """The test metrics of the latest checkpoint in ``workdir``.
 
@@ -32,12 +38,10 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
   """
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = load_config(workdir)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   train.validate_config(config)
-  train_main.use_host_devices(config)
   train.check_batch_sizes(config, jax.device_count())
   run, state, _ = train.build_run(config, workdir, test_split=True)
   run.checkpointer.close()
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("workdir", help="a training workdir")
   args = parser.parse_args(argv)
   try:
+    train_main.use_host_devices(load_config(args.workdir))  # Before JAX starts.
     result = evaluate_checkpoint(args.workdir)
   except (FileNotFoundError, data.DataError, train.ConfigError,
           checkpoints.IncompatibleCheckpointError) as e:

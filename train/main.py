@@ -106,8 +106,10 @@ def command_line_error(argv: list[str], error: Exception) -> str:
     error: What parsing it raised.
   """
   spec = _config_spec(argv)
-  path, _, arg = (spec or "").partition(":")
-  if spec is not None and not os.path.isfile(path):
+  if spec is None:
+    return str(error).strip().splitlines()[-1]
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
     configs = os.path.relpath(os.path.join(os.path.dirname(__file__), "configs"))
     names = sorted(f for f in os.listdir(configs)
                    if f.endswith(".py") and not f.startswith("_"))

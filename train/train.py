@@ -659,7 +659,7 @@ class _PeriodicWork:
       self._end_epoch(step, state)
     if save or signum:
       self._save(step, state, end_of_epoch)
-    if signum:
+    if signum and step < self.run.stop_step:
       raise TrainingInterrupted(signum, step, self.run.total_steps)
 
   def _first_step_done(self, step: int, metrics) -> None:
