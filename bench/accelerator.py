@@ -647,6 +647,8 @@ def format_markdown(report: dict[str, Any]) -> str:
           f"{_fmt(row.get('fraction_of_peak'), '.0%')} |")
   lines += ["", "## Peer: the same step in PyTorch", ""]
   peer = report.get("peer") or {}
+  if peer.get("status") not in (None, "done") and not peer.get("runs"):
+    lines.append(f"{peer.get('status')}: {peer.get('reason') or ''}".strip())
   if peer.get("runs"):
     lines.append(f"{peer.get('model')} batch {peer.get('batch')}, torch "
                  f"{peer.get('torch')} on {peer.get('device_name')}: "
