@@ -354,14 +354,57 @@ class StudyProgress:
     return remaining * float(np.mean(times)) / self._workers
 
 
+class _Pool:
+  """Up to ``len(shares)`` runs of a study at once, each with its share."""
+
+  def __init__(self, study, workdir: str, shares: list[dict[str, Any]],
+               retries: int):
+    self.study, self.workdir = study, workdir
+    self.shares, self.retries = shares, retries
+    self.running: dict[int, tuple[subprocess.Popen, RunStatus]] = {}
+    self.failures: dict[str, int] = {}
+
+  def start(self, queue: list[RunStatus]) -> None:
+    """Starts queued runs in the free slots."""
+    for slot in range(len(self.shares)):
+      if queue and slot not in self.running:
+        run = queue.pop(0)
+        command = train_command(self.study, self.workdir, run.arm, run.seed)
+        self.running[slot] = (
+            _start_run(command, run.path, self.shares[slot]), run)
+
+  def stop(self) -> None:
+    """Asks every run to stop; each saves a checkpoint (see `train.main`)."""
+    for process, _ in self.running.values():
+      process.send_signal(signal.SIGTERM)
+
+  def reap(self, queue: list[RunStatus], stopping: bool) -> None:
+    """Records the runs that ended; queues failed ones again while allowed."""
+    for slot, (process, run) in list(self.running.items()):
+      if process.poll() is None:
+        continue
+      del self.running[slot]
+      if stopping:  # A stopped run has not failed.
+        continue
+      _record_outcome(run.path, process.returncode)
+      if process.returncode:
+        self.failures[run.path] = self.failures.get(run.path, 0) + 1
+        if self.failures[run.path] <= self.retries:
+          queue.append(run)
+
+  def running_paths(self) -> set[str]:
+    return {run.path for _, run in self.running.values()}
+
+
 def run_study(study: ml_collections.ConfigDict, workdir: str, *,
-              workers: int = 1, arms=None, seeds=None,
+              workers: int = 1, retries: int = 1, arms=None, seeds=None,
               poll_s: float = 5.0) -> list[RunStatus]:
   """Runs every unfinished (arm, seed), ``workers`` at a time.
 
   A failed run is recorded (``failure.txt`` with the tail of its log) and the
-  others go on; it is tried again by the next `run_study`. SIGINT or SIGTERM
-  stops the runs (each saves a checkpoint, see `train.main`) and returns.
+  others go on; it is tried again, from its last checkpoint, up to
+  ``retries`` times at the end of the queue, and by the next `run_study`.
+  SIGINT or SIGTERM stops the runs (each saves a checkpoint) and returns.
 
   Returns:
     The status of every run afterwards.
@@ -369,36 +412,27 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   save_study(study, workdir)
   queue = [r for r in study_runs(study, workdir, arms, seeds)
            if not r.finished]
-  shares = worker_shares(workers, sorted(os.sched_getaffinity(0)),
-                         gpu_count())
+  pool = _Pool(study, workdir, worker_shares(
+      workers, sorted(os.sched_getaffinity(0)), gpu_count()), retries)
   progress = StudyProgress(workers, {
       arm: run_config(study, arm, study.seeds[0]).num_epochs
       for arm in study.arms})
-  running: dict[int, tuple[subprocess.Popen, RunStatus]] = {}
-  stop_requested = []
+  signals = []
   previous_handlers = {
-      sig: signal.signal(sig, lambda *_: stop_requested.append(True))
+      sig: signal.signal(sig, lambda *_: signals.append(True))
       for sig in (signal.SIGINT, signal.SIGTERM)}
+  stopping = False
   try:
-    while (queue and not stop_requested) or running:
-      free_slots = [s for s in range(workers) if s not in running]
-      while free_slots and queue and not stop_requested:
-        run, slot = queue.pop(0), free_slots.pop(0)
-        running[slot] = (_start_run(
-            train_command(study, workdir, run.arm, run.seed), run.path,
-            shares[slot]), run)
-      if stop_requested and len(stop_requested) == 1:
-        stop_requested.append(True)  # Tell the runs once; each saves a checkpoint.
-        for process, _ in running.values():
-          process.send_signal(signal.SIGTERM)
-      for slot, (process, run) in list(running.items()):
-        if process.poll() is not None:
-          if not stop_requested:  # A stopped run has not failed.
-            _record_outcome(run.path, process.returncode)
-          del running[slot]
+    while queue or pool.running:
+      if signals and not stopping:
+        stopping = True
+        queue.clear()
+        pool.stop()
+      pool.start(queue)
+      pool.reap(queue, stopping)
       progress.update(study_runs(study, workdir, arms, seeds),
-                      {run.path for _, run in running.values()})
-      if running:
+                      pool.running_paths())
+      if pool.running:
         time.sleep(poll_s)
   finally:
     for sig, handler in previous_handlers.items():
@@ -672,6 +706,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub.add_argument("--workdir", required=True, metavar="DIR")
   run.add_argument("--workers", type=int, default=1, metavar="N",
                    help="runs at once (default 1)")
+  run.add_argument("--retries", type=int, default=1, metavar="K",
+                   help="tries again a failed run up to K times (default 1)")
   run.add_argument("--arms", metavar="A,B", help="only these arms")
   run.add_argument("--seeds", metavar="0,1", help="only these seeds")
   summary = commands.add_parser("summarize", help="write summary.{md,json}, "
@@ -698,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
       raise StudyError(f"--workers must be at least 1, got {args.workers}.")
     runs = run_study(study, args.workdir, workers=args.workers,
-                     arms=_split(args.arms), seeds=_split(args.seeds, int))
+                     retries=args.retries, arms=_split(args.arms),
+                     seeds=_split(args.seeds, int))
   except (StudyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
