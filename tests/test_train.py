@@ -217,6 +217,14 @@ def test_evaluation_is_exact(parallel):
          r"by the number of devices \(8\)\.$"),
         ({"eval_batch_size": 100}, r"^config.eval_batch_size \(100\) must"),
         ({"optimizer.beta_below": 1.2}, "beta_below"),
+        ({"optimizer.name": "adamw", "optimizer.loss_control": "{b1"},
+         "is not JSON"),
+        ({"optimizer.name": "adamw", "optimizer.loss_control": '{"b1": 0.9}'},
+         r"\[below, above\]"),
+        ({"optimizer.name": "adamw",
+          "optimizer.loss_control": '{"bogus": [1, 2]}'}, "bogus"),
+        ({"optimizer.loss_control": '{"momentum": [0.95, 0.9]}'},
+         "loss_control is for sgd or adamw"),
     ],
 )
 def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
@@ -319,7 +327,9 @@ def test_two_processes_agree_with_one(straight_run, tmp_path):
     if "['params']" in key or "['batch_stats']" in key:
       np.testing.assert_allclose(two[key], one[key], rtol=1e-3, atol=1e-4,
                                  err_msg=key)
-    elif "momentum" not in key:  # the step, LCAM's beta and loss statistics
+    elif "momentum" not in key and "compensation" not in key:
+      # The step, LCAM's beta and loss statistics (not the compensation of
+      # the loss sum: a rounding remainder that follows the summation order).
       np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
   # Only process 0 writes the logs.
   assert len(metric_writers.read_metrics(tmp_path)["epoch"]) == 2
@@ -363,6 +373,37 @@ def test_skipping_a_nan_keeps_lcam_loss_statistics_of_the_new_epoch():
   info = optax_lcam.lcam_info(state.opt_state)
   assert float(info.mean_loss) == 5.0
   assert int(info.step) == 5
+
+
+def test_loss_controlled_adamw_trains_and_logs_its_phases(tmp_path):
+  config = tiny_config(**{
+      "optimizer.name": "adamw", "optimizer.weight_decay": 0.05,
+      "optimizer.loss_control": '{"b1": [0.95, 0.9]}',
+      "schedule.learning_rate": 1e-3, "num_epochs": 1, "log_every_steps": 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  records = metric_writers.read_metrics(tmp_path)
+  b1s = [r["b1"] for r in records["train"]]
+  assert set(np.round(b1s, 6)) <= {0.95, 0.9} and len(b1s) == 4
+  # The first step's loss is its epoch's mean: "above", so b1 = 0.9 next.
+  assert b1s[0] == pytest.approx(0.9)
+  assert "phase_below_fraction" in records["epoch"][0]
+  mu = optax.tree.get(checkpoints.load_state(str(tmp_path))["opt_state"],
+                      "mu")
+  assert mu is not None
+
+
+def test_skipping_a_nan_with_adamw_keeps_its_moments():
+  config = tiny_config(**{"optimizer.name": "adamw",
+                          "optimizer.loss_control": '{"b1": [0.95, 0.9]}'})
+  state = _scalar_train_state(config.optimizer, steps_per_epoch=3)
+  state = _step_with_loss(state, 2.0, 1.0)
+  before_nan = state
+  state = _step_with_loss(state, float("nan"), float("nan"))
+  for name in ("mu", "nu"):
+    np.testing.assert_array_equal(
+        optax.tree.get(state.opt_state, name)["w"],
+        optax.tree.get(before_nan.opt_state, name)["w"])
+  np.testing.assert_array_equal(state.params["w"], before_nan.params["w"])
 
 
 def test_skipping_a_nan_with_sgd_keeps_the_trace_and_advances_the_counts():

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 # the state or which batches the remaining steps see.
 RESUME_INVARIANT_FIELDS = (
     "seed", "data.source", "data.drop_remainder", "batch_size", "model.name",
-    "optimizer.name", "optimizer.averaging",
+    "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
 )
 
 
@@ -41,10 +41,12 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any],
     current: The same for this run.
     directory: The checkpoints' directory, for the message.
   """
-  fields = [f"config.{name}" for name in RESUME_INVARIANT_FIELDS] + [
-      name for name in current if name != "config" and name in saved]
   saved, current = (traverse_util.flatten_dict(meta, sep=".")
                     for meta in (saved, current))
+  # A field or fact an older checkpoint does not record cannot have changed.
+  invariants = [f"config.{field}" for field in RESUME_INVARIANT_FIELDS]
+  facts = [name for name in current if not name.startswith("config.")]
+  fields = [name for name in invariants + facts if name in saved]
   differences = [f"{field.removeprefix('config.')}: checkpoint "
                  f"{saved.get(field)!r}, this run {current.get(field)!r}"
                  for field in fields if saved.get(field) != current.get(field)]

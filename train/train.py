@@ -48,7 +48,7 @@ AXIS_NAME = "batch"
 # The config fields with a fixed set of values, and those values.
 CHOICES = {
     "parallel": ("pmap", "jit"),
-    "optimizer.name": ("lcam", "sgd"),
+    "optimizer.name": ("lcam", "sgd", "adamw"),
     "schedule.name": schedules.SCHEDULE_NAMES,
     "on_nonfinite_loss": ("stop", "skip"),
     "distributed.initialize": ("auto", "yes", "no"),
@@ -153,25 +153,97 @@ def _config_errors(section: str):
     raise ConfigError(f"config.{section}: {e}") from e
 
 
+def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
+  """``'{"b1": [0.95, 0.9]}'`` -> ``{"b1": (0.95, 0.9)}`` (below, above).
+
+  Raises:
+    ValueError: naming what is wrong, with an example.
+
+  Example:
+    >>> parse_loss_control('{"b1": [0.95, 0.9]}')
+    {'b1': (0.95, 0.9)}
+    >>> parse_loss_control("")
+    {}
+  """
+  if not text:
+    return {}
+  example = ('e.g. \'{"b1": [0.95, 0.9]}\': each controlled hyper-parameter '
+             "with its value below the running mean and at or above it")
+  try:
+    parsed = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"loss_control={text!r} is not JSON ({e}); {example}.")
+  if not isinstance(parsed, dict) or not parsed or not all(
+      isinstance(pair, list) and len(pair) == 2
+      and all(isinstance(v, (int, float)) for v in pair)
+      for pair in parsed.values()):
+    raise ValueError(f"loss_control={text!r} is not a map of names to "
+                     f"[below, above] numbers; {example}.")
+  return {name: (float(below), float(above))
+          for name, (below, above) in parsed.items()}
+
+
+def _sgd(learning_rate, momentum, nesterov, weight_decay):
+  """SGD with (Nesterov) momentum and coupled weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum,
+                               nesterov=nesterov))
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate: optax.ScalarOrSchedule,
                      steps_per_epoch: int) -> optax.GradientTransformation:
-  """LCAM, or SGD with (Nesterov) momentum, both with coupled weight decay.
+  """LCAM, SGD or AdamW, optionally with loss-controlled hyper-parameters.
 
-  The loss given to the optimizer is already averaged over all devices by the
-  train step, so the optimizer needs no ``axis_name``.
+  LCAM and SGD have coupled weight decay (added to the gradient), AdamW
+  decoupled weight decay (``optax.adamw``). With ``config.loss_control`` set,
+  the named hyper-parameters of SGD or AdamW take one value after a loss below
+  the running mean and another at or above it (`optax_lcam.loss_controlled`,
+  with LCAM's rule options ``averaging``, ``ema_decay``, ``lag`` and
+  ``start_step``). The loss given to the optimizer is already averaged over
+  all devices by the train step, so the optimizer needs no ``axis_name``.
+
+  Raises:
+    ValueError: for a ``loss_control`` that cannot be used.
   """
   if config.name == "lcam":
+    if config.loss_control:
+      raise ValueError(
+          "loss_control is for sgd or adamw; LCAM is SGD whose momentum is "
+          'already loss-controlled (or use name=sgd with loss_control=\'{'
+          '"momentum": [0.95, 0.9]}\').')
     return optax_lcam.lcam(
         learning_rate, config.beta_below, config.beta_above,
         weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
         beta_init=config.beta_init, averaging=config.averaging,
         ema_decay=config.ema_decay, lag=config.lag,
         start_step=config.start_step, nesterov=config.nesterov)
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(learning_rate, momentum=config.momentum,
-                nesterov=config.nesterov))
+  if config.name == "sgd":
+    factory, arguments = _sgd, {"momentum": config.momentum,
+                                "nesterov": config.nesterov}
+  else:
+    factory, arguments = optax.adamw, {"b1": config.b1, "b2": config.b2,
+                                       "eps": config.eps}
+  arguments.update(learning_rate=learning_rate,
+                   weight_decay=config.weight_decay)
+  controlled = parse_loss_control(config.loss_control)
+  if not controlled:
+    return factory(**arguments)
+  return optax_lcam.loss_controlled(
+      optax.inject_hyperparams(factory, static_args=("nesterov",))(
+          **arguments),
+      below={name: below for name, (below, _) in controlled.items()},
+      above={name: above for name, (_, above) in controlled.items()},
+      steps_per_epoch=steps_per_epoch, averaging=config.averaging,
+      ema_decay=config.ema_decay, lag=config.lag,
+      start_step=config.start_step)
+
+
+def controlled_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The loss-controlled hyper-parameters of an optimizer config, if any."""
+  if config.name == "lcam":
+    return ("beta",)
+  return tuple(parse_loss_control(config.loss_control))
 
 
 def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
@@ -208,7 +280,7 @@ class StepConfig:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   augment: bool
-  uses_lcam: bool
+  controlled: tuple[str, ...]  # loss-controlled hyper-parameters, logged
   skip_nonfinite: bool
   axis_name: str | None
 
@@ -262,10 +334,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   metrics = {"loss": loss, "learning_rate": step_config.learning_rate(
       state.step)}
   below_mean = jnp.zeros([], jnp.bool_)
-  if step_config.uses_lcam:
-    info = optax_lcam.lcam_info(new_state.opt_state)
-    metrics.update(beta=info.beta, mean_loss=info.mean_loss,
-                   below_mean=info.below_mean)
+  if step_config.controlled:
+    info = optax_lcam.loss_control_info(new_state.opt_state)
+    metrics.update(mean_loss=info.mean_loss, below_mean=info.below_mean)
+    metrics.update({name: info.hyperparams[name]
+                    for name in step_config.controlled})
     below_mean = info.below_mean
 
   is_finite = jnp.isfinite(loss)
@@ -303,6 +376,8 @@ def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
       return new._replace(momentum=keep(new.momentum, old.momentum))
     if isinstance(new, optax.TraceState):
       return new._replace(trace=keep(new.trace, old.trace))
+    if isinstance(new, optax.ScaleByAdamState):
+      return new._replace(mu=keep(new.mu, old.mu), nu=keep(new.nu, old.nu))
     return new
 
   return new_state.replace(
@@ -311,7 +386,8 @@ def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
       opt_state=jax.tree.map(
           keep_momentum, new_state.opt_state, state.opt_state,
           is_leaf=lambda x: isinstance(x, (optax_lcam.ScaleByLCAMState,
-                                           optax.TraceState))))
+                                           optax.TraceState,
+                                           optax.ScaleByAdamState))))
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
@@ -426,7 +502,8 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
   step_config = StepConfig(
       model=model, learning_rate=learning_rate,
       steps_per_epoch=steps_per_epoch, mean=tuple(mean), std=tuple(std),
-      augment=config.data.augment, uses_lcam=config.optimizer.name == "lcam",
+      augment=config.data.augment,
+      controlled=controlled_names(config.optimizer),
       skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
   state = create_train_state(model, tx, train_split.images.shape[1:],
                              config.seed)
@@ -734,7 +811,7 @@ class _PeriodicWork:
     below = float(sums["below_mean"]) / num_steps
     record = {"epoch": epoch, "train_loss": float(sums["loss"]) / num_steps,
               "epoch_time_s": time.perf_counter() - self.epoch_start}
-    if config.optimizer.name == "lcam":
+    if controlled_names(config.optimizer):
       record.update(phase_below_fraction=below, phase_above_fraction=1 - below)
     every = config.eval_every_epochs
     if run.test_split is not None and every and (

@@ -52,8 +52,10 @@ def _data() -> ml_collections.ConfigDict:
 
 def _optimizer() -> ml_collections.ConfigDict:
   optimizer = ml_collections.ConfigDict()
-  optimizer.name = "lcam"  # or "sgd" (heavy ball or Nesterov)
-  optimizer.weight_decay = 5e-4  # coupled, on every parameter
+  # "lcam", "sgd" (heavy ball or Nesterov) or "adamw".
+  optimizer.name = "lcam"
+  # Coupled (added to the gradient) for lcam and sgd, decoupled for adamw.
+  optimizer.weight_decay = 5e-4
   optimizer.beta_below = 0.95
   optimizer.beta_above = 0.9
   optimizer.beta_init = 0.9
@@ -63,6 +65,14 @@ def _optimizer() -> ml_collections.ConfigDict:
   optimizer.start_step = 0
   optimizer.momentum = 0.9  # for "sgd"
   optimizer.nesterov = False
+  optimizer.b1 = 0.9  # for "adamw"
+  optimizer.b2 = 0.999
+  optimizer.eps = 1e-8
+  # Loss-controlled hyper-parameters of "sgd" or "adamw" (LCAM's rule, with
+  # averaging, ema_decay, lag and start_step above), as JSON: name ->
+  # [value below the running mean, value at or above it], e.g.
+  # '{"b1": [0.95, 0.9]}'. Empty: none.
+  optimizer.loss_control = ""
   return optimizer
 
 
