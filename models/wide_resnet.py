@@ -264,9 +264,6 @@ _VARIANTS = {
     'wrn-16-4': WRN_16_4,
     'wrn-10-1': WRN_10_1,
 }
-# Old spellings still accepted by create_model: train/configs/tiny.py and its
-# tests name WRN-10-1 (the smallest valid WRN, ~78k parameters) 'tiny'.
-_ALIASES = {'tiny': 'wrn-10-1'}
 MODEL_NAMES = tuple(_VARIANTS)
 
 
@@ -292,8 +289,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> WideResNet:
   Args:
     name: one of ``MODEL_NAMES`` (``'wrn-28-10'``, ``'wrn-16-8'``,
       ``'wrn-40-4'``, ``'wrn-16-4'``, ``'wrn-10-1'``); case and underscores
-      instead of dashes do not matter. ``'tiny'`` is an old name of
-      ``'wrn-10-1'``.
+      instead of dashes do not matter.
     num_classes: number of logits.
     **overrides: other ``WideResNet`` fields, e.g. ``dtype=jnp.bfloat16``,
       ``bn_axis_name='batch'``, ``dropout_rate=0.3``.
@@ -311,7 +307,6 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> WideResNet:
     (16, 8, 100)
   """
   key = canonical_model_name(name)
-  key = _ALIASES.get(key, key)
   if key not in _VARIANTS:
     raise ValueError(
         f'Unknown model name {name!r}; known names: {", ".join(MODEL_NAMES)} '

@@ -111,7 +111,7 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
   assert train_records and {"loss", "learning_rate", "beta", "mean_loss",
                             "images_per_sec"} <= train_records[-1].keys()
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == (
-      "tiny")
+      "wrn-10-1")
   if importlib.util.find_spec("tensorboardX"):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert (tmp_path / "checkpoints").is_dir()
@@ -195,7 +195,7 @@ def test_evaluation_is_exact(parallel):
   host_state = jax.device_get(state)
   images = data.normalize(test_split.images, data.IMAGENET_MEAN,
                           data.IMAGENET_STD)
-  logits = models.create_model("tiny", 10).apply(
+  logits = models.create_model("wrn-10-1", 10).apply(
       {"params": host_state.params, "batch_stats": host_state.batch_stats},
       images, train=False)
   losses = optax.softmax_cross_entropy_with_integer_labels(
@@ -236,8 +236,8 @@ def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
 def test_resuming_with_another_model_is_a_clear_error(straight_run, tmp_path):
   shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
-                     match=r"model.name: checkpoint 'tiny', this run 'wrn-10-1'"):
-    train.train_and_evaluate(tiny_config(**{"model.name": "wrn-10-1"}),
+                     match=r"model.name: checkpoint 'wrn-10-1', this run 'wrn-16-4'"):
+    train.train_and_evaluate(tiny_config(**{"model.name": "wrn-16-4"}),
                              str(tmp_path))
 
 
@@ -507,7 +507,7 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
   test_split = data.load_split(tiny_config().data.source, "test")
   images = data.normalize(test_split.images, data.IMAGENET_MEAN,
                           data.IMAGENET_STD)
-  logits = models.create_model("tiny", 10).apply(variables, images,
+  logits = models.create_model("wrn-10-1", 10).apply(variables, images,
                                                  train=False)
   accuracy = np.mean(np.argmax(np.asarray(logits), -1) == test_split.labels)
   last_epoch = metric_writers.read_metrics(straight_run)["epoch"][-1]

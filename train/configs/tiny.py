@@ -1,4 +1,4 @@
-"""A tiny run for tests: the tiny WRN on 256 synthetic images, 2 epochs."""
+"""A tiny run for tests: WRN-10-1 on 256 synthetic images, 2 epochs."""
 
 import ml_collections
 
@@ -8,7 +8,7 @@ from train.configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.data.source = "synthetic:num_train=256,num_test=96,num_classes=10"
-  config.model.name = "tiny"
+  config.model.name = "wrn-10-1"
   config.batch_size = 64
   config.eval_batch_size = 64
   config.num_epochs = 2
