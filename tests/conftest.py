@@ -1,6 +1,15 @@
-"""Test set-up: 8 fake CPU devices, given to XLA before jax is imported."""
+"""Test set-up: 8 fake CPU devices, given to XLA before jax is imported.
+
+Decoded datasets are cached in the checkout's ignored `.cache/optax_lcam`, not
+in the user's cache, unless `OPTAX_LCAM_CACHE` names another folder.
+"""
 
 import os
+from pathlib import Path
+
+os.environ.setdefault(
+    "OPTAX_LCAM_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" /
+                            "optax_lcam"))
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):

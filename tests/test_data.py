@@ -251,13 +251,12 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason=f"{REAL_ARCHIVE} absent")
 def test_real_cifar10_archive():
-  # The default cache: the archive is decoded once per machine (~20 s), then
-  # every run loads it in well under a second.
+  # The default cache, which tests/conftest.py puts in the checkout's .cache/:
+  # the archive is decoded once (20-60 s), then loads in well under a second
+  # (bench/input_pipeline.py prints both times).
   source = f"folder:{REAL_ARCHIVE}"
   train = data.load_split(source, "train")
-  start = time.perf_counter()
   test = data.load_split(source, "test")
-  assert time.perf_counter() - start < 3.0
   assert train.images.shape == (50_000, 32, 32, 3)
   assert test.images.shape == (10_000, 32, 32, 3)
   assert train.class_names == CIFAR10_CLASSES == test.class_names
@@ -439,22 +438,28 @@ def _write_prepared_cifar10_metadata(data_dir: Path) -> None:
   builder.info.write_to_directory(builder.data_path)
 
 
-@pytest.mark.parametrize("policy", ["AUTO", "USE_FILES"])
-def test_tfds_source_under_mock_data(tmp_path, policy):
-  # AUTO: the usual `mock_data()`, the dataset counts as not prepared.
-  # USE_FILES: prepared metadata, random examples (the prepared code path).
-  mock_options = {}
-  if policy == "USE_FILES":
-    _write_prepared_cifar10_metadata(tmp_path)
-    mock_options = dict(data_dir=os.fspath(tmp_path),
-                        policy=tfds.testing.MockPolicy.USE_FILES)
-  with tfds.testing.mock_data(num_examples=20, **mock_options):
+def _random_examples(builder, split, **kwargs):
+  """Stands in for `builder.as_data_source`: random examples that fit."""
+  del split, kwargs
+  features = builder.info.features
+  rng = np.random.default_rng(0)
+  return [{"image": rng.integers(0, 256, features["image"].shape, np.uint8),
+           "label": i % features["label"].num_classes} for i in range(20)]
+
+
+def test_tfds_source_under_mock_data(tmp_path):
+  # cifar10's own features and prepared metadata, examples from the test; no
+  # array_record files, so nothing is cached.
+  _write_prepared_cifar10_metadata(tmp_path)
+  with tfds.testing.mock_data(data_dir=os.fspath(tmp_path),
+                              policy=tfds.testing.MockPolicy.USE_FILES,
+                              as_data_source_fn=_random_examples):
     split = data.load_split("tfds:cifar10", "test", data_dir=tmp_path,
                             cache_dir=tmp_path / "cache")
   assert split.images.shape == (20, 32, 32, 3)
   assert split.images.dtype == np.uint8
   assert split.labels.dtype == np.int32 and split.num_classes == 10
-  assert 0 <= split.labels.min() and split.labels.max() < 10
+  np.testing.assert_array_equal(split.labels, np.arange(20) % 10)
   assert split.source == "tfds:cifar10" and split.split == "test"
   assert not (tmp_path / "cache").exists()  # No prepared files: no cache.
 

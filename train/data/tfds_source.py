@@ -56,9 +56,9 @@ def load_tfds_split(name: str, split: str, *,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = _builder(tfds, name, data_dir)
-  _image_classification_features(builder, name)  # Before any download.
-  data_source = _data_source(builder, name, split)
+  # Checked before any download: the features come with the dataset's code.
   image_shape, class_names = _image_classification_features(builder, name)
+  data_source = _data_source(builder, name, split)
   source = f"tfds:{name}"
   cache_path = _cache_path(builder, name, split, cache_dir)
   if cache_path is not None:
@@ -122,12 +122,7 @@ def _check_split_name(builder, name: str, split: str) -> None:
 def _data_source(builder, name: str, split: str):
   """The split's random-access data source; prepares the dataset if needed."""
   if not builder.is_prepared():
-    try:
-      # Only a data source that needs no files (tfds.testing.mock_data's)
-      # opens here; for a real dataset this raises, and it is prepared first.
-      return builder.as_data_source(split=split)
-    except Exception:  # pylint: disable=broad-except  # Whatever it raises.
-      _download_and_prepare(builder, name)
+    _download_and_prepare(builder, name)
   _check_split_name(builder, name, split)
   try:
     return builder.as_data_source(split=split)
@@ -165,12 +160,7 @@ def _read_examples(data_source, indices):
   """The examples at `indices`, read as one batch when the source can."""
   read_batch = getattr(data_source, "__getitems__", None)
   if read_batch is not None:
-    try:
-      return read_batch(indices)
-    except TypeError:
-      # tfds.testing.mock_data (tfds 4.9) installs a __getitems__ that cannot
-      # be called. A TypeError from the data itself is raised again below.
-      pass
+    return read_batch(indices)
   return [data_source[index] for index in indices]
 
 
