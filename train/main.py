@@ -50,8 +50,8 @@ def host_device_count(batch_size: int, eval_batch_size: int,
   into several devices that the data-parallel step keeps busy at once (on two
   cores, WRN-10-1 at batch 128: 1.4x with 2 devices against one; see the
   README). Results do not depend on the device count. No more devices than
-  cores: with 4 devices on 2 cores, long runs twice stopped in a cross-device
-  sum that one device never joined (XLA aborts such a sum after 40 s).
+  cores, to be safe: runs with 4 (and once with 2) devices on 2 cores stopped
+  in a cross-device sum, see `train.train.one_step_in_flight`.
 
   Args:
     batch_size: The global training batch size.
