@@ -170,12 +170,18 @@ def test_pmap_and_jit_agree(tmp_path):
 
 def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
+  from test_data import _random_examples  # pylint: disable=g-import-not-at-top
+  from test_data import _write_prepared_cifar10_metadata  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "tfds"
+  _write_prepared_cifar10_metadata(data_dir)
   config = tiny_config(**{"data.source": "tfds:cifar10", "num_epochs": 1,
-                          "stop_after_steps": 2, "model.dtype": "bfloat16",
-                          "data.data_dir": str(tmp_path / "tfds")})
-  with tfds.testing.mock_data(num_examples=128):
-    state = train.train_and_evaluate(config, str(tmp_path))
-  assert metric_writers.read_metrics(tmp_path)["train"]
+                          "model.dtype": "bfloat16",
+                          "data.data_dir": str(data_dir)})
+  with tfds.testing.mock_data(data_dir=str(data_dir),
+                              policy=tfds.testing.MockPolicy.USE_FILES,
+                              as_data_source_fn=_random_examples):
+    state = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert metric_writers.read_metrics(tmp_path / "run")["train"]
   # bf16 compute; parameters, statistics and optimizer state stay float32.
   for leaf in jax.tree.leaves((state.params, state.batch_stats,
                                state.opt_state)):
@@ -517,7 +523,8 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
 @pytest.mark.parametrize("argv, message", [
     (["--config.optimizer.bogus=1"],
      r"^--config.optimizer.bogus=1: config.optimizer has no field 'bogus'; "
-     r"its fields are: averaging, beta_above, beta_below, .*weight_decay\.$"),
+     r"its fields are: averaging, b1, b2, beta_above, beta_below, "
+     r".*weight_decay\.$"),
     (["--config.nope.x", "1"], r"^--config.nope.x: config has no field "
      r"'nope'; its fields are: batch_size, .*stop_after_steps\.$"),
 ])
