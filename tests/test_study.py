@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from train import study as study_lib
+from train import study_statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(
@@ -168,10 +169,10 @@ def test_statistics_equal_scipy(tmp_path):
 
 
 def test_verdict_follows_the_interval():
-  assert study_lib.paired_difference({0: 0.7, 1: 0.8, 2: 0.75},
+  assert study_statistics.paired_difference({0: 0.7, 1: 0.8, 2: 0.75},
                                      {0: 0.5, 1: 0.6, 2: 0.56})[
                                          "verdict"] == "better"
-  assert study_lib.paired_difference({0: 0.5, 1: 0.6, 2: 0.56},
+  assert study_statistics.paired_difference({0: 0.5, 1: 0.6, 2: 0.56},
                                      {0: 0.7, 1: 0.8, 2: 0.75})[
                                          "verdict"] == "worse"
 
