@@ -607,7 +607,6 @@ def plot_runs(
     The `matplotlib.figure.Figure`, as saved.
   """
   # The object-oriented API renders without pyplot, so no global backend.
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   figure = Figure(figsize=(16, 4.8), layout="constrained")
@@ -616,39 +615,58 @@ def plot_runs(
   # The lowest and highest value drawn in each panel, bands included.
   drawn_range = [[math.inf, -math.inf] for _ in _PANELS]
   for index, group in enumerate(groups):
-    color = f"C{index % 10}"
-    several = len(group.runs) > 1
-    group_line = None
-    for panel_index, (panel, (field, _, _, transform, log_scale)) in enumerate(
-        zip(axes, _PANELS)):
-      curve = group_curve(group, field)
-      mean = transform(curve.mean)
-      drawn = ~np.isnan(mean)
-      if log_scale:
-        drawn &= mean > 0
-      if not drawn.any():
-        continue
-      (line,) = panel.plot(curve.epochs[drawn], mean[drawn], color=color,
-                           linewidth=1.4)
-      group_line = group_line or line
-      values = [mean[drawn]]
-      if several:
-        low, high = transform(curve.low), transform(curve.high)
-        panel.fill_between(curve.epochs[drawn], low[drawn], high[drawn],
-                           color=color, alpha=0.2, linewidth=0)
-        values += [low[drawn], high[drawn]]
-      values = np.concatenate(values)
-      values = values[np.isfinite(values) & ((values > 0) | (not log_scale))]
-      if values.size:
-        span = drawn_range[panel_index]
-        span[0] = min(span[0], float(values.min()))
-        span[1] = max(span[1], float(values.max()))
+    group_line = _draw_group(axes, group, f"C{index % 10}", drawn_range)
     if group_line is not None:
       runs = describe_runs(group.runs)
       legend_lines.append(group_line)
       legend_labels.append(
-          f"{group.label} ({runs}, min-max)" if several
+          f"{group.label} ({runs}, min-max)" if len(group.runs) > 1
           else f"{group.label} ({runs})")
+  _style_panels(axes, drawn_range)
+  if legend_lines:
+    figure.legend(legend_lines, legend_labels, loc="outside lower center",
+                  ncol=min(len(legend_lines), 4), frameon=False)
+  output_path = os.fspath(output_path)
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  figure.savefig(output_path, dpi=120)
+  return figure
+
+
+def _draw_group(axes, group: RunGroup, color: str, drawn_range):
+  """Draws one group in every panel and widens ``drawn_range``; its line."""
+  several = len(group.runs) > 1
+  group_line = None
+  for panel_index, (panel, (field, _, _, transform, log_scale)) in enumerate(
+      zip(axes, _PANELS)):
+    curve = group_curve(group, field)
+    mean = transform(curve.mean)
+    drawn = ~np.isnan(mean)
+    if log_scale:
+      drawn &= mean > 0
+    if not drawn.any():
+      continue
+    (line,) = panel.plot(curve.epochs[drawn], mean[drawn], color=color,
+                         linewidth=1.4)
+    group_line = group_line or line
+    values = [mean[drawn]]
+    if several:
+      low, high = transform(curve.low), transform(curve.high)
+      panel.fill_between(curve.epochs[drawn], low[drawn], high[drawn],
+                         color=color, alpha=0.2, linewidth=0)
+      values += [low[drawn], high[drawn]]
+    values = np.concatenate(values)
+    values = values[np.isfinite(values) & ((values > 0) | (not log_scale))]
+    if values.size:
+      span = drawn_range[panel_index]
+      span[0] = min(span[0], float(values.min()))
+      span[1] = max(span[1], float(values.max()))
+  return group_line
+
+
+def _style_panels(axes, drawn_range) -> None:
+  """Titles, labels, grids and ticks: round values, whole epochs."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+
   for panel, (_, title, ylabel, _, log_scale), (low, high) in zip(
       axes, _PANELS, drawn_range):
     panel.set_title(title)
@@ -660,13 +678,6 @@ def plot_runs(
   axes[2].set_ylim(0.0, 1.0)
   # Whole epochs only; sharex gives every panel the same ticks.
   axes[0].xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  if legend_lines:
-    figure.legend(legend_lines, legend_labels, loc="outside lower center",
-                  ncol=min(len(legend_lines), 4), frameon=False)
-  output_path = os.fspath(output_path)
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  figure.savefig(output_path, dpi=120)
-  return figure
 
 
 def load_runs(
