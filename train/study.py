@@ -409,8 +409,9 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     The status of every run afterwards.
   """
+  # Unknown arms are errors before anything is written.
   queue = [r for r in study_runs(study, workdir, arms, seeds)
-           if not r.finished]  # Unknown arms are errors before anything is written.
+           if not r.finished]
   save_study(study, workdir)
   pool = _Pool(study, workdir, worker_shares(
       workers, sorted(os.sched_getaffinity(0)), gpu_count()), retries)
