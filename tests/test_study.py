@@ -47,8 +47,9 @@ def _study(**fields) -> ml_collections.ConfigDict:
 
 
 def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
-              optimizer="sgd"):
+              optimizer="sgd", epoch_times=None):
   """A run directory with ``config.json`` and one epoch record per accuracy."""
+  epoch_times = epoch_times or [2.0] * len(accuracies)
   path = study_lib.run_dir(str(workdir), arm, seed)
   os.makedirs(path)
   config = {"seed": seed, "num_epochs": num_epochs or len(accuracies),
@@ -56,11 +57,12 @@ def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-    for epoch, accuracy in enumerate(accuracies, start=1):
+    for epoch, (accuracy, time_s) in enumerate(zip(accuracies, epoch_times),
+                                               start=1):
       f.write(json.dumps({
           "kind": "epoch", "step": 10 * epoch, "epoch": epoch,
           "test_accuracy": accuracy, "train_loss": 1.0 / epoch,
-          "phase_below_fraction": 0.5, "epoch_time_s": 2.0}) + "\n")
+          "phase_below_fraction": 0.5, "epoch_time_s": time_s}) + "\n")
 
 
 @pytest.mark.parametrize("name", SHIPPED + ["paper:cifar100",
@@ -108,6 +110,21 @@ def test_commands_lists_exactly_the_pending_runs(tmp_path):
     workdir = study_lib.run_dir(str(tmp_path), arm, seed)
     assert sum(f"--workdir {workdir} " in c and f"--config.seed={seed}" in c
                for c in commands) == 1
+
+
+def test_eta_is_remaining_epochs_times_median_epoch_time(tmp_path):
+  study = _study()
+  # A first epoch slowed by compiling must not dominate the estimate.
+  _fake_run(tmp_path, "base", 0, [0.5, 0.6], epoch_times=[30.0, 10.0])
+  _fake_run(tmp_path, "b", 1, [0.5], num_epochs=2, epoch_times=[10.0])
+  runs = study_lib.study_runs(study, str(tmp_path))
+  remaining_epochs = 4 * 2 + 1  # four runs not started, one half-way
+  for workers in (1, 3):
+    progress = study_lib.StudyProgress(workers, {"base": 2, "b": 2})
+    assert progress.eta_seconds(runs) == pytest.approx(
+        remaining_epochs * 10.0 / workers)
+  assert study_lib.StudyProgress(1, {"base": 2, "b": 2}).eta_seconds(
+      study_lib.study_runs(study, str(tmp_path / "empty"))) is None
 
 
 def test_worker_shares_split_cores_or_gpus():

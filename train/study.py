@@ -341,7 +341,12 @@ class StudyProgress:
       self._last = line
 
   def eta_seconds(self, runs: Sequence[RunStatus]) -> float | None:
-    """Remaining epochs x mean epoch time so far / workers."""
+    """Remaining epochs x median epoch time so far / workers.
+
+    The median, not the mean: each run's first epoch includes compiling, and
+    epochs timed while the machine had other work would otherwise pull the
+    estimate up long after the machine is quiet again.
+    """
     times = []
     for run in runs:
       if run.epochs_done:
@@ -351,7 +356,7 @@ class StudyProgress:
       return None
     remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)
                     for r in runs if not r.finished)
-    return remaining * float(np.mean(times)) / self._workers
+    return remaining * float(np.median(times)) / self._workers
 
 
 class _Pool:
