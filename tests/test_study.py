@@ -184,6 +184,15 @@ def test_statistics_equal_scipy(tmp_path):
   assert summary["arms"]["b"]["epochs_to_target"]["0.6"] == {
       "median": 2.0, "reached": 4, "n": 4}
 
+  # Another baseline: b pairs with itself no more, base pairs with b.
+  against_b, _ = study_lib.summarize(str(tmp_path), baseline="b")
+  assert against_b["baseline"] == "b"
+  assert set(against_b["paired_difference"]) == {"base", "single"}
+  np.testing.assert_allclose(against_b["paired_difference"]["base"]["mean"],
+                             -differences.mean())
+  with pytest.raises(study_lib.StudyError, match=r"Unknown baseline 'nope'"):
+    study_lib.summarize(str(tmp_path), baseline="nope")
+
 
 def test_verdict_follows_the_interval():
   assert study_statistics.paired_difference({0: 0.7, 1: 0.8, 2: 0.75},

@@ -458,8 +458,13 @@ def pending_commands(study: ml_collections.ConfigDict,
 # Summaries.
 
 
-def summarize(workdir: str):
+def summarize(workdir: str, baseline: str | None = None):
   """The statistics of a study directory.
+
+  Args:
+    workdir: the study directory.
+    baseline: the arm the others are paired with; the study's ``baseline`` if
+      None.
 
   Returns:
     ``(summary, finished)``: the contents of ``summary.json`` (per arm, the
@@ -467,6 +472,10 @@ def summarize(workdir: str):
     and, per arm, its finished runs as `train.plot.Run`.
   """
   study = read_study(workdir)
+  baseline = study.baseline if baseline is None else baseline
+  if baseline not in study.arms:
+    raise StudyError(f"Unknown baseline {baseline!r}: the study has "
+                     f"{list(study.arms)}.")
   statuses = study_runs(study, workdir)
   finished = {arm: [plot.load_run(s.path) for s in statuses
                     if s.arm == arm and s.finished] for arm in study.arms}
@@ -477,13 +486,13 @@ def summarize(workdir: str):
                                                             "test_accuracy")
                          for r in runs} for arm, runs in finished.items()}
   return {
-      "baseline": study.baseline,
+      "baseline": baseline,
       "targets": targets,
       "arms": arms,
       "paired_difference": {
           arm: statistics.paired_difference(final_by_seed[arm],
-                                            final_by_seed[study.baseline])
-          for arm in study.arms if arm != study.baseline},
+                                            final_by_seed[baseline])
+          for arm in study.arms if arm != baseline},
       "unfinished": [
           {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,
            "num_epochs": s.num_epochs} for s in statuses
@@ -493,9 +502,9 @@ def summarize(workdir: str):
   }, finished
 
 
-def write_summary(workdir: str) -> str:
+def write_summary(workdir: str, baseline: str | None = None) -> str:
   """Writes ``summary.json``, ``summary.md`` and ``curves.png``; returns the md."""
-  summary, finished = summarize(workdir)
+  summary, finished = summarize(workdir, baseline)
   with open(os.path.join(workdir, "summary.json"), "w",
             encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
@@ -535,6 +544,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   summary = commands.add_parser("summarize", help="write summary.{md,json}, "
                                 "curves.png and print the table")
   summary.add_argument("workdir", metavar="DIR")
+  summary.add_argument("--baseline", metavar="ARM",
+                       help="pair the arms with ARM instead of the study's "
+                            "baseline")
   return parser.parse_args(argv)
 
 
@@ -546,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
   try:
     if args.command == "summarize":
-      print(write_summary(args.workdir), end="")
+      print(write_summary(args.workdir, args.baseline), end="")
       return 0
     study = load_study(args.study)
     if args.command == "commands":
