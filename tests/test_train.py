@@ -28,6 +28,7 @@ from train import evaluate
 from train import main
 from train import metric_writers
 from train import plot
+from train import provenance
 from train import train
 from train.configs import tiny
 
@@ -564,3 +565,74 @@ def test_jax_backend_probing_stays_out_of_the_log():
                                 "Unable to initialize backend 'tpu'"))
   assert main._quiet(record("jax._src.xla_bridge", logging.WARNING, "x"))
   assert main._quiet(record("absl", logging.INFO, "epoch 1: {}"))
+
+
+def test_validation_examples_are_held_out_and_evaluated(tmp_path):
+  config = tiny_config(**{"data.validation_examples": 64})
+  train.train_and_evaluate(config, str(tmp_path))
+  records = metric_writers.read_metrics(tmp_path)
+  # 256 - 64 = 192 training examples: 3 steps of 64 an epoch.
+  assert [r["step"] for r in records["epoch"]] == [3, 6]
+  for record in records["epoch"]:
+    assert {"val_loss", "val_accuracy", "test_loss",
+            "test_accuracy"} <= record.keys()
+  # The held-out examples are the same for any seed, and not trained on.
+  full = data.load_split(config.data.source, "train")
+  rest, held_out = data.hold_out(full, 64)
+  rest_seed1, held_out_seed1 = data.hold_out(full, 64)
+  np.testing.assert_array_equal(held_out.images, held_out_seed1.images)
+  trained = {bytes(image) for image in rest.images}
+  assert not any(bytes(image) in trained for image in held_out.images)
+  # Resuming with another number of held-out examples is refused.
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match="validation_examples: checkpoint 64, this run 32"):
+    train.train_and_evaluate(
+        tiny_config(**{"data.validation_examples": 32, "num_epochs": 3}),
+        str(tmp_path))
+
+
+@pytest.mark.parametrize("count", [-1, 256, 1000])
+def test_impossible_validation_examples_are_clear_errors(count, tmp_path):
+  with pytest.raises(ValueError, match="validation_examples|hold out"):
+    train.train_and_evaluate(
+        tiny_config(**{"data.validation_examples": count}), str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_run_records_hold_the_provenance(straight_run):
+  run_record = next(
+      json.loads(line) for line in
+      (straight_run / metric_writers.METRICS_FILENAME).read_text().splitlines()
+      if json.loads(line)["kind"] == "run")
+  head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                        capture_output=True, text=True, check=False)
+  expected_commit = head.stdout.strip() if head.returncode == 0 else None
+  assert run_record["commit"] == expected_commit
+  assert run_record["tracked_changes"] in (True, False, None)
+  assert run_record["versions"]["jax"] == jax.__version__
+  assert run_record["versions"]["numpy"] == np.__version__
+  assert set(run_record["versions"]) == {"jax", "jaxlib", "flax", "optax",
+                                         "numpy"}
+  split = data.load_split(tiny.get_config().data.source, "train")
+  test = data.load_split(tiny.get_config().data.source, "test")
+  assert run_record["data_fingerprint"] == provenance.data_fingerprint(
+      tiny.get_config().data.source, [split, test])
+  assert run_record["device_kind"] == jax.devices()[0].device_kind
+  assert run_record["devices"] == 8 and run_record["processes"] == 1
+
+
+def test_data_fingerprint_is_the_archive_digest_for_an_archive(tmp_path):
+  archive = tmp_path / "data.tar"
+  archive.write_bytes(b"not really a tar, only hashed")
+  import hashlib  # pylint: disable=g-import-not-at-top
+  assert provenance.data_fingerprint(f"folder:{archive}", []) == (
+      "archive-sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest())
+
+
+def test_data_fingerprint_changes_with_one_pixel():
+  split = data.load_split("synthetic:num_train=8,num_test=2", "train")
+  images = split.images.copy()
+  images[3, 1, 1, 0] ^= 1
+  changed = data.Split(images, split.labels, split.num_classes,
+                       split.class_names, split.source, split.split)
+  assert data.fingerprint(changed) != data.fingerprint(split)

@@ -23,7 +23,8 @@ import orbax.checkpoint as ocp
 # Config fields a run cannot change when it resumes: they change the shapes of
 # the state or which batches the remaining steps see.
 RESUME_INVARIANT_FIELDS = (
-    "seed", "data.source", "data.drop_remainder", "batch_size", "model.name",
+    "seed", "data.source", "data.drop_remainder", "data.validation_examples",
+    "batch_size", "model.name",
     "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
 )
 

@@ -23,6 +23,8 @@ TENSORBOARD_DIRNAME = "tensorboard"
 def _json_value(value):
   if value is None or isinstance(value, (bool, str)):
     return value
+  if isinstance(value, dict):
+    return {str(k): _json_value(v) for k, v in value.items()}
   number = np.asarray(value).reshape(()).item()
   if isinstance(number, (bool, int)):
     return number
@@ -81,7 +83,7 @@ class MetricWriter:
     self._file.flush()
     for name, value in metrics.items():
       if self._summary is not None and value is not None and not isinstance(
-          value, str):
+          value, (str, dict)):
         self._summary.add_scalar(f"{kind}/{name}", float(value), int(step))
 
   def close(self) -> None:

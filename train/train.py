@@ -42,6 +42,7 @@ from train import checkpoints
 from train import data
 from train import metric_writers
 from train import periodic
+from train import provenance
 from train import schedules
 
 AXIS_NAME = "batch"
@@ -125,6 +126,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if flat[field] <= 0:
       raise ConfigError(f"config.{field} must be positive, got "
                         f"{flat[field]}.")
+  if flat["data.validation_examples"] < 0:
+    raise ConfigError("config.data.validation_examples must be >= 0, got "
+                      f"{flat['data.validation_examples']}.")
   for field in ("eval_every_epochs", "log_every_steps",
                 "checkpoint_every_steps", "stop_after_steps",
                 "keep_checkpoints", "host_devices"):
@@ -555,9 +559,13 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
                                 if v is not None})
 
 
-def evaluate(parallel: Parallel, state, split: data.Split,
-             batch_size: int) -> dict[str, float]:
-  """Exact loss and accuracy on every example of ``split``."""
+def evaluate(parallel: Parallel, state, split: data.Split, batch_size: int,
+             prefix: str = "test") -> dict[str, float]:
+  """Exact loss and accuracy on every example of ``split``.
+
+  Returns:
+    ``{f"{prefix}_loss", f"{prefix}_accuracy"}``.
+  """
   totals = None
   for batch in data.eval_batches(split, batch_size,
                                  process_index=jax.process_index(),
@@ -566,8 +574,8 @@ def evaluate(parallel: Parallel, state, split: data.Split,
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  return {"test_loss": float(totals["loss"]) / count,
-          "test_accuracy": float(totals["correct"]) / count}
+  return {f"{prefix}_loss": float(totals["loss"]) / count,
+          f"{prefix}_accuracy": float(totals["correct"]) / count}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,11 +584,14 @@ class Run:
 
   config: ml_collections.ConfigDict
   workdir: str
-  train_split: data.Split
+  train_split: data.Split  # without the validation examples
   test_split: data.Split | None  # None when the config never evaluates
   steps_per_epoch: int
   parallel: Parallel
   checkpointer: checkpoints.Checkpointer
+  # The training examples held out (config.data.validation_examples), if any.
+  validation_split: data.Split | None = None
+  provenance: dict = dataclasses.field(default_factory=dict)  # `train.provenance`
 
   @property
   def total_steps(self) -> int:
@@ -616,6 +627,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
     test_split: Whether to load the test split even if the config never
       evaluates.
 
+  With ``config.data.validation_examples`` K > 0, K examples of the training
+  split are held out of training (`data.hold_out`) and evaluated like the test
+  split; the steps per epoch follow the examples that remain.
+
   Returns:
     The run; its state on the devices (restored, or fresh when the workdir
     has no checkpoint); the checkpoint's meta data (``{}`` without one).
@@ -627,6 +642,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
                            data_dir=config.data.data_dir,
                            cache_dir=config.data.cache_dir)
   train_split = load("train")
+  full_train_split, validation_split = train_split, None
+  if config.data.validation_examples:
+    train_split, validation_split = data.hold_out(
+        train_split, config.data.validation_examples)
   steps_per_epoch = data.steps_per_epoch(
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
   parallel, state = build_parallel(config, train_split, steps_per_epoch)
@@ -638,11 +657,13 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     state, meta = checkpointer.restore_latest(parallel.put_state(state))
     test = load("test") if test_split or config.eval_every_epochs else None
+    facts = provenance.provenance(
+        config.data.source, [s for s in (full_train_split, test) if s])
   except BaseException:
     checkpointer.close()
     raise
   return Run(config, workdir, train_split, test, steps_per_epoch, parallel,
-             checkpointer), state, meta
+             checkpointer, validation_split, facts), state, meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -774,7 +795,7 @@ class _PeriodicWork:
     if self.run_start is not None:
       self.writer.write("run", step, {
           "time_to_first_step_s": time.perf_counter() - self.run_start,
-          "devices": jax.device_count(), "processes": jax.process_count()})
+          **self.run.provenance})
       self.run_start = None
 
   def _stop_signal(self, synced: bool) -> int:
@@ -842,10 +863,12 @@ class _PeriodicWork:
     if controlled_names(config.optimizer):
       record.update(phase_below_fraction=below, phase_above_fraction=1 - below)
     every = config.eval_every_epochs
-    if run.test_split is not None and every and (
-        epoch % every == 0 or step == run.total_steps):
-      record.update(evaluate(run.parallel, state, run.test_split,
-                             config.eval_batch_size))
+    if every and (epoch % every == 0 or step == run.total_steps):
+      for prefix, split in (("val", run.validation_split),
+                            ("test", run.test_split)):
+        if split is not None:
+          record.update(evaluate(run.parallel, state, split,
+                                 config.eval_batch_size, prefix))
     self.writer.write("epoch", step, record)
     logging.info("epoch %d: %s", epoch, json.dumps(record))
 

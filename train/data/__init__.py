@@ -57,6 +57,8 @@ from train.data.sources import load_split
 from train.data.sources import SOURCE_KINDS
 from train.data.split import DataError
 from train.data.split import DataNotFoundError
+from train.data.split import fingerprint
+from train.data.split import hold_out
 from train.data.split import Split
 
 __all__ = [
@@ -71,6 +73,8 @@ __all__ = [
     "default_cache_dir",
     "epoch_permutation",
     "eval_batches",
+    "fingerprint",
+    "hold_out",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "load_split",

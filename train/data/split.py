@@ -1,6 +1,7 @@
 """The in-memory split every data source produces, and the data errors."""
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -78,3 +79,65 @@ def _check_split_arrays(images, labels, num_classes, class_names, where):
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise DataError(f"{where}: labels must lie in [0, {num_classes}), found "
                     f"[{labels.min()}, {labels.max()}].")
+
+
+# The permutation that chooses held-out examples: fixed, so that every run,
+# whatever its seed or optimizer, holds out the same examples.
+HOLD_OUT_SEED = 20230905
+
+
+def hold_out(split: Split, num_examples: int) -> tuple[Split, Split]:
+  """Splits ``num_examples`` examples off ``split`` for validation.
+
+  The held-out examples are the first ``num_examples`` of a fixed permutation
+  of the split (`HOLD_OUT_SEED`), a function of the split's size alone; both
+  parts keep the split's order.
+
+  Args:
+    split: the split to divide, normally `train`.
+    num_examples: how many examples to hold out, 1 .. num_examples - 1.
+
+  Returns:
+    ``(rest, held_out)``; ``held_out.split`` is ``"validation"``.
+
+  Raises:
+    DataError: ``num_examples`` leaves no example on one side.
+
+  Example:
+    >>> import numpy as np
+    >>> full = Split(np.zeros((10, 2, 2, 1), np.uint8),
+    ...              np.arange(10, dtype=np.int32) % 2, 2, ("a", "b"),
+    ...              "synthetic:x", "train")
+    >>> rest, held_out = hold_out(full, 3)
+    >>> rest.num_examples, held_out.num_examples, held_out.split
+    (7, 3, 'validation')
+  """
+  total = split.num_examples
+  if int(num_examples) != num_examples or not 0 < num_examples < total:
+    raise DataError(
+        f"Cannot hold out {num_examples!r} of the {total} examples of "
+        f"{split.source} ({split.split}): use a whole number from 1 to "
+        f"{total - 1}.")
+  permutation = np.random.default_rng(HOLD_OUT_SEED).permutation(total)
+  chosen = np.zeros(total, bool)
+  chosen[permutation[:num_examples]] = True
+
+  def part(mask, name):
+    return dataclasses.replace(split, images=split.images[mask],
+                               labels=split.labels[mask], split=name)
+
+  return part(~chosen, split.split), part(chosen, "validation")
+
+
+def fingerprint(split: Split) -> str:
+  """The sha256 of a split's decoded images, labels and class names.
+
+  The same data gives the same fingerprint whatever source or cache it came
+  from, so runs can show that they saw the same examples.
+  """
+  sha = hashlib.sha256()
+  for array in (split.images, split.labels):
+    sha.update(str((array.dtype.str, array.shape)).encode())
+    sha.update(np.ascontiguousarray(array).data)
+  sha.update("\0".join(split.class_names).encode())
+  return sha.hexdigest()

@@ -1,0 +1,81 @@
+"""Where a run's numbers come from: code, packages, data and devices.
+
+Every start or resume of a run writes these facts into its ``"kind": "run"``
+record of ``metrics.jsonl``, so that a study's summary can show which commits
+and devices its runs used, and how often they were restarted, without anyone
+having to remember it.
+"""
+
+import functools
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+
+import jax
+
+from train import data
+from train.data import cache
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def _git(*args: str) -> str | None:
+  try:
+    result = subprocess.run(["git", "-C", REPO_ROOT, *args],
+                            capture_output=True, text=True, timeout=30,
+                            check=False)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return result.stdout.strip() if result.returncode == 0 else None
+
+
+@functools.cache
+def code_version() -> dict[str, str | bool | None]:
+  """The checkout's commit and whether tracked files differ from it.
+
+  Untracked files (a study's results written into a pinned worktree) do not
+  count as changes. Both are None outside a git checkout.
+  """
+  commit = _git("rev-parse", "HEAD")
+  status = _git("status", "--porcelain", "--untracked-files=no")
+  return {"commit": commit,
+          "tracked_changes": None if status is None else bool(status)}
+
+
+def package_versions() -> dict[str, str | None]:
+  """The installed versions of the packages a run's numbers depend on."""
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def data_fingerprint(source: str, splits: list[data.Split]) -> str:
+  """The archive's sha256 for a ``folder:`` archive, else the arrays' hash.
+
+  Example:
+    >>> split = data.load_split("synthetic:num_train=4,num_test=2", "train")
+    >>> data_fingerprint("synthetic:num_train=4,num_test=2",
+    ...                  [split]).startswith("arrays-sha256:")
+    True
+  """
+  kind, _, path = source.partition(":")
+  if kind == "folder" and os.path.isfile(path):
+    return "archive-sha256:" + cache.digest_of_file(path)
+  sha = hashlib.sha256()
+  for split in splits:
+    sha.update(f"{split.split}:{data.fingerprint(split)}\n".encode())
+  return "arrays-sha256:" + sha.hexdigest()
+
+
+def provenance(source: str, splits: list[data.Split]) -> dict:
+  """The facts of the run record: code, packages, data and devices."""
+  return {**code_version(), "versions": package_versions(),
+          "data_fingerprint": data_fingerprint(source, splits),
+          "device_kind": jax.devices()[0].device_kind,
+          "devices": jax.device_count(), "processes": jax.process_count()}
