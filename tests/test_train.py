@@ -576,6 +576,12 @@ def test_validation_examples_are_held_out_and_evaluated(tmp_path):
   for record in records["epoch"]:
     assert {"val_loss", "val_accuracy", "test_loss",
             "test_accuracy"} <= record.keys()
+  no_test = tmp_path / "no_test"
+  train.train_and_evaluate(
+      tiny_config(**{"data.validation_examples": 64, "data.eval_test": False,
+                     "num_epochs": 1}), str(no_test))
+  (record,) = metric_writers.read_metrics(no_test)["epoch"]
+  assert "val_accuracy" in record and "test_accuracy" not in record
   # The held-out examples are the same for any seed, and not trained on.
   full = data.load_split(config.data.source, "train")
   rest, held_out = data.hold_out(full, 64)
@@ -636,3 +642,14 @@ def test_data_fingerprint_changes_with_one_pixel():
   changed = data.Split(images, split.labels, split.num_classes,
                        split.class_names, split.source, split.split)
   assert data.fingerprint(changed) != data.fingerprint(split)
+
+
+def test_evaluate_reads_a_config_json_older_than_its_fields(straight_run,
+                                                            tmp_path, capsys):
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["data"]["validation_examples"]  # as written before it existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert evaluate.load_config(str(tmp_path)).data.validation_examples == 0
+  assert evaluate.main([str(tmp_path)]) == 0
+  assert "test_accuracy" in capsys.readouterr().out

@@ -21,12 +21,20 @@ from train import checkpoints
 from train import data
 from train import main as train_main
 from train import train
+from train.configs import default
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir's run was made with (its ``config.json``)."""
+  """The config a workdir's run was made with (its ``config.json``).
+
+  Fields added to the harness after the run was made keep their defaults
+  (``train/configs/default.py``), which are what the run did without them.
+  """
   with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  config = default.get_config()
+  config.update(saved)
+  return config
 
 
 def evaluate_checkpoint(workdir: str) -> dict[str, float]:

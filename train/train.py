@@ -656,7 +656,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
              "num_train_examples": train_split.num_examples})
   try:
     state, meta = checkpointer.restore_latest(parallel.put_state(state))
-    test = load("test") if test_split or config.eval_every_epochs else None
+    test = load("test") if test_split or (config.eval_every_epochs
+                                          and config.data.eval_test) else None
     facts = provenance.provenance(
         config.data.source, [s for s in (full_train_split, test) if s])
   except BaseException:

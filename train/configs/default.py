@@ -51,6 +51,9 @@ def _data() -> ml_collections.ConfigDict:
   # the same for every seed and optimizer) and evaluate them every epoch
   # (val_loss, val_accuracy), e.g. to tune hyper-parameters without the test set.
   data.validation_examples = 0
+  # Whether epochs evaluate the test split; False keeps a tuning study's runs
+  # from ever seeing it (they evaluate the validation examples only).
+  data.eval_test = True
   return data
 
 
