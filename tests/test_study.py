@@ -70,7 +70,10 @@ def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
 def test_shipped_study_loads_and_names_valid_fields(name):
   study = study_lib.load_study(name)  # Applies every arm's overrides.
   assert study.baseline in study.arms
-  assert len(study.seeds) >= 3
+  # A tuning study (scored on a validation split) runs one seed per
+  # configuration; a comparison needs at least three.
+  tuning = study.get("metric", "test_accuracy") == "val_accuracy"
+  assert len(study.seeds) >= (1 if tuning else 3)
   for arm in study.arms:
     config = study_lib.run_config(study, arm, study.seeds[-1])
     assert config.seed == study.seeds[-1]
