@@ -14,7 +14,6 @@ import pytest
 from scipy import stats
 
 from train import study as study_lib
-from train import study_statistics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(
@@ -47,22 +46,36 @@ def _study(**fields) -> ml_collections.ConfigDict:
 
 
 def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
-              optimizer="sgd", epoch_times=None):
-  """A run directory with ``config.json`` and one epoch record per accuracy."""
+              optimizer="sgd", loss_control="", epoch_times=None,
+              run_lines=("{}",), metric="test_accuracy"):
+  """A run directory with ``config.json`` and one epoch record per accuracy.
+
+  Loss-controlled runs (LCAM, or ``loss_control``) record phase fractions;
+  ``run_lines`` are the raw ``"kind": "run"`` lines, as JSON objects to
+  which the kind and step are added (or any text, written as it is).
+  """
   epoch_times = epoch_times or [2.0] * len(accuracies)
   path = study_lib.run_dir(str(workdir), arm, seed)
   os.makedirs(path)
   config = {"seed": seed, "num_epochs": num_epochs or len(accuracies),
-            "optimizer": {"name": optimizer}}
+            "optimizer": {"name": optimizer, "loss_control": loss_control}}
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f)
   with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+    for line in run_lines:
+      try:
+        record = {"kind": "run", "step": 1, **json.loads(line)}
+        f.write(json.dumps(record) + "\n")
+      except ValueError:
+        f.write(line + "\n")
     for epoch, (accuracy, time_s) in enumerate(zip(accuracies, epoch_times),
                                                start=1):
-      f.write(json.dumps({
-          "kind": "epoch", "step": 10 * epoch, "epoch": epoch,
-          "test_accuracy": accuracy, "train_loss": 1.0 / epoch,
-          "phase_below_fraction": 0.5, "epoch_time_s": time_s}) + "\n")
+      record = {"kind": "epoch", "step": 10 * epoch, "epoch": epoch,
+                metric: accuracy, "train_loss": 1.0 / epoch,
+                "epoch_time_s": time_s}
+      if optimizer == "lcam" or loss_control:
+        record["phase_below_fraction"] = 0.5
+      f.write(json.dumps(record) + "\n")
 
 
 @pytest.mark.parametrize("name", SHIPPED + ["paper:cifar100",
@@ -167,7 +180,11 @@ def test_statistics_equal_scipy(tmp_path):
   single = summary["arms"]["single"]["final_test_accuracy"]
   assert single == {"mean": 0.64, "std": None, "ci95": None}
 
-  paired = summary["paired_difference"]["b"]
+  # Every arm against the baseline, the first one primary.
+  assert [(c["arm"], c["against"], c["role"]) for c in
+          summary["comparisons"]] == [("b", "base", "primary"),
+                                      ("single", "base", "secondary")]
+  paired = summary["comparisons"][0]["paired"]
   shared = [0, 1, 2]
   arm_values = [finals["b"][s] for s in shared]
   base_values = [finals["base"][s] for s in shared]
@@ -178,10 +195,13 @@ def test_statistics_equal_scipy(tmp_path):
       arm_values, base_values).pvalue)
   np.testing.assert_allclose(paired["ci95"], stats.t.interval(
       0.95, 2, loc=differences.mean(), scale=stats.sem(differences)))
-  assert paired["verdict"] == ("better" if paired["ci95"][0] > 0 else
-                               "no detectable difference at 95%")
-  assert summary["paired_difference"]["single"]["verdict"] == (
-      "too few paired seeds to tell")
+  welch = summary["comparisons"][0]["welch"]
+  assert welch["n"] == [4, 3]
+  np.testing.assert_allclose(welch["mean"], b.mean() - np.mean(base_values))
+  assert summary["comparisons"][0]["verdict"] == (
+      "better" if paired["ci95"][0] > 0 else "inconclusive")
+  assert summary["comparisons"][0]["equivalence"] is None  # No margin.
+  assert summary["comparisons"][1]["verdict"] == "too few runs"
 
   # Epoch 2 reaches 0.6 in every run of b (final + 0.01 >= 0.61).
   assert summary["arms"]["b"]["epochs_to_target"]["0.6"] == {
@@ -190,20 +210,187 @@ def test_statistics_equal_scipy(tmp_path):
   # Another baseline: b pairs with itself no more, base pairs with b.
   against_b, _ = study_lib.summarize(str(tmp_path), baseline="b")
   assert against_b["baseline"] == "b"
-  assert set(against_b["paired_difference"]) == {"base", "single"}
-  np.testing.assert_allclose(against_b["paired_difference"]["base"]["mean"],
+  assert [(c["arm"], c["against"]) for c in against_b["comparisons"]] == [
+      ("base", "b"), ("single", "b")]
+  np.testing.assert_allclose(against_b["comparisons"][0]["paired"]["mean"],
                              -differences.mean())
   with pytest.raises(study_lib.StudyError, match=r"Unknown baseline 'nope'"):
     study_lib.summarize(str(tmp_path), baseline="nope")
 
 
-def test_verdict_follows_the_interval():
-  assert study_statistics.paired_difference({0: 0.7, 1: 0.8, 2: 0.75},
-                                     {0: 0.5, 1: 0.6, 2: 0.56})[
-                                         "verdict"] == "better"
-  assert study_statistics.paired_difference({0: 0.5, 1: 0.6, 2: 0.56},
-                                     {0: 0.7, 1: 0.8, 2: 0.75})[
-                                         "verdict"] == "worse"
+def _two_arm_study(tmp_path, finals, **fields):
+  """A study of the arms in ``finals`` (arm -> seed -> final), summarized."""
+  for arm, by_seed in finals.items():
+    for seed, final in by_seed.items():
+      _fake_run(tmp_path, arm, seed, [0.1, final])
+  seeds = sorted({s for by_seed in finals.values() for s in by_seed})
+  study = _study(arms={arm: {} for arm in finals}, seeds=seeds,
+                 baseline=next(iter(finals)), **fields)
+  study_lib.save_study(study, str(tmp_path))
+  return study
+
+
+def test_declared_comparisons_tests_and_margin(tmp_path):
+  finals = {"base": {0: 0.60, 1: 0.62, 2: 0.61, 3: 0.605},
+            "b": {0: 0.603, 1: 0.621, 2: 0.612, 3: 0.607},
+            "c": {0: 0.70, 1: 0.71, 2: 0.72, 3: 0.69}}
+  _two_arm_study(tmp_path, finals, comparisons=[["b", "base"], ["b", "c"]],
+                 primary_test="welch", equivalence_margin=0.02)
+  summary = json.loads(study_lib.write_summary(str(tmp_path)) and (
+      tmp_path / "summary.json").read_text())
+  assert summary["primary_test"] == "welch"
+  assert summary["equivalence_margin"] == 0.02
+  first, second = summary["comparisons"]
+  assert (first["arm"], first["against"], first["role"]) == (
+      "b", "base", "primary")
+  assert (second["arm"], second["against"], second["role"]) == (
+      "b", "c", "secondary")
+  b, base = np.array(list(finals["b"].values())), np.array(
+      list(finals["base"].values()))
+  welch = stats.ttest_ind(b, base, equal_var=False)
+  np.testing.assert_allclose(first["welch"]["p_value"], welch.pvalue)
+  # b is within 2 points of base (TOST on Welch), far below c.
+  assert first["equivalence"]["verdict"] == "equivalent"
+  assert first["equivalence"]["margin"] == 0.02
+  assert first["verdict"] == "inconclusive"
+  assert second["verdict"] == "worse"
+  assert second["equivalence"]["verdict"] == "not shown equivalent"
+  markdown = (tmp_path / "summary.md").read_text()
+  assert "primary test: Welch t-test" in markdown
+  assert "| b | base | primary | 4 |" in markdown
+  assert "| equivalent | inconclusive |" in markdown
+  # --baseline overrides the declared comparisons.
+  against_c, _ = study_lib.summarize(str(tmp_path), baseline="c")
+  assert {(c["arm"], c["against"]) for c in against_c["comparisons"]} == {
+      ("base", "c"), ("b", "c")}
+
+
+def test_equal_differences_are_too_few_runs_never_better(tmp_path):
+  # b is base + 0.1 in every seed, up to rounding: no spread to test with.
+  base = {0: 0.6, 1: 0.7, 2: 0.8}
+  _two_arm_study(tmp_path, {"base": base,
+                            "b": {s: v + 0.1 for s, v in base.items()}})
+  summary, _ = study_lib.summarize(str(tmp_path))
+  comparison = summary["comparisons"][0]
+  assert comparison["verdict"] == "too few runs"
+  assert comparison["paired"]["p_value"] is None
+  assert comparison["seeds_for_80pct_power"] is None
+
+
+def test_bad_final_values_are_failed_runs_and_json_is_strict(tmp_path):
+  _fake_run(tmp_path, "base", 0, [0.5, 0.6])
+  _fake_run(tmp_path, "base", 1, [0.5, None])  # NaN is written as null
+  _fake_run(tmp_path, "b", 0, [0.5, 0.7])
+  path = study_lib.run_dir(str(tmp_path), "b", 0)
+  with open(os.path.join(path, "metrics.jsonl"), "a") as f:
+    # A NaN training loss in a re-logged last epoch; the accuracy stays.
+    f.write(json.dumps({"kind": "epoch", "step": 20, "epoch": 2,
+                        "test_accuracy": 0.7, "train_loss": None}) + "\n")
+  study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
+  study_lib.write_summary(str(tmp_path))
+
+  def no_constants(name):
+    raise AssertionError(f"summary.json holds {name}")
+  summary = json.loads((tmp_path / "summary.json").read_text(),
+                       parse_constant=no_constants)
+  assert summary["failed"] == [{
+      "arm": "base", "seed": 1, "reason": "final test_accuracy is null or NaN",
+      "log_tail": None}]
+  assert summary["arms"]["base"]["n"] == 1
+  assert summary["arms"]["base"]["final_test_accuracy"]["mean"] == 0.6
+  assert summary["arms"]["b"]["final_train_loss"]["mean"] is None
+  assert "base seed 1 (final test_accuracy is null or NaN)" in (
+      tmp_path / "summary.md").read_text()
+
+
+def test_validation_metric_shows_no_test_accuracy(tmp_path):
+  for arm in ("base", "b"):
+    for seed in (0, 1, 2):
+      _fake_run(tmp_path, arm, seed, [0.4, 0.5 + 0.01 * seed],
+                metric="val_accuracy")
+  study_lib.save_study(_study(metric="val_accuracy", targets=[0.45]),
+                       str(tmp_path))
+  markdown = study_lib.write_summary(str(tmp_path))
+  text = (tmp_path / "summary.json").read_text()
+  summary = json.loads(text)
+  assert summary["metric"] == "val_accuracy"
+  assert "test_acc" not in text
+  assert "test acc" not in markdown and "test_acc" not in markdown
+  assert summary["arms"]["b"]["final_val_accuracy"]["mean"] == 0.51
+  assert summary["arms"]["b"]["epochs_to_target"]["0.45"]["median"] == 2.0
+  assert summary["failed"] == []
+  assert "final val acc. %" in markdown
+
+
+def test_every_loss_controlled_arm_reports_phase_fractions(tmp_path):
+  for seed in (0, 1):
+    _fake_run(tmp_path, "base", seed, [0.5])
+    _fake_run(tmp_path, "b", seed, [0.5], optimizer="adamw",
+              loss_control='{"b1": [0.95, 0.9]}')
+  study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
+  summary, _ = study_lib.summarize(str(tmp_path))
+  assert summary["arms"]["b"]["phase_below_fraction"]["mean"] == 0.5
+  assert "phase_below_fraction" not in summary["arms"]["base"]
+
+
+def test_provenance_per_arm(tmp_path):
+  new = {"commit": "0123456789abcdef", "tracked_changes": False,
+         "versions": {"jax": "0.7.0", "numpy": "2.0"},
+         "data_fingerprint": "cifar:abc", "device_kind": "cpu",
+         "devices": 4, "processes": 1}
+  # Seed 0: started three times, twice from the same step (read_metrics
+  # keeps one record per step), once on another commit; then killed while
+  # writing a fourth start's record.
+  _fake_run(tmp_path, "b", 0, [0.5], run_lines=[
+      json.dumps(new), json.dumps(new),
+      json.dumps({**new, "commit": "fedcba9876543210", "devices": 2})])
+  with open(os.path.join(study_lib.run_dir(str(tmp_path), "b", 0),
+                         "metrics.jsonl"), "a") as f:
+    f.write('{"kind": "run", "step": 11, "comm')
+  _fake_run(tmp_path, "b", 1, [0.5], run_lines=[json.dumps(new)])
+  _fake_run(tmp_path, "base", 0, [0.5],  # written before provenance
+            run_lines=['{"devices": 2, "processes": 1}'])
+  _fake_run(tmp_path, "base", 1, [0.5], run_lines=[])
+  study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
+  markdown = study_lib.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  b = summary["arms"]["b"]["provenance"]
+  assert b["restarts"] == [2, 0]
+  assert b["commits"] == ["0123456789abcdef", "fedcba9876543210"]
+  assert b["devices"] == [4, 2]
+  assert b["tracked_changes"] == [False]
+  assert b["versions"] == [{"jax": "0.7.0", "numpy": "2.0"}]
+  assert b["data_fingerprints"] == ["cifar:abc"]
+  assert b["device_kinds"] == ["cpu"]
+  base = summary["arms"]["base"]["provenance"]
+  assert base["restarts"] == [0, 0]
+  assert base["commits"] == [None] and base["devices"] == [2]
+  assert ("| b | 0123456789, fedcba9876 | no | 0: 2, 1: 0 | 4, 2 | cpu | "
+          "cifar:abc | jax 0.7.0 numpy 2.0 |") in markdown
+  assert "| base | – | – | 0: 0, 1: 0 | 2 | – | – | – |" in markdown
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"comparisons": [["b", "nope"]]}, r"Bad comparison \['b', 'nope'\]"),
+    ({"comparisons": [["b", "b"]]}, r"two different arms"),
+    ({"comparisons": "b"}, r"list of \[arm, against\] pairs"),
+    ({"primary_test": "anova"}, r"primary_test must be one of"),
+    ({"equivalence_margin": 0.0}, r"equivalence_margin must be a number"),
+    ({"equivalence_margin": "0.5"}, r"equivalence_margin must be a number"),
+    ({"metric": 3}, r"metric must be the name"),
+])
+def test_bad_statistics_fields_are_clear_errors(tmp_path, fields, message):
+  study_file = tmp_path / "bad_study.py"
+  study_file.write_text(
+      "import ml_collections\n\ndef get_study():\n"
+      "  return ml_collections.ConfigDict({'config': 'train/configs/tiny.py',"
+      " 'arms': {'base': {}, 'b': {}}, 'seeds': [0], 'baseline': 'base', "
+      f"**{fields!r}}})\n")
+  with pytest.raises(study_lib.StudyError, match=message):
+    study_lib.load_study(str(study_file))
+  # A study directory written before the check is caught by summarize.
+  study_lib.save_study(_study(**fields), str(tmp_path / "study"))
+  assert study_lib.main(["summarize", str(tmp_path / "study")]) == 1
 
 
 def _study_process(study_file, workdir, *extra, wait=True):

@@ -12,7 +12,18 @@ STUDY is a study file (``train/studies/NAME.py[:ARG]``, or just ``NAME``) whose
 * ``overrides``: ``{"dotted.field": value}`` applied to every run;
 * ``arms``: ``{name: overrides}``, the experiments to compare;
 * ``seeds``: the seeds each arm runs with; ``baseline``: the arm the others
-  are compared with; ``targets``: test accuracies for "epochs to reach".
+  are compared with; ``targets``: values of the metric for "epochs to reach";
+
+and optionally, for the statistics (`train.study_statistics`):
+
+* ``metric``: the epoch-record field the summary ranks and compares on
+  (default ``test_accuracy``; a tuning study uses ``val_accuracy``, and its
+  summary then shows no test accuracy at all);
+* ``comparisons``: ``[[arm, against], ...]``, the first the primary one
+  (default: every arm against ``baseline``);
+* ``primary_test``: ``"paired"`` (default) or ``"welch"``;
+* ``equivalence_margin``: in the metric's units (0.005 is half a point), for
+  an equivalence test (TOST); none without it.
 
 Each (arm, seed) is an ordinary ``python -m train`` run in its own workdir,
 ``DIR/<arm>/seed<k>`` (a ``/`` in an arm's name becomes ``_``), so the loop's
@@ -50,6 +61,8 @@ STUDY_FILENAME = "study.json"
 FAILURE_FILENAME = "failure.txt"
 LOG_FILENAME = "train.log"
 LOG_TAIL_LINES = 20
+DEFAULT_METRIC = "test_accuracy"
+DEFAULT_PRIMARY_TEST = "paired"
 
 
 class StudyError(ValueError):
@@ -99,9 +112,42 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
   if study.baseline not in study.arms:
     raise StudyError(f"The study's baseline {study.baseline!r} is not one of "
                      f"its arms {list(study.arms)}.")
+  check_statistics_fields(study)
   for arm in study.arms:
     run_config(study, arm, study.seeds[0])  # Unknown fields speak now.
   return study
+
+
+def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
+  """Checks ``metric``, ``comparisons``, ``primary_test`` and the margin.
+
+  Raises:
+    StudyError: naming the field and what it should be.
+  """
+  metric = study.get("metric", DEFAULT_METRIC)
+  if not isinstance(metric, str) or not metric:
+    raise StudyError(f"The study's metric must be the name of an epoch-record "
+                     f"field such as 'val_accuracy', got {metric!r}.")
+  primary_test = study.get("primary_test", DEFAULT_PRIMARY_TEST)
+  if primary_test not in statistics.TESTS:
+    raise StudyError(f"The study's primary_test must be one of "
+                     f"{list(statistics.TESTS)}, got {primary_test!r}.")
+  margin = study.get("equivalence_margin")
+  if margin is not None and (isinstance(margin, bool) or not isinstance(
+      margin, (int, float)) or not 0 < margin < float("inf")):
+    raise StudyError(f"The study's equivalence_margin must be a number above "
+                     f"0 (0.005 is half a point of accuracy), got {margin!r}.")
+  comparisons = study.get("comparisons")
+  if comparisons is None:
+    return
+  if not isinstance(comparisons, (list, tuple)) or not comparisons:
+    raise StudyError(f"The study's comparisons must be a non-empty list of "
+                     f"[arm, against] pairs, got {comparisons!r}.")
+  for pair in comparisons:
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+        or any(arm not in study.arms for arm in pair) or pair[0] == pair[1]):
+      raise StudyError(f"Bad comparison {pair!r}: each is [arm, against], two "
+                       f"different arms of {list(study.arms)}.")
 
 
 def base_config(spec: str) -> ml_collections.ConfigDict:
@@ -458,56 +504,106 @@ def pending_commands(study: ml_collections.ConfigDict,
 # Summaries.
 
 
+def comparison_pairs(study: ml_collections.ConfigDict,
+                     baseline: str | None = None) -> list[tuple[str, str]]:
+  """The ``(arm, against)`` pairs to compare, the primary one first.
+
+  The study's ``comparisons``, or every arm against its ``baseline``; a
+  ``baseline`` given here overrides both (every arm against it).
+
+  Raises:
+    StudyError: for an unknown ``baseline``.
+  """
+  if baseline is not None and baseline not in study.arms:
+    raise StudyError(f"Unknown baseline {baseline!r}: the study has "
+                     f"{list(study.arms)}.")
+  if baseline is None and study.get("comparisons") is not None:
+    return [(arm, against) for arm, against in study.comparisons]
+  baseline = study.baseline if baseline is None else baseline
+  return [(arm, baseline) for arm in study.arms if arm != baseline]
+
+
+def _failure_reason(log_tail: str) -> str:
+  return (log_tail.splitlines() or ["failed"])[0].rstrip(":")
+
+
 def summarize(workdir: str, baseline: str | None = None):
   """The statistics of a study directory.
 
+  A finished run whose final metric is null or NaN is failed, not averaged.
+
   Args:
     workdir: the study directory.
-    baseline: the arm the others are paired with; the study's ``baseline`` if
-      None.
+    baseline: compare every arm with this one instead of the study's
+      ``comparisons`` (or ``baseline``).
 
   Returns:
-    ``(summary, finished)``: the contents of ``summary.json`` (per arm, the
-    paired differences against the baseline, the unfinished and failed runs)
-    and, per arm, its finished runs as `train.plot.Run`.
+    ``(summary, finished)``: the contents of ``summary.json`` (per arm its
+    statistics and provenance, the comparisons of `comparison_pairs`, the
+    unfinished and failed runs) and, per arm, its finished runs as
+    `train.plot.Run`.
+
+  Raises:
+    StudyError: for a directory without a study or with bad statistics
+      fields, or an unknown ``baseline``.
   """
   study = read_study(workdir)
-  baseline = study.baseline if baseline is None else baseline
-  if baseline not in study.arms:
-    raise StudyError(f"Unknown baseline {baseline!r}: the study has "
-                     f"{list(study.arms)}.")
+  check_statistics_fields(study)
+  pairs = comparison_pairs(study, baseline)
+  metric = study.get("metric", DEFAULT_METRIC)
+  primary_test = study.get("primary_test", DEFAULT_PRIMARY_TEST)
+  margin = study.get("equivalence_margin")
   statuses = study_runs(study, workdir)
-  finished = {arm: [plot.load_run(s.path) for s in statuses
-                    if s.arm == arm and s.finished] for arm in study.arms}
+  finished = {arm: [] for arm in study.arms}
+  failed = [{"arm": s.arm, "seed": s.seed,
+             "reason": _failure_reason(s.failure), "log_tail": s.failure}
+            for s in statuses if not s.finished and s.failure]
+  for status in statuses:
+    if status.finished:
+      run = plot.load_run(status.path)
+      if np.isfinite(statistics.final(run, metric)):
+        finished[status.arm].append(run)
+      else:
+        failed.append({"arm": status.arm, "seed": status.seed,
+                       "reason": f"final {metric} is null or NaN",
+                       "log_tail": None})
   targets = list(study.get("targets", ()))
-  arms = {arm: statistics.arm_statistics(runs, targets)
-          for arm, runs in finished.items()}
-  final_by_seed = {arm: {r.config["seed"]: statistics.final(r,
-                                                            "test_accuracy")
+  final_by_seed = {arm: {r.config["seed"]: statistics.final(r, metric)
                          for r in runs} for arm, runs in finished.items()}
+  comparisons = [
+      {"arm": arm, "against": against,
+       "role": "primary" if index == 0 else "secondary",
+       **statistics.compare(final_by_seed[arm], final_by_seed[against],
+                            primary_test=primary_test, margin=margin)}
+      for index, (arm, against) in enumerate(pairs)]
   return {
-      "baseline": baseline,
+      "metric": metric,
+      "primary_test": primary_test,
+      "equivalence_margin": margin,
+      "baseline": study.baseline if baseline is None else baseline,
       "targets": targets,
-      "arms": arms,
-      "paired_difference": {
-          arm: statistics.paired_difference(final_by_seed[arm],
-                                            final_by_seed[baseline])
-          for arm in study.arms if arm != baseline},
+      "arms": {arm: statistics.arm_statistics(runs, targets, metric)
+               for arm, runs in finished.items()},
+      "comparisons": comparisons,
       "unfinished": [
           {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,
            "num_epochs": s.num_epochs} for s in statuses
           if not s.finished and s.failure is None],
-      "failed": [{"arm": s.arm, "seed": s.seed, "log_tail": s.failure}
-                 for s in statuses if not s.finished and s.failure],
+      "failed": failed,
   }, finished
 
 
 def write_summary(workdir: str, baseline: str | None = None) -> str:
-  """Writes ``summary.json``, ``summary.md`` and ``curves.png``; returns the md."""
+  """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
+
+  Returns:
+    The contents of ``summary.md``.
+  """
   summary, finished = summarize(workdir, baseline)
+  summary = statistics.json_safe(summary)
   with open(os.path.join(workdir, "summary.json"), "w",
             encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+    json.dump(summary, f, indent=2, allow_nan=False)
     f.write("\n")
   markdown = statistics.summary_markdown(summary)
   with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
@@ -545,8 +641,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 "curves.png and print the table")
   summary.add_argument("workdir", metavar="DIR")
   summary.add_argument("--baseline", metavar="ARM",
-                       help="pair the arms with ARM instead of the study's "
-                            "baseline")
+                       help="compare every arm with ARM instead of the "
+                            "study's comparisons or baseline")
   return parser.parse_args(argv)
 
 

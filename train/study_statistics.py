@@ -1,18 +1,31 @@
-"""The statistics of a study: per arm over seeds, and paired against a baseline.
+"""The statistics of a study: per arm over seeds, and comparisons of arms.
 
 Every test and interval comes from scipy: Student-t intervals of the mean over
-seeds (`scipy.stats.t`) and paired t-tests (`scipy.stats.ttest_rel`) over the
-seeds two arms share. `train.study` reads a study's runs and calls these.
+seeds (`scipy.stats.t`), paired t-tests over the seeds two arms share
+(`scipy.stats.ttest_rel`), Welch t-tests over all their runs
+(`scipy.stats.ttest_ind` with ``equal_var=False``), equivalence tests (TOST)
+built from one-sided versions of the same tests, and the power of a t-test
+from the noncentral t (`scipy.stats.nct`). The compared metric is one where
+higher is better (an accuracy). `train.study` reads a study's runs and calls
+these.
 """
 
+import json
 import math
-from typing import Any, Sequence
+import os
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
 from train import metric_writers
 from train import plot
+
+TESTS = ("paired", "welch")
+MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
+POWER = 0.8
+ALPHA = 0.05
+MAX_SEEDS = 10**6  # seeds_for_80pct_power is None beyond this.
 
 
 def mean_std_ci(values: Sequence[float], confidence: float = 0.95):
@@ -42,16 +55,17 @@ def _t_interval(values: np.ndarray, confidence: float) -> list[float]:
   return [float(low), float(high)]
 
 
-def epochs_to_target(runs: Sequence[plot.Run], target: float):
-  """The median over runs of the first epoch reaching ``target`` test accuracy.
+def epochs_to_target(runs: Sequence[plot.Run], target: float,
+                     metric: str = "test_accuracy"):
+  """The median first epoch at which a run's ``metric`` reaches ``target``.
 
   A run that never reaches it counts as infinitely late, so the median is
   None when half of the runs or more never get there.
   """
   firsts = []
   for run in runs:
-    epochs, accuracy = run.curve("test_accuracy")
-    reached = epochs[accuracy >= target]
+    epochs, values = run.curve(metric)
+    reached = epochs[values >= target]
     firsts.append(float(reached[0]) if len(reached) else math.inf)
   median = float(np.median(firsts)) if firsts else math.inf
   return {"median": median if math.isfinite(median) else None,
@@ -67,7 +81,13 @@ def final(run: plot.Run, field: str) -> float:
 def best(run: plot.Run, field: str) -> float:
   """The highest value of an epoch-record field (NaN without epochs)."""
   _, values = run.curve(field)
-  return float(np.nanmax(values)) if len(values) else math.nan
+  values = values[np.isfinite(values)]
+  return float(np.max(values)) if len(values) else math.nan
+
+
+def _finite_mean(values: np.ndarray) -> float:
+  values = values[np.isfinite(values)]
+  return float(np.mean(values)) if len(values) else math.nan
 
 
 def _wall_time_s(run: plot.Run) -> float:
@@ -77,17 +97,81 @@ def _wall_time_s(run: plot.Run) -> float:
                           for r in records.get("run", [])))
 
 
-def arm_statistics(runs: Sequence[plot.Run],
-                   targets: Sequence[float]) -> dict[str, Any]:
-  """The statistics of one arm's finished runs."""
+def run_records(path: str) -> list[dict[str, Any]]:
+  """Every ``"kind": "run"`` record of a run's ``metrics.jsonl``, as written.
+
+  Each start of a run writes one. `metric_writers.read_metrics` keeps one
+  record per step, so it would count two starts from the same checkpoint
+  once; this reads the raw lines. Unreadable lines (a killed run's last) are
+  skipped; a missing file has no records.
+  """
+  records = []
+  try:
+    with open(os.path.join(path, metric_writers.METRICS_FILENAME),
+              encoding="utf-8", errors="replace") as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(record, dict) and record.get("kind") == "run":
+          records.append(record)
+  except FileNotFoundError:
+    pass
+  return records
+
+
+# Provenance key in the summary -> field of the "run" records.
+PROVENANCE_FIELDS = {
+    "commits": "commit", "tracked_changes": "tracked_changes",
+    "versions": "versions", "data_fingerprints": "data_fingerprint",
+    "device_kinds": "device_kind", "devices": "devices",
+    "processes": "processes"}
+
+
+def _distinct(values) -> list[Any]:
+  """The distinct values in order of first appearance (dicts by content)."""
+  kept = []
+  for value in values:
+    if value not in kept:
+      kept.append(value)
+  return kept
+
+
+def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
+  """Where an arm's runs came from, over every start of every run.
+
+  Returns:
+    For each key of `PROVENANCE_FIELDS`, the distinct values of that field
+    in the runs' ``"kind": "run"`` records (None for a record without it, as
+    written before the field existed); and ``restarts``: per run, in the
+    order of the runs, its starts after the first.
+
+  Example:
+    >>> provenance([])["restarts"]
+    []
+  """
+  records = [run_records(run.path) for run in runs]
+  summary = {key: _distinct(record.get(field) for starts in records
+                            for record in starts)
+             for key, field in PROVENANCE_FIELDS.items()}
+  summary["restarts"] = [max(len(starts) - 1, 0) for starts in records]
+  return summary
+
+
+def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
+                   metric: str = "test_accuracy") -> dict[str, Any]:
+  """The statistics of one arm's finished runs, on the epoch field ``metric``.
+
+  Runs that recorded the fraction of steps with a loss below the running
+  mean (every loss-controlled optimizer does) also get its mean over epochs.
+  """
   statistics = {
       "n": len(runs),
       "seeds": [run.config.get("seed") for run in runs],
-      "final_test_accuracy": mean_std_ci(
-          [final(r, "test_accuracy") for r in runs]),
-      "best_test_accuracy": mean_std_ci(
-          [best(r, "test_accuracy") for r in runs]),
-      "epochs_to_target": {str(t): epochs_to_target(runs, t)
+      f"final_{metric}": mean_std_ci([final(r, metric) for r in runs]),
+      f"best_{metric}": mean_std_ci([best(r, metric) for r in runs]),
+      "epochs_to_target": {str(t): epochs_to_target(runs, t, metric)
                            for t in targets},
       "final_train_loss": {
           k: v for k, v in mean_std_ci(
@@ -96,54 +180,257 @@ def arm_statistics(runs: Sequence[plot.Run],
       "wall_time_s": float(np.mean([_wall_time_s(r) for r in runs]))
                      if runs else None,
   }
-  if runs and all(r.config.get("optimizer", {}).get("name") == "lcam"
-                  for r in runs):
-    fractions = [np.nanmean(r.curve("phase_below_fraction")[1]) for r in runs]
+  fractions = [_finite_mean(r.curve("phase_below_fraction")[1])
+               for r in runs]
+  if runs and np.isfinite(fractions).all():
     statistics["phase_below_fraction"] = {
         k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
+  statistics["provenance"] = provenance(runs)
   return statistics
 
 
-def paired_difference(arm: dict[int, float], baseline: dict[int, float],
-                      confidence: float = 0.95) -> dict[str, Any]:
-  """Arm minus baseline over the seeds both have: paired t-test and interval.
+# -----------------------------------------------------------------------------
+# Comparing two arms.
 
-  Args:
-    arm: seed -> the arm's value (e.g. final test accuracy).
-    baseline: seed -> the baseline's value.
-    confidence: of the interval.
+
+def _samples(arm: Mapping[int, float], against: Mapping[int, float],
+             test: str) -> tuple[np.ndarray, np.ndarray]:
+  """What ``test`` compares: the values of the shared seeds, in the same
+  order (paired), or every value of each arm (Welch)."""
+  if test == "paired":
+    seeds = sorted(set(arm) & set(against))
+    return (np.array([arm[s] for s in seeds], float),
+            np.array([against[s] for s in seeds], float))
+  return (np.array(list(arm.values()), float),
+          np.array(list(against.values()), float))
+
+
+def degenerate_spread(a: np.ndarray, b: np.ndarray, test: str) -> bool:
+  """Whether the spread that ``test`` divides by is zero, up to rounding.
+
+  Paired: the differences ``a - b`` are all equal; Welch: the values of each
+  arm are. Equal means a range within ``1e-12 + 1e-9 * max |value|``, so
+  floating-point near-ties count (their t statistic is huge and meaningless).
+
+  Example:
+    >>> a = np.array([0.7, 0.8, 0.9])
+    >>> degenerate_spread(a, a - 0.1, "paired")  # differences 0.1 +- 1e-16
+    True
+  """
+  tolerance = 1e-12 + 1e-9 * float(np.max(np.abs(np.concatenate([a, b]))))
+  spreads = [np.ptp(a - b)] if test == "paired" else [np.ptp(a), np.ptp(b)]
+  return bool(max(spreads) <= tolerance)
+
+
+def _computable(a: np.ndarray, b: np.ndarray, test: str) -> bool:
+  return min(len(a), len(b)) >= 2 and not degenerate_spread(a, b, test)
+
+
+def _enough(a: np.ndarray, b: np.ndarray, test: str) -> bool:
+  return min(len(a), len(b)) >= MIN_RUNS and not degenerate_spread(a, b, test)
+
+
+def _scipy_test(a: np.ndarray, b: np.ndarray, test: str, **options):
+  if test == "paired":
+    return stats.ttest_rel(a, b, **options)
+  return stats.ttest_ind(a, b, equal_var=False, **options)
+
+
+def t_test(a: np.ndarray, b: np.ndarray, test: str) -> dict[str, Any]:
+  """The difference ``a - b``: its mean, 95% t interval and two-sided p-value.
+
+  Paired (``a[i]`` and ``b[i]`` from the same seed; `scipy.stats.ttest_rel`):
+  the differences ``d`` have mean ``d̄`` and interval
+  ``d̄ ± t(0.975, n-1) s_d / √n``. Welch (`scipy.stats.ttest_ind` with
+  ``equal_var=False``): ``ā - b̄ ± t(0.975, ν) se`` with
+  ``se² = s_a²/n_a + s_b²/n_b`` and the Welch–Satterthwaite
+  ``ν = se⁴ / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))``.
 
   Returns:
-    ``{mean, ci95, p_value, n, verdict}``; the interval and p-value are None
-    with fewer than two pairs.
+    ``{mean, ci95, p_value, n}``, ``n`` the pairs (paired) or
+    ``[n_a, n_b]`` (Welch); the interval and p-value are None with fewer
+    than two values on a side or a `degenerate_spread`.
   """
-  seeds = sorted(set(arm) & set(baseline))
-  differences = np.array([arm[s] - baseline[s] for s in seeds])
-  result = {"mean": float(np.mean(differences)) if seeds else None,
-            "ci95": None, "p_value": None, "n": len(seeds), "seeds": seeds}
-  if len(seeds) >= 2:
-    result["ci95"] = _t_interval(differences, confidence)
-    if np.ptp(differences) > 0:  # Else the t statistic is undefined.
-      result["p_value"] = float(stats.ttest_rel(
-          [arm[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
-  result["verdict"] = verdict(result)
+  n = len(a) if test == "paired" else [len(a), len(b)]
+  result = {"mean": None, "ci95": None, "p_value": None, "n": n}
+  if len(a) and len(b):
+    result["mean"] = float(np.mean(a - b) if test == "paired" else
+                           np.mean(a) - np.mean(b))
+  if _computable(a, b, test):
+    outcome = _scipy_test(a, b, test)
+    result["ci95"] = [float(x) for x in outcome.confidence_interval(0.95)]
+    result["p_value"] = float(outcome.pvalue)
   return result
 
 
-def verdict(difference: dict[str, Any]) -> str:
-  """Better, worse, or no detectable difference at 95%, in words."""
-  if difference["ci95"] is None:
-    return "too few paired seeds to tell"
+def equivalence_test(a: np.ndarray, b: np.ndarray, test: str,
+                     margin: float) -> dict[str, Any]:
+  """TOST: two one-sided ``test``s that the difference lies within ±margin.
+
+  The null hypotheses are ``Δ <= -margin`` (tested as ``a + margin`` against
+  ``b``, alternative "greater") and ``Δ >= margin`` (``a - margin``,
+  "less"); ``p_value`` is the larger of the two one-sided p-values. The
+  verdict is ``equivalent`` iff the 90% interval of the difference lies
+  inside ``(-margin, margin)`` (the same as ``p_value < 0.05``) and the runs
+  suffice for a verdict at all (see `verdict`).
+
+  Returns:
+    ``{margin, ci90, p_value, verdict}``; the interval and p-value are None
+    where `t_test` has none.
+  """
+  result = {"margin": margin, "ci90": None, "p_value": None,
+            "verdict": "not shown equivalent"}
+  if not _computable(a, b, test):
+    return result
+  low, high = (float(x) for x in
+               _scipy_test(a, b, test).confidence_interval(0.90))
+  result["ci90"] = [low, high]
+  result["p_value"] = float(max(
+      _scipy_test(a + margin, b, test, alternative="greater").pvalue,
+      _scipy_test(a - margin, b, test, alternative="less").pvalue))
+  if _enough(a, b, test) and -margin < low and high < margin:
+    result["verdict"] = "equivalent"
+  return result
+
+
+def verdict(difference: Mapping[str, Any], enough: bool) -> str:
+  """``better`` or ``worse`` when the 95% interval excludes zero.
+
+  ``too few runs`` when not ``enough`` (fewer than `MIN_RUNS` pairs or runs
+  per arm, or a `degenerate_spread`), else ``inconclusive``.
+  """
+  if not enough or difference["ci95"] is None:
+    return "too few runs"
   low, high = difference["ci95"]
   if low > 0:
     return "better"
   if high < 0:
     return "worse"
-  return "no detectable difference at 95%"
+  return "inconclusive"
+
+
+def power(effect_size: float, seeds: int, test: str,
+          alpha: float = ALPHA) -> float:
+  """The power of the two-sided level-``alpha`` t-test, from `scipy.stats.nct`.
+
+  ``effect_size`` is the mean difference over its standard deviation: of
+  the differences (paired), or over the pooled ``√((s_a² + s_b²)/2)``
+  (Welch, taken as the equal-variance test with ``seeds`` runs per arm).
+  Paired: ``df = n - 1``, noncentrality ``δ = d √n``; two arms:
+  ``df = 2n - 2``, ``δ = d √(n/2)``. The power is
+  ``P(T > c) + P(T < -c)`` for ``T ~ nct(df, δ)`` and ``c`` the
+  ``1 - alpha/2`` quantile of ``t(df)``.
+
+  Example:
+    >>> round(power(0.5, 34, "paired"), 3)  # Cohen's table: 34 pairs
+    0.808
+  """
+  if test == "paired":
+    df, noncentrality = seeds - 1, effect_size * math.sqrt(seeds)
+  else:
+    df, noncentrality = 2 * seeds - 2, effect_size * math.sqrt(seeds / 2)
+  critical = stats.t.ppf(1 - alpha / 2, df)
+  return float(stats.nct.sf(critical, df, noncentrality)
+               + stats.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_for_power(effect_size: float, test: str,
+                    target: float = POWER) -> int | None:
+  """The fewest seeds per arm (pairs) at which `power` reaches ``target``.
+
+  None when there is no effect (zero or undefined) or it needs more than
+  `MAX_SEEDS`. Power grows with the seeds, so doubling then bisecting finds
+  the smallest.
+
+  Example:
+    >>> seeds_for_power(0.5, "paired"), seeds_for_power(0.5, "welch")
+    (34, 64)
+  """
+  if not math.isfinite(effect_size) or effect_size == 0:
+    return None
+  low, high = 1, 2  # power(low) < target, or low is too few to test.
+  while power(effect_size, high, test) < target:
+    if high >= MAX_SEEDS:
+      return None
+    low, high = high, 2 * high
+  while high - low > 1:
+    middle = (low + high) // 2
+    if power(effect_size, middle, test) < target:
+      low = middle
+    else:
+      high = middle
+  return high
+
+
+def effect_size(a: np.ndarray, b: np.ndarray, test: str) -> float:
+  """The observed effect in standard deviations (see `power`); NaN if none."""
+  if not _computable(a, b, test):
+    return math.nan
+  if test == "paired":
+    differences = a - b
+    return float(np.mean(differences) / np.std(differences, ddof=1))
+  pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
+  return float((np.mean(a) - np.mean(b)) / pooled)
+
+
+def compare(arm: Mapping[int, float], against: Mapping[int, float], *,
+            primary_test: str = "paired",
+            margin: float | None = None) -> dict[str, Any]:
+  """One arm against another, by the paired and the Welch t-test.
+
+  Args:
+    arm: seed -> the arm's value (e.g. final test accuracy).
+    against: seed -> the other arm's value.
+    primary_test: ``"paired"`` or ``"welch"``: the test that gives the
+      verdict, the equivalence test and the seeds needed.
+    margin: the equivalence margin, declared before the runs; None for no
+      equivalence test.
+
+  Returns:
+    ``{paired, welch}`` (each `t_test`'s, paired with its ``seeds``),
+    ``equivalence`` (`equivalence_test`'s, or None without a margin),
+    ``verdict`` (`verdict`'s) and ``seeds_for_80pct_power`` (`seeds_for_power`
+    at the observed effect size).
+  """
+  samples = {test: _samples(arm, against, test) for test in TESTS}
+  result = {test: t_test(*samples[test], test) for test in TESTS}
+  result["paired"]["seeds"] = sorted(set(arm) & set(against))
+  a, b = samples[primary_test]
+  result["equivalence"] = None if margin is None else equivalence_test(
+      a, b, primary_test, margin)
+  result["verdict"] = verdict(result[primary_test],
+                              _enough(a, b, primary_test))
+  result["seeds_for_80pct_power"] = seeds_for_power(
+      effect_size(a, b, primary_test), primary_test)
+  return result
+
+
+def json_safe(tree: Any) -> Any:
+  """``tree`` with every non-finite float made None, for strict JSON.
+
+  Example:
+    >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+  """
+  if isinstance(tree, Mapping):
+    return {key: json_safe(value) for key, value in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [json_safe(value) for value in tree]
+  if isinstance(tree, float) and not math.isfinite(tree):
+    return None
+  return tree
+
+
+# -----------------------------------------------------------------------------
+# summary.md
 
 
 def _percent(value, digits=2) -> str:
   return "–" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _points(value) -> str:
+  return "–" if value is None else f"{100 * value:+.2f}"
 
 
 def _mean_std_text(entry, scale=100.0, digits=2) -> str:
@@ -155,11 +442,17 @@ def _mean_std_text(entry, scale=100.0, digits=2) -> str:
   return text
 
 
-def _interval_text(entry) -> str:
-  if entry.get("ci95") is None:
+def _interval_text(interval, points=False) -> str:
+  if interval is None:
     return "–"
-  low, high = entry["ci95"]
+  low, high = interval
+  if points:
+    return f"[{_points(low)}, {_points(high)}]"
   return f"[{_percent(low)}, {_percent(high)}]"
+
+
+def _p_text(p_value) -> str:
+  return "–" if p_value is None else f"{p_value:.3f}"
 
 
 def _reach_text(entry) -> str:
@@ -167,11 +460,16 @@ def _reach_text(entry) -> str:
   return f"{median} ({entry['reached']}/{entry['n']})"
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-  """``summary.md``: the same numbers as ``summary.json``, as tables."""
-  targets = summary["targets"]
+def _metric_label(metric: str) -> str:
+  """``test_accuracy`` -> ``test acc.``"""
+  return metric.replace("_accuracy", " acc.").replace("_", " ")
+
+
+def _arms_table(summary: dict[str, Any]) -> list[str]:
+  metric, targets = summary["metric"], summary["targets"]
+  label = _metric_label(metric)
   lines = [
-      "| arm | n | final test acc. % (mean ± std) | 95% CI | best test acc. %"
+      f"| arm | n | final {label} % (mean ± std) | 95% CI | best {label} %"
       " | " + " | ".join(f"epochs to {_percent(t, 0)}%" for t in targets)
       + " | final train loss | steps below mean | wall time / run |",
       "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|---:|---:|"]
@@ -179,25 +477,87 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
     below = s.get("phase_below_fraction")
     lines.append(
-        f"| {arm} | {s['n']} | {_mean_std_text(s['final_test_accuracy'])} | "
-        f"{_interval_text(s['final_test_accuracy'])} | "
-        f"{_mean_std_text(s['best_test_accuracy'])} | "
+        f"| {arm} | {s['n']} | {_mean_std_text(s[f'final_{metric}'])} | "
+        f"{_interval_text(s[f'final_{metric}']['ci95'])} | "
+        f"{_mean_std_text(s[f'best_{metric}'])} | "
         + "".join(f"{text} | " for text in reach)
         + f"{_mean_std_text(s['final_train_loss'], 1.0, 4)} | "
         + (f"{_mean_std_text(below, 1.0, 3)} | " if below else "– | ")
         + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
            "– |"))
-  lines += ["", f"Paired against the baseline `{summary['baseline']}` "
-            "(final test accuracy, same seeds; paired t-test):", "",
-            "| arm | pairs | difference (points) | 95% CI | p-value | verdict |",
-            "|---|---:|---:|---:|---:|---|"]
-  for arm, d in summary["paired_difference"].items():
-    mean = "–" if d["mean"] is None else f"{100 * d['mean']:+.2f}"
-    p_value = "–" if d["p_value"] is None else f"{d['p_value']:.3f}"
-    lines.append(f"| {arm} | {d['n']} | {mean} | {_interval_text(d)} | "
-                 f"{p_value} | {d['verdict']} |")
+  return lines
+
+
+def _known(values, text=str) -> str:
+  """Distinct values, ``–`` for an unknown one."""
+  return ", ".join("–" if v is None else text(v) for v in values) or "–"
+
+
+def _versions_text(versions) -> str:
+  if not isinstance(versions, Mapping):
+    return str(versions)
+  return " ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def _provenance_table(summary: dict[str, Any]) -> list[str]:
+  lines = ["Where the runs came from (every start of every run; – where a "
+           "record does not say):", "",
+           "| arm | commits | uncommitted changes | restarts per seed | "
+           "devices | device kind | data | versions |",
+           "|---|---|---|---|---:|---|---|---|"]
+  for arm, s in summary["arms"].items():
+    p = s["provenance"]
+    restarts = ", ".join(f"{seed}: {count}" for seed, count in zip(
+        s["seeds"], p["restarts"])) or "–"
+    lines.append(
+        f"| {arm} | {_known(p['commits'], lambda c: str(c)[:10])} | "
+        f"{_known(p['tracked_changes'], lambda c: 'yes' if c else 'no')} | "
+        f"{restarts} | {_known(p['devices'])} | {_known(p['device_kinds'])} | "
+        f"{_known(p['data_fingerprints'])} | "
+        f"{_known(p['versions'], _versions_text)} |")
+  return lines
+
+
+def _comparisons_table(summary: dict[str, Any]) -> list[str]:
+  test_names = {"paired": "paired t-test", "welch": "Welch t-test"}
+  margin = summary["equivalence_margin"]
+  equivalence = ("no equivalence margin declared" if margin is None else
+                 f"equivalence: TOST at ±{100 * margin:.2f} points")
+  lines = [f"Comparisons of the final {_metric_label(summary['metric'])} "
+           f"(differences in points; primary test: "
+           f"{test_names[summary['primary_test']]}; {equivalence}):", "",
+           "| arm | against | role | pairs | paired diff. | paired 95% CI | "
+           "paired p | runs | Welch diff. | Welch 95% CI | Welch p | "
+           "TOST 90% CI | TOST p | equivalence | verdict | "
+           "seeds for 80% power |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+           "|---|---|---:|"]
+  for c in summary["comparisons"]:
+    paired, welch = c["paired"], c["welch"]
+    tost = c["equivalence"] or {"ci90": None, "p_value": None,
+                                "verdict": "–"}
+    power = c["seeds_for_80pct_power"]
+    lines.append(
+        f"| {c['arm']} | {c['against']} | {c['role']} | {paired['n']} | "
+        f"{_points(paired['mean'])} | "
+        f"{_interval_text(paired['ci95'], True)} | "
+        f"{_p_text(paired['p_value'])} | {welch['n'][0]}+{welch['n'][1]} | "
+        f"{_points(welch['mean'])} | {_interval_text(welch['ci95'], True)} | "
+        f"{_p_text(welch['p_value'])} | {_interval_text(tost['ci90'], True)} "
+        f"| {_p_text(tost['p_value'])} | {tost['verdict']} | {c['verdict']} "
+        f"| {'–' if power is None else power} |")
+  return lines
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+  """``summary.md``: the same numbers as ``summary.json``, as tables."""
+  lines = _arms_table(summary) + [""] + _provenance_table(summary)
+  if summary["comparisons"]:
+    lines += [""] + _comparisons_table(summary)
   for kind in ("unfinished", "failed"):
     if summary[kind]:
-      lines += ["", f"{kind.capitalize()} runs (not averaged): " + ", ".join(
-          f"{r['arm']} seed {r['seed']}" for r in summary[kind]) + "."]
+      lines += ["", f"{kind.capitalize()} runs (not averaged): " + "; ".join(
+          f"{r['arm']} seed {r['seed']}"
+          + (f" ({r['reason']})" if r.get("reason") else "")
+          for r in summary[kind]) + "."]
   return "\n".join(lines) + "\n"
