@@ -450,3 +450,22 @@ def test_tiny_study_end_to_end(tmp_path):
   (workdir / "summary.md").unlink()
   assert study_lib.main(["summarize", str(workdir)]) == 0
   assert (workdir / "summary.md").exists()
+
+
+def test_post_hoc_comparisons_print_and_write_nothing(tmp_path, capsys):
+  finals = {"base": {0: 0.60, 1: 0.62, 2: 0.61},
+            "b": {0: 0.603, 1: 0.621, 2: 0.612}}
+  _two_arm_study(tmp_path, finals)
+  assert study_lib.main(["summarize", str(tmp_path), "--compare", "b:base",
+                         "--margin", "0.02"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("Post hoc:")
+  assert "| b | base | primary |" in out and "| equivalent |" in out
+  assert not (tmp_path / "summary.json").exists()
+  assert study_lib.main(["summarize", str(tmp_path), "--baseline", "b"]) == 0
+  assert not (tmp_path / "summary.md").exists()
+  assert study_lib.main(["summarize", str(tmp_path), "--compare", "b"]) == 1
+  assert study_lib.main(["summarize", str(tmp_path), "--compare",
+                         "b:nope"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("error:") == 2 and "ARM:AGAINST" in err and "nope" in err

@@ -527,7 +527,9 @@ def _failure_reason(log_tail: str) -> str:
   return (log_tail.splitlines() or ["failed"])[0].rstrip(":")
 
 
-def summarize(workdir: str, baseline: str | None = None):
+def summarize(workdir: str, baseline: str | None = None,
+              compare: Sequence[tuple[str, str]] | None = None,
+              margin: float | None = None):
   """The statistics of a study directory.
 
   A finished run whose final metric is null or NaN is failed, not averaged.
@@ -536,6 +538,8 @@ def summarize(workdir: str, baseline: str | None = None):
     workdir: the study directory.
     baseline: compare every arm with this one instead of the study's
       ``comparisons`` (or ``baseline``).
+    compare: ``(arm, against)`` pairs to compare instead, the first primary.
+    margin: an equivalence margin instead of the study's.
 
   Returns:
     ``(summary, finished)``: the contents of ``summary.json`` (per arm its
@@ -548,6 +552,10 @@ def summarize(workdir: str, baseline: str | None = None):
       fields, or an unknown ``baseline``.
   """
   study = read_study(workdir)
+  if compare is not None:
+    study.comparisons = [list(pair) for pair in compare]
+  if margin is not None:
+    study.equivalence_margin = margin
   check_statistics_fields(study)
   pairs = comparison_pairs(study, baseline)
   metric = study.get("metric", DEFAULT_METRIC)
@@ -641,9 +649,35 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 "curves.png and print the table")
   summary.add_argument("workdir", metavar="DIR")
   summary.add_argument("--baseline", metavar="ARM",
-                       help="compare every arm with ARM instead of the "
-                            "study's comparisons or baseline")
+                       help="post hoc: compare every arm with ARM instead of "
+                            "the study's comparisons or baseline")
+  summary.add_argument("--compare", metavar="ARM:AGAINST", action="append",
+                       help="post hoc: compare ARM with AGAINST instead of "
+                            "the study's comparisons (repeat; first primary)")
+  summary.add_argument("--margin", type=float, metavar="M",
+                       help="post hoc: an equivalence margin (0.005 is half "
+                            "a point) instead of the study's")
   return parser.parse_args(argv)
+
+
+def _pairs(texts: Sequence[str] | None) -> list[tuple[str, str]] | None:
+  """``["a:b"]`` -> ``[("a", "b")]``; arm names may not hold a colon."""
+  if texts is None:
+    return None
+  pairs = [tuple(text.split(":")) for text in texts]
+  bad = [text for text, pair in zip(texts, pairs) if len(pair) != 2]
+  if bad:
+    raise StudyError(f"--compare takes ARM:AGAINST, got {bad[0]!r}.")
+  return pairs
+
+
+def _print_post_hoc(args) -> None:
+  """The summary with the command line's comparisons; no file is written."""
+  summary, _ = summarize(args.workdir, args.baseline, _pairs(args.compare),
+                         args.margin)
+  print("Post hoc: comparisons chosen on the command line, not the study's "
+        "pre-registered ones; nothing was written.\n")
+  print(statistics.summary_markdown(statistics.json_safe(summary)), end="")
 
 
 def _split(text: str | None, cast=str):
@@ -654,7 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
   try:
     if args.command == "summarize":
-      print(write_summary(args.workdir, args.baseline), end="")
+      if args.baseline or args.compare or args.margin is not None:
+        _print_post_hoc(args)
+      else:
+        print(write_summary(args.workdir), end="")
       return 0
     study = load_study(args.study)
     if args.command == "commands":
