@@ -469,3 +469,22 @@ def test_post_hoc_comparisons_print_and_write_nothing(tmp_path, capsys):
                          "b:nope"]) == 1
   err = capsys.readouterr().err
   assert err.count("error:") == 2 and "ARM:AGAINST" in err and "nope" in err
+
+
+def test_families_select_their_winner_by_the_rule(tmp_path):
+  finals = {"sgd-a": {0: 0.60}, "sgd-b": {0: 0.65}, "lcam-a": {0: 0.64},
+            "lcam-b": {0: 0.64}}
+  _two_arm_study(tmp_path, finals, metric="test_accuracy",
+                 families={"sgd": ["sgd-a", "sgd-b"],
+                           "lcam": ["lcam-b", "lcam-a"]},
+                 selection="the best final accuracy; ties: the first listed")
+  markdown = study_lib.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["selection"]["sgd"]["winner"] == "sgd-b"
+  assert summary["selection"]["lcam"] == {"winner": "lcam-b", "value": 0.64,
+                                          "complete": True}
+  assert "- sgd: sgd-b" in markdown and "ties: the first listed" in markdown
+  study = study_lib.read_study(str(tmp_path))
+  study.families = {"sgd": ["sgd-a", "nope"]}
+  with pytest.raises(study_lib.StudyError, match="unknown.*nope"):
+    study_lib.check_statistics_fields(study)

@@ -119,7 +119,7 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
 
 
 def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
-  """Checks ``metric``, ``comparisons``, ``primary_test`` and the margin.
+  """Checks ``metric``, ``comparisons``, ``primary_test``, margin, families.
 
   Raises:
     StudyError: naming the field and what it should be.
@@ -137,6 +137,11 @@ def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
       margin, (int, float)) or not 0 < margin < float("inf")):
     raise StudyError(f"The study's equivalence_margin must be a number above "
                      f"0 (0.005 is half a point of accuracy), got {margin!r}.")
+  for family, arms in (study.get("families") or {}).items():
+    unknown = [arm for arm in arms if arm not in study.arms]
+    if not arms or unknown:
+      raise StudyError(f"The study's family {family!r} must list arms of "
+                       f"{list(study.arms)}; unknown: {unknown or 'none'}.")
   comparisons = study.get("comparisons")
   if comparisons is None:
     return
@@ -584,14 +589,22 @@ def summarize(workdir: str, baseline: str | None = None,
        **statistics.compare(final_by_seed[arm], final_by_seed[against],
                             primary_test=primary_test, margin=margin)}
       for index, (arm, against) in enumerate(pairs)]
+  arms = {arm: statistics.arm_statistics(runs, targets, metric)
+          for arm, runs in finished.items()}
+  selection = {}
+  if study.get("families"):
+    selection = statistics.select_winners(
+        study.families, {arm: arms[arm][f"final_{metric}"]["mean"]
+                         for arm in arms})
   return {
       "metric": metric,
+      "selection": selection,
+      "selection_rule": study.get("selection"),
       "primary_test": primary_test,
       "equivalence_margin": margin,
       "baseline": study.baseline if baseline is None else baseline,
       "targets": targets,
-      "arms": {arm: statistics.arm_statistics(runs, targets, metric)
-               for arm, runs in finished.items()},
+      "arms": arms,
       "comparisons": comparisons,
       "unfinished": [
           {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,

@@ -549,9 +549,55 @@ def _comparisons_table(summary: dict[str, Any]) -> list[str]:
   return lines
 
 
+def select_winners(families: Mapping[str, Sequence[str]],
+                   finals: Mapping[str, float | None],
+                   tie: float = 1e-9) -> dict[str, Any]:
+  """Per family, the arm with the highest mean final metric.
+
+  Args:
+    families: family -> its arms, in the order that breaks ties (the first
+      of arms within ``tie`` of the best wins).
+    finals: arm -> its mean final metric (None: no finished run).
+    tie: values this close count as equal.
+
+  Returns:
+    family -> ``{winner, value, complete}``; ``complete`` is False while an
+    arm of the family has no finished run (the winner may still change), and
+    the winner is None when none has.
+
+  Example:
+    >>> select_winners({"sgd": ["a", "b", "c"]}, {"a": 0.7, "b": 0.7, "c": 0.6})
+    {'sgd': {'winner': 'a', 'value': 0.7, 'complete': True}}
+  """
+  selection = {}
+  for family, arms in families.items():
+    known = [(arm, finals.get(arm)) for arm in arms
+             if finals.get(arm) is not None]
+    best_value = max((value for _, value in known), default=None)
+    winner = next((arm for arm, value in known
+                   if value >= best_value - tie), None)
+    selection[family] = {"winner": winner, "value": best_value,
+                         "complete": len(known) == len(arms)}
+  return selection
+
+
+def _selection_lines(summary: dict[str, Any]) -> list[str]:
+  label = _metric_label(summary["metric"])
+  lines = [f"Selection (the study's rule: {summary['selection_rule']}):", ""]
+  for family, chosen in summary["selection"].items():
+    value = ("–" if chosen["value"] is None
+             else f"{_percent(chosen['value'])} %")
+    lines.append(f"- {family}: {chosen['winner'] or '–'} ({label} {value})"
+                 + ("" if chosen["complete"] else
+                    "; not final: some arms have no finished run"))
+  return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
   """``summary.md``: the same numbers as ``summary.json``, as tables."""
   lines = _arms_table(summary) + [""] + _provenance_table(summary)
+  if summary.get("selection"):
+    lines += [""] + _selection_lines(summary)
   if summary["comparisons"]:
     lines += [""] + _comparisons_table(summary)
   for kind in ("unfinished", "failed"):
