@@ -140,3 +140,23 @@ def test_degenerate_spread_is_too_few_runs_never_better():
   # A spread far above rounding is not degenerate.
   assert not statistics.degenerate_spread(
       np.array([0.7, 0.8, 0.9]), np.array([0.6, 0.7, 0.8 - 1e-6]), "paired")
+
+
+@pytest.mark.parametrize("test, seeds", [("welch", 18), ("paired", 11)])
+def test_equivalence_power_matches_a_simulated_tost(test, seeds):
+  """The TOST's equivalence rate at a true difference of zero, simulated with
+  the project's own test, against the formula (margin one SD)."""
+  rng = np.random.default_rng(0)
+  trials, margin = 1500, 1.0
+  shown = 0
+  for _ in range(trials):
+    a = rng.normal(size=seeds)
+    # Two arms of SD one; paired: differences of SD one.
+    b = a - rng.normal(size=seeds) if test == "paired" else rng.normal(
+        size=seeds)
+    shown += statistics.equivalence_test(
+        a, b, test, margin)["verdict"] == "equivalent"
+  expected = statistics.equivalence_power(margin, seeds, test)
+  assert abs(shown / trials - expected) < 0.04  # 4 SDs of the simulation
+  assert statistics.seeds_for_equivalence(margin, test) == seeds
+  assert statistics.equivalence_power(margin, seeds - 1, test) < 0.8

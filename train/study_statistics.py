@@ -339,8 +339,7 @@ def seeds_for_power(effect_size: float, test: str,
   """The fewest seeds per arm (pairs) at which `power` reaches ``target``.
 
   None when there is no effect (zero or undefined) or it needs more than
-  `MAX_SEEDS`. Power grows with the seeds, so doubling then bisecting finds
-  the smallest.
+  `MAX_SEEDS`.
 
   Example:
     >>> seeds_for_power(0.5, "paired"), seeds_for_power(0.5, "welch")
@@ -348,14 +347,57 @@ def seeds_for_power(effect_size: float, test: str,
   """
   if not math.isfinite(effect_size) or effect_size == 0:
     return None
-  low, high = 1, 2  # power(low) < target, or low is too few to test.
-  while power(effect_size, high, test) < target:
+  return _fewest_seeds(lambda n: power(effect_size, n, test), target)
+
+
+def equivalence_power(margin: float, seeds: int, test: str,
+                      alpha: float = ALPHA) -> float:
+  """The power of the TOST at ``±margin`` when the true difference is zero.
+
+  ``margin`` is in standard deviations, as ``effect_size`` in `power`. With
+  the standard error ``se`` of the difference (``1/√n`` paired, ``√(2/n)``
+  for two arms of ``n``) and ``c`` the ``1 - alpha`` quantile of ``t(df)``,
+  the TOST shows equivalence when ``|D| < margin - c·se``; taking ``D/se`` as
+  ``t(df)`` gives ``2 F(margin/se - c) - 1`` (Chow, Shao and Wang, *Sample
+  Size Calculations in Clinical Research*, 2nd ed., section 3.2), or 0.
+
+  Example:
+    >>> round(equivalence_power(1.0, 20, "welch"), 3)
+    0.852
+  """
+  if test == "paired":
+    df, se = seeds - 1, 1 / math.sqrt(seeds)
+  else:
+    df, se = 2 * seeds - 2, math.sqrt(2 / seeds)
+  slack = margin / se - stats.t.ppf(1 - alpha, df)
+  return max(0.0, float(2 * stats.t.cdf(slack, df) - 1))
+
+
+def seeds_for_equivalence(margin: float, test: str,
+                          target: float = POWER) -> int | None:
+  """The fewest seeds per arm (pairs) at which `equivalence_power` reaches
+  ``target``; None for a margin that is not positive, or above `MAX_SEEDS`.
+
+  Example:
+    >>> seeds_for_equivalence(1.0, "welch")
+    18
+  """
+  if not math.isfinite(margin) or margin <= 0:
+    return None
+  return _fewest_seeds(lambda n: equivalence_power(margin, n, test), target)
+
+
+def _fewest_seeds(power_of, target: float) -> int | None:
+  """The smallest n >= 2 with ``power_of(n) >= target``, for a power that
+  grows with n: doubling, then bisecting; None above `MAX_SEEDS`."""
+  low, high = 1, 2  # power_of(low) < target, or low is too few to test.
+  while power_of(high) < target:
     if high >= MAX_SEEDS:
       return None
     low, high = high, 2 * high
   while high - low > 1:
     middle = (low + high) // 2
-    if power(effect_size, middle, test) < target:
+    if power_of(middle) < target:
       low = middle
     else:
       high = middle
