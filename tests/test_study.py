@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -488,3 +489,22 @@ def test_families_select_their_winner_by_the_rule(tmp_path):
   study.families = {"sgd": ["sgd-a", "nope"]}
   with pytest.raises(study_lib.StudyError, match="unknown.*nope"):
     study_lib.check_statistics_fields(study)
+
+
+def test_power_plan_pools_the_spread_and_takes_the_larger_count(tmp_path,
+                                                                capsys):
+  finals = {"a": {0: 0.600, 1: 0.610, 2: 0.605},
+            "b": {0: 0.700, 1: 0.690, 2: 0.695, 3: 0.700}}
+  _two_arm_study(tmp_path, finals)
+  assert study_lib.main(["power", str(tmp_path), "--margin", "0.01"]) == 0
+  out = capsys.readouterr().out
+  sd = math.sqrt((2 * np.var([0.6, 0.61, 0.605], ddof=1)
+                  + 3 * np.var([0.7, 0.69, 0.695, 0.7], ddof=1)) / 5)
+  assert f"pooled sd: {sd:.5f} (5 degrees of freedom)" in out
+  tost = study_lib.statistics.seeds_for_equivalence(0.01 / sd, "welch")
+  detect = study_lib.statistics.seeds_for_power(0.01 / sd, "welch")
+  assert f"needs {max(tost, detect)} seeds per arm" in out
+  assert study_lib.main(["power", str(tmp_path), "--margin", "0.01",
+                         "--arms", "nope"]) == 1
+  assert study_lib.main(["power", str(tmp_path), "--margin", "-1"]) == 1
+  assert capsys.readouterr().err.count("error:") == 2

@@ -670,7 +670,64 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   summary.add_argument("--margin", type=float, metavar="M",
                        help="post hoc: an equivalence margin (0.005 is half "
                             "a point) instead of the study's")
+  power = commands.add_parser(
+      "power", help="seeds a new study needs, from a finished study's spread")
+  power.add_argument("workdir", metavar="DIR")
+  power.add_argument("--margin", type=float, required=True, metavar="M",
+                     help="the margin in the metric's units (0.005 is half "
+                          "a point of accuracy)")
+  power.add_argument("--test", choices=statistics.TESTS, default="welch",
+                     help="the primary test (default welch)")
+  power.add_argument("--arms", metavar="A,B",
+                     help="the arms whose spread to pool (default all)")
   return parser.parse_args(argv)
+
+
+def power_plan(workdir: str, margin: float, test: str,
+               arms: Sequence[str] | None = None) -> str:
+  """The seeds per arm a study at ``margin`` needs, from ``workdir``'s spread.
+
+  The spread is the pooled standard deviation of the arms' final metric
+  (each arm's variance weighted by its degrees of freedom). For ``paired``,
+  the spread of a difference is taken as that of two independent runs
+  (``√2`` times it), which is what pairing gives when it removes no noise.
+  Two figures: the seeds for 80% power of the TOST at ``±margin`` when the
+  true difference is zero, and of the two-sided 5% test to detect a true
+  difference of ``margin``; a study needs the larger.
+  """
+  summary, _ = summarize(workdir)
+  metric = summary["metric"]
+  arms = list(summary["arms"]) if arms is None else list(arms)
+  unknown = [arm for arm in arms if arm not in summary["arms"]]
+  if unknown:
+    raise StudyError(f"Unknown arm(s) {unknown}: the study has "
+                     f"{list(summary['arms'])}.")
+  if not margin > 0:
+    raise StudyError(f"--margin must be above 0, got {margin}.")
+  lines, squares, dfs = [], 0.0, 0
+  for arm in arms:
+    entry, n = summary["arms"][arm][f"final_{metric}"], summary["arms"][arm]["n"]
+    if entry["std"] is None:
+      continue
+    squares += (n - 1) * entry["std"] ** 2
+    dfs += n - 1
+    lines.append(f"  {arm}: n {n}, sd {entry['std']:.5f}")
+  if not dfs:
+    raise StudyError(f"No arm of {workdir} has two finished runs to measure "
+                     "a spread from.")
+  sd = (squares / dfs) ** 0.5
+  scale = sd * (2 ** 0.5 if test == "paired" else 1.0)
+  tost = statistics.seeds_for_equivalence(margin / scale, test)
+  detect = statistics.seeds_for_power(margin / scale, test)
+  return "\n".join(
+      [f"final {metric} of {workdir}, per arm:"] + lines + [
+          f"pooled sd: {sd:.5f} ({dfs} degrees of freedom); margin "
+          f"{margin:g} = {margin / sd:.3f} sd",
+          f"seeds per arm for 80% power, {test} test:",
+          f"  TOST at ±{margin:g}, true difference 0: {tost}",
+          f"  a true difference of {margin:g}, two-sided 5%: {detect}",
+          f"a study at this margin needs {max(tost or 0, detect or 0)} "
+          "seeds per arm"]) + "\n"
 
 
 def _pairs(texts: Sequence[str] | None) -> list[tuple[str, str]] | None:
@@ -705,6 +762,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_post_hoc(args)
       else:
         print(write_summary(args.workdir), end="")
+      return 0
+    if args.command == "power":
+      print(power_plan(args.workdir, args.margin, args.test,
+                       _split(args.arms)), end="")
       return 0
     study = load_study(args.study)
     if args.command == "commands":
