@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    trains the quick CIFAR-10 config (creates the virtual environment on first use)
 #   make test   runs the test suite on 8 fake CPU devices
+# `make package` builds and checks the sdist and the wheel of optax_lcam (CI too).
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -14,6 +15,8 @@ WORKDIR ?= workdirs/quick
 SHARED_CIFAR10 := ../shared/data/cifar10_jpeg.tar.gz
 DATA ?= $(if $(wildcard $(SHARED_CIFAR10)),folder:$(SHARED_CIFAR10),tfds:cifar10)
 ARGS ?=
+# Where `make package` builds the sdist and the wheel (emptied first).
+DIST ?= dist
 # The accelerator kit's wheels: what a lent machine (Python 3.12, manylinux
 # x86-64, no network) lacks of the harness's dependencies; see the README,
 # "Measured on an accelerator".
@@ -22,7 +25,7 @@ WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64
 WHEELS ?= ml-collections PyYAML tensorboardX
 
-.PHONY: run test venv wheelhouse clean
+.PHONY: run test package venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +42,19 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)
+
+# The release check: an sdist and a wheel, both passed by twine, the wheel
+# holding optax_lcam, py.typed and the license only, and mypy on optax_lcam.
+package: $(VENV)/.release
+	rm -rf $(DIST)
+	$(PY) -m build -q --outdir $(DIST) .
+	$(PY) -m twine check --strict $(DIST)/*
+	$(PY) .ci/check_dist.py $(DIST)
+	$(PY) -m mypy
+
+$(VENV)/.release: $(VENV)/.installed
+	$(PY) -m pip install -q $(PIP_FLAGS) -e ".[release]"
+	touch $@
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \

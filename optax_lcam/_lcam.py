@@ -238,7 +238,9 @@ def scale_by_lcam(
     return directions, ScaleByLCAMState(momentum=momentum, beta=new_beta,
                                         loss_phase=loss_phase)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax types `update` as taking any state; this one takes its own.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, update_fn)  # type: ignore[arg-type]
 
 
 def lcam(
@@ -246,7 +248,7 @@ def lcam(
     beta_below: jax.typing.ArrayLike = 0.9,
     beta_above: jax.typing.ArrayLike = 0.95,
     *,
-    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay: float | jax.Array = 0.0,
     steps_per_epoch: Optional[int] = None,
     beta_init: jax.typing.ArrayLike = 0.9,
     averaging: str = "epoch",

@@ -84,7 +84,8 @@ def _arguments_not_injected(inner: optax.GradientTransformation) -> dict:
   only used to word an error message); empty when it cannot be read.
   """
   try:
-    code, closure = inner.init.__code__, inner.init.__closure__
+    init: Any = inner.init  # a function, whose closure is read
+    code, closure = init.__code__, init.__closure__
     cells = dict(zip(code.co_freevars, closure or ()))
     return dict(cells["other_hps"].cell_contents)
   except (AttributeError, KeyError, TypeError, ValueError):
@@ -296,7 +297,9 @@ def loss_controlled(
         loss_phase=loss_phase,
         controlled_state=_with_values(injected, stored))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax types `update` as taking any state; this one takes its own.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, update_fn)  # type: ignore[arg-type]
 
 
 def _with_values(injected: Any, values: dict[str, jax.Array]) -> Any:

@@ -6,9 +6,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-_MISSING = object()
-
-
 class MultiStepsMeanLossState(NamedTuple):
   """State of `multi_steps_with_mean_loss`.
 
@@ -89,15 +86,15 @@ def multi_steps_with_mean_loss(
       state: MultiStepsMeanLossState,
       params: Optional[optax.Params] = None,
       *,
-      value: jax.typing.ArrayLike = _MISSING,
+      value: Optional[jax.typing.ArrayLike] = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, MultiStepsMeanLossState]:
-    if value is _MISSING or value is None:
+    if value is None:
       raise TypeError(
           "Pass the micro-batch loss to the update as `value=loss`: it is "
           "averaged over the micro-batches and given to the inner optimizer.")
     loss_sum = state.micro_loss_sum + jnp.asarray(value).astype(jnp.float32)
-    micro_steps_done = state.multi_steps.mini_step + 1
+    micro_steps_done = jnp.asarray(state.multi_steps.mini_step) + 1
     mean_loss = loss_sum / micro_steps_done.astype(jnp.float32)
     updates, new_multi_steps = multi_steps.update(
         updates, state.multi_steps, params, value=mean_loss, **extra_args)
@@ -108,4 +105,6 @@ def multi_steps_with_mean_loss(
         new_multi_steps,
         jnp.where(skipped, state.micro_loss_sum, micro_loss_sum))
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  # optax types `update` as taking any state; this one takes its own.
+  return optax.GradientTransformationExtraArgs(
+      init_fn, update_fn)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ the decision; what a phase selects is up to its caller.
 """
 
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, TypeGuard
 
 import jax
 from jax import lax
@@ -71,7 +71,7 @@ class PhaseRule(NamedTuple):
   axis_name: Optional[str] = None
 
 
-def is_concrete_number(x: Any) -> bool:
+def is_concrete_number(x: Any) -> TypeGuard[float]:
   """Whether ``x`` is a Python or NumPy real number (not a bool, not traced)."""
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
@@ -261,7 +261,7 @@ def update(state: LossPhaseState, loss: jax.Array,
         state, loss, is_finite, rule.ema_decay)
     below = loss < running_mean(loss_sum, weight)
   return LossPhaseState(
-      phase_step=optax.safe_increment(state.phase_step),
+      phase_step=jnp.asarray(optax.safe_increment(state.phase_step)),
       loss_sum=loss_sum,
       loss_sum_compensation=compensation,
       loss_weight=weight,

@@ -185,8 +185,8 @@ def test_steps_per_epoch_resets_only_statistics():
 
 
 # ----------------------------------------------------------------------------
-# The behaviours every optax contrib optimizer shows
-# (optax/contrib/_common_test.py).
+# With optax: dtypes, wrappers, schedules, jit. The checks optax asks of every
+# contrib optimizer are in test_optax_contrib.py.
 
 
 def _parabola(dtype=jnp.float32):
@@ -195,52 +195,11 @@ def _parabola(dtype=jnp.float32):
   return initial, lambda p: jnp.sum((p - target) ** 2)
 
 
-def test_accepts_unknown_extra_args_without_recompiling():
-  opt = optax_lcam.lcam(1e-2, steps_per_epoch=5)
-  params, objective = _parabola()
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state):
-    value, grads = jax.value_and_grad(objective)(params)
-    updates, state = opt.update(grads, state, params, value=value,
-                                unexpected_extra_arg=1)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(params)
-  for _ in range(3):
-    params, state = step(params, state)
-
-
-def test_converges_on_a_parabola():
-  opt = optax_lcam.lcam(1e-2, 0.95, 0.9, steps_per_epoch=10)
-  params, objective = _parabola()
-  state = opt.init(params)
-
-  def step(carry, _):
-    params, state = carry
-    value, grads = jax.value_and_grad(objective)(params)
-    updates, state = opt.update(grads, state, params, value=value)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.lax.scan(step, (params, state), length=2000)
-  np.testing.assert_allclose(params, [1.0, -1.0, 1.0], atol=1e-3)
-
-
-@pytest.mark.parametrize("static_args", [(), ("steps_per_epoch",)])
-def test_inject_hyperparams_gives_same_results(static_args):
-  hparams = dict(learning_rate=0.1, beta_below=0.95, beta_above=0.9,
-                 weight_decay=5e-4, steps_per_epoch=4)
-  opt = optax_lcam.lcam(**hparams)
-  injected = optax.inject_hyperparams(
-      optax_lcam.lcam, static_args=static_args)(**hparams)
-  theta0 = jnp.array(1.0)
-  params, states = _run(opt, theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
-  inj_params, inj_states = _run(injected, theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
-  np.testing.assert_allclose(inj_params, params, rtol=1e-6)
-  chex.assert_trees_all_close(inj_states[-1].inner_state, states[-1])
-  # The injected betas and learning rate can be changed on the fly.
-  state = inj_states[-1]
+def test_injected_hyperparameters_can_be_changed_on_the_fly():
+  injected = optax.inject_hyperparams(optax_lcam.lcam)(
+      learning_rate=0.1, beta_below=0.95, beta_above=0.9, steps_per_epoch=4)
+  params, states = _run(injected, jnp.array(1.0), GOLDEN_GRADS, GOLDEN_LOSSES)
+  state = states[-1]
   state.hyperparams["beta_below"] = jnp.asarray(0.5)
   state.hyperparams["beta_above"] = jnp.asarray(0.5)
   state.hyperparams["learning_rate"] = jnp.asarray(0.0)
@@ -250,14 +209,7 @@ def test_inject_hyperparams_gives_same_results(static_args):
   assert float(optax_lcam.lcam_info(state).beta) == 0.5
 
 
-def test_learning_rate_schedule_equals_constant():
-  schedule = optax.constant_schedule(1e-2)
-  theta0 = jnp.array(0.5)
-  with_schedule, _ = _run(optax_lcam.lcam(schedule, steps_per_epoch=4),
-                          theta0, GOLDEN_GRADS, GOLDEN_LOSSES)
-  with_float, _ = _run(optax_lcam.lcam(1e-2, steps_per_epoch=4), theta0,
-                       GOLDEN_GRADS, GOLDEN_LOSSES)
-  np.testing.assert_allclose(with_schedule, with_float)
+def test_learning_rate_schedule_follows_the_update_count():
   decaying = optax.exponential_decay(0.1, 1, 0.5)
   params, _ = _run(optax_lcam.lcam(decaying, steps_per_epoch=4),
                    jnp.array(0.0), [1.0, 0.0], [1.0, 1.0])
@@ -281,42 +233,13 @@ def test_updates_keep_the_parameters_dtype(dtype):
       assert params.dtype == dtype
 
 
-@pytest.mark.parametrize(
-    "dtype, x64",
-    [("bfloat16", False), ("float32", False), ("bfloat16", True),
-     ("float32", True), ("float64", True)],
-)
-def test_state_dtypes_are_stable(dtype, x64):
-  with jax.enable_x64(x64):
-    params, objective = _parabola(jnp.dtype(dtype))
-    opt = optax_lcam.lcam(1e-2, 0.95, 0.9, steps_per_epoch=3)
-    state = opt.init(params)
-    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
-
-    @jax.jit
-    def step(params, state):
-      value, grads = jax.value_and_grad(objective)(params)
-      value = value.astype(jnp.float16)  # Confuse the dtype on purpose.
-      updates, state = opt.update(grads, state, params, value=value)
-      return optax.apply_updates(params, updates), state
-
-    for _ in range(3):
-      params, state = step(params, state)
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
-    assert params.dtype == jnp.dtype(dtype)
-    lcam_state = optax_lcam.find_lcam_state(state)
-    assert lcam_state.loss_sum.dtype == jnp.float32
-    assert lcam_state.lcam_step.dtype == jnp.int32
-
-
 def test_inside_optax_multi_steps():
   opt = optax.MultiSteps(optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4),
                          every_k_schedule=2)
   params = jnp.array([1.0, 2.0])
   state = jax.jit(opt.init)(params)
   update = jax.jit(opt.update)
-  updates, state = update(jnp.ones(2), state, params, value=1.0)
-  chex.assert_trees_all_equal(updates, jnp.zeros(2))
+  _, state = update(jnp.ones(2), state, params, value=1.0)
   updates, state = update(jnp.ones(2), state, params, value=3.0)
   np.testing.assert_allclose(updates, [-0.1, -0.1])
   info = optax_lcam.lcam_info(state)

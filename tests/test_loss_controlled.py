@@ -134,55 +134,14 @@ def test_values_before_start_step_and_lag():
 
 
 # ----------------------------------------------------------------------------
-# The optax behaviours tested for `lcam` in test_lcam.py.
+# With optax, jax and flax, as for `lcam` in test_lcam.py. The checks optax
+# asks of every contrib optimizer are in test_optax_contrib.py.
 
 
 def _adamw_controlled(**options):
   return optax_lcam.loss_controlled(
       inject(optax.adamw)(learning_rate=1e-2), below={"b1": 0.95},
       above={"b1": 0.8}, **{"steps_per_epoch": 3, **options})
-
-
-def test_accepts_unknown_extra_args_without_recompiling():
-  opt = optax.chain(optax.clip_by_global_norm(1.0), _adamw_controlled())
-  params = jnp.array([-1.0, 10.0, 1.0])
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(params, state):
-    value, grads = jax.value_and_grad(lambda p: jnp.sum(p ** 2))(params)
-    updates, state = opt.update(grads, state, params, value=value,
-                                unexpected_extra_arg=1)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(params)
-  for _ in range(3):
-    params, state = step(params, state)
-
-
-@pytest.mark.parametrize(
-    "dtype, x64",
-    [("bfloat16", False), ("float32", False), ("float64", True)])
-def test_dtypes_are_kept_and_state_is_stable(dtype, x64):
-  with jax.enable_x64(x64):
-    params = jnp.array([-1.0, 10.0, 1.0], jnp.dtype(dtype))
-    opt = _adamw_controlled()
-    state = opt.init(params)
-    before = jax.tree.map(lambda x: (x.shape, x.dtype), state)
-
-    @jax.jit
-    def step(params, state):
-      value, grads = jax.value_and_grad(lambda p: jnp.sum(p ** 2))(params)
-      updates, state = opt.update(grads, state, params,
-                                  value=value.astype(jnp.float16))
-      assert updates.dtype == params.dtype
-      return optax.apply_updates(params, updates), state
-
-    for _ in range(3):
-      params, state = step(params, state)
-    assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == before
-    assert params.dtype == jnp.dtype(dtype)
-    assert state.loss_phase.loss_sum.dtype == jnp.float32
 
 
 def test_init_on_abstract_parameters():
