@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 RESUME_INVARIANT_FIELDS = (
     "seed", "data.source", "data.drop_remainder", "batch_size", "model.name",
     "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
+    "optimizer.phases",
 )
 
 
