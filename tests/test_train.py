@@ -530,7 +530,8 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
 @pytest.mark.parametrize("argv, message", [
     (["--config.optimizer.bogus=1"],
      r"^--config.optimizer.bogus=1: config.optimizer has no field 'bogus'; "
-     r"its fields are: averaging, b1, b2, beta_above, beta_below, "
+     r"its fields are: averaging, b1, b2, below_probability, beta_above, "
+     r"beta_below, "
      r".*weight_decay\.$"),
     (["--config.nope.x", "1"], r"^--config.nope.x: config has no field "
      r"'nope'; its fields are: batch_size, .*stop_after_steps\.$"),
