@@ -15,6 +15,8 @@ from optax_lcam._multi_steps import MultiStepsMeanLossState
 from optax_lcam._multi_steps import multi_steps_with_mean_loss
 from optax_lcam._phase import AVERAGING_MODES
 from optax_lcam._phase import LossPhaseState
+from optax_lcam._phase import PHASE_MODES
+from optax_lcam._phase import RandomPhaseState
 from optax_lcam._phase import running_mean
 
 __version__ = "0.1.0"
@@ -26,6 +28,8 @@ __all__ = (
     "LossControlledState",
     "LossPhaseState",
     "MultiStepsMeanLossState",
+    "PHASE_MODES",
+    "RandomPhaseState",
     "ScaleByLCAMState",
     "find_lcam_state",
     "find_loss_control_state",

@@ -18,15 +18,19 @@ class LCAMInfo(NamedTuple):
     mean_loss: The running mean the last loss was compared with (the epoch's
       mean, or the debiased moving average with ``averaging="ema"``); NaN
       before the first finite loss of an epoch.
-    below_mean: The loss phase of the last step: True when its loss was
-      strictly below the running mean.
+    below_mean: The phase of the last step: True when its loss was strictly
+      below the running mean (with ``phases="random"``, when its draw was
+      "below").
     step: The number of updates LCAM has done.
+    loss_below_mean: Whether the last finite loss was strictly below the
+      running mean; equal to ``below_mean`` unless ``phases="random"``.
   """
 
   beta: jax.Array
   mean_loss: jax.Array
   below_mean: jax.Array
   step: jax.Array
+  loss_below_mean: jax.Array
 
 
 def _find_all(opt_state: Any, types: tuple[type, ...]) -> list[Any]:
@@ -86,15 +90,17 @@ def lcam_info(opt_state: Any) -> LCAMInfo:
   state = find_lcam_state(opt_state)
   return LCAMInfo(beta=state.beta,
                   mean_loss=_phase.mean_of(state.loss_phase),
-                  below_mean=state.below_mean, step=state.lcam_step)
+                  below_mean=state.below_mean, step=state.lcam_step,
+                  loss_below_mean=state.loss_below_mean)
 
 
 class LossControlInfo(NamedTuple):
   """What a loss-controlled state (LCAM's or `loss_controlled`'s) says.
 
   Attributes:
-    below_mean: The loss phase of the last finite loss: True when it was
-      strictly below the running mean.
+    below_mean: The phase in force: True when the last finite loss was
+      strictly below the running mean (with ``phases="random"``, when the last
+      step's draw was "below").
     mean_loss: The running mean it was compared with; NaN before the first
       finite loss of an epoch.
     step: The number of updates done.
@@ -102,12 +108,15 @@ class LossControlInfo(NamedTuple):
       `loss_controlled`, the inner optimizer's injected hyper-parameters, the
       controlled ones holding the values decided from the last finite loss
       (see `LossControlledState`); for LCAM, ``{"beta": beta}``.
+    loss_below_mean: Whether the last finite loss was strictly below the
+      running mean; equal to ``below_mean`` unless ``phases="random"``.
   """
 
   below_mean: jax.Array
   mean_loss: jax.Array
   step: jax.Array
   hyperparams: dict[str, jax.Array]
+  loss_below_mean: jax.Array
 
 
 def find_loss_control_state(
@@ -172,4 +181,5 @@ def loss_control_info(opt_state: Any) -> LossControlInfo:
   phase = state.loss_phase
   return LossControlInfo(below_mean=phase.below_mean,
                          mean_loss=_phase.mean_of(phase),
-                         step=phase.phase_step, hyperparams=hyperparams)
+                         step=phase.phase_step, hyperparams=hyperparams,
+                         loss_below_mean=_phase.loss_below_mean_of(phase))

@@ -29,13 +29,14 @@ class ScaleByLCAMState(NamedTuple):
     beta: The pending momentum coefficient, decided from the last finite loss
       (float32 scalar); ``beta_init`` before the first. With ``lag=True`` it is
       the coefficient the next update uses (from ``start_step`` on).
-    loss_phase: The loss statistics and the phase (`LossPhaseState`), also
-      readable as the properties below.
+    loss_phase: The loss statistics and the phase (`LossPhaseState`, or
+      `RandomPhaseState` with ``phases="random"``), also readable as the
+      properties below.
   """
 
   momentum: optax.Updates
   beta: jax.Array
-  loss_phase: _phase.LossPhaseState
+  loss_phase: _phase.PhaseState
 
   @property
   def lcam_step(self) -> jax.Array:
@@ -61,8 +62,15 @@ class ScaleByLCAMState(NamedTuple):
 
   @property
   def below_mean(self) -> jax.Array:
-    """Whether the last finite loss was strictly below the running mean."""
+    """The phase in force: whether the last finite loss was strictly below
+    the running mean (with ``phases="random"``, the last step's draw)."""
     return self.loss_phase.below_mean
+
+  @property
+  def loss_below_mean(self) -> jax.Array:
+    """Whether the last finite loss was strictly below the running mean
+    (``below_mean`` itself unless ``phases="random"``)."""
+    return _phase.loss_below_mean_of(self.loss_phase)
 
 
 def _check_unit_interval(name: str, value: Any) -> None:
@@ -105,6 +113,9 @@ def scale_by_lcam(
     nesterov: bool = False,
     accumulator_dtype: Optional[Any] = None,
     axis_name: Optional[str] = None,
+    phases: str = "loss",
+    below_probability: optax.ScalarOrSchedule = 0.5,
+    phase_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Heavy-ball momentum whose coefficient is switched by the training loss.
 
@@ -132,6 +143,14 @@ def scale_by_lcam(
   ``ema_decay``, no reset, no epoch length needed) instead of the epoch's
   mean; ``lag=False`` uses the beta decided from the current loss at once;
   ``start_step`` uses plain momentum ``beta_init`` for the steps before it.
+  ``phases="random"`` is a placebo of the rule: the phase of step :math:`t`
+  is "below" with probability ``below_probability`` (a number, or a schedule
+  evaluated at :math:`t`), drawn from a key made of ``phase_seed`` and
+  :math:`t` alone (the state's step counter), so the phases are reproducible,
+  the same on every replica and independent of the losses. The lag,
+  ``start_step`` and ``beta_init`` act as with the loss, and the loss
+  statistics are still kept: ``below_mean`` holds the draw, and
+  ``loss_below_mean`` whether the loss was below the mean.
 
   Epochs are counted in updates: the statistics are reset every
   ``steps_per_epoch`` calls of ``update``. Under `optax.MultiSteps` or
@@ -172,6 +191,13 @@ def scale_by_lcam(
     axis_name: If set, the loss is averaged over this named axis
       (``lax.pmean``) before use, so that replicas under ``jax.pmap`` or
       ``shard_map`` take the same decisions.
+    phases: ``"loss"`` (the reference: the loss decides the phase) or
+      ``"random"`` (each step's phase is drawn; a placebo). The loss is still
+      needed with either.
+    below_probability: With ``phases="random"``, the probability that a
+      step's phase is "below", in [0, 1]: a number or a schedule of the step.
+    phase_seed: With ``phases="random"``, the seed of the draws, an integer
+      in [0, 2**31).
 
   Returns:
     A `optax.GradientTransformationExtraArgs` whose ``update`` takes the loss
@@ -179,7 +205,10 @@ def scale_by_lcam(
 
   Raises:
     ValueError: For a concrete hyper-parameter out of range, an unknown
-      ``averaging``, or ``averaging="epoch"`` without ``steps_per_epoch``.
+      ``averaging`` or ``phases``, or ``averaging="epoch"`` without
+      ``steps_per_epoch``.
+    TypeError: For a ``below_probability`` that is neither a number nor a
+      schedule.
 
   Example:
     >>> import jax.numpy as jnp
@@ -205,7 +234,8 @@ def scale_by_lcam(
   rule = _phase.PhaseRule(
       steps_per_epoch=steps_per_epoch, averaging=averaging,
       ema_decay=ema_decay, lag=lag, start_step=start_step,
-      axis_name=axis_name)
+      axis_name=axis_name, phases=phases,
+      below_probability=below_probability, phase_seed=phase_seed)
   _phase.validate_rule(rule)
   if accumulator_dtype is not None:
     accumulator_dtype = jnp.dtype(accumulator_dtype)
@@ -214,7 +244,7 @@ def scale_by_lcam(
     return ScaleByLCAMState(
         momentum=optax.tree.zeros_like(params, dtype=accumulator_dtype),
         beta=jnp.asarray(beta_init, _phase.STATS_DTYPE),
-        loss_phase=_phase.init(),
+        loss_phase=_phase.init(rule),
     )
 
   def update_fn(
@@ -258,6 +288,9 @@ def lcam(
     nesterov: bool = False,
     accumulator_dtype: Optional[Any] = None,
     axis_name: Optional[str] = None,
+    phases: str = "loss",
+    below_probability: optax.ScalarOrSchedule = 0.5,
+    phase_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with Loss-Controlled Asymmetric Momentum (LCAM).
 
@@ -296,6 +329,9 @@ def lcam(
     nesterov: See `scale_by_lcam`.
     accumulator_dtype: See `scale_by_lcam`.
     axis_name: See `scale_by_lcam`.
+    phases: See `scale_by_lcam`.
+    below_probability: See `scale_by_lcam`.
+    phase_seed: See `scale_by_lcam`.
 
   Returns:
     The corresponding `optax.GradientTransformationExtraArgs`.
@@ -329,6 +365,8 @@ def lcam(
           beta_below, beta_above, steps_per_epoch=steps_per_epoch,
           beta_init=beta_init, averaging=averaging, ema_decay=ema_decay,
           lag=lag, start_step=start_step, nesterov=nesterov,
-          accumulator_dtype=accumulator_dtype, axis_name=axis_name),
+          accumulator_dtype=accumulator_dtype, axis_name=axis_name,
+          phases=phases, below_probability=below_probability,
+          phase_seed=phase_seed),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -35,7 +35,8 @@ class LossControlledState(NamedTuple):
   """State of the `GradientTransformation` returned by `loss_controlled`.
 
   Attributes:
-    loss_phase: The loss statistics and the phase (`LossPhaseState`).
+    loss_phase: The loss statistics and the phase (`LossPhaseState`, or
+      `RandomPhaseState` with ``phases="random"``).
     controlled_state: The state of the inner optimizer, made by
       `optax.inject_hyperparams`. Its ``hyperparams`` hold the controlled
       hyper-parameters' values decided from the last finite loss (with
@@ -43,7 +44,7 @@ class LossControlledState(NamedTuple):
       values before the first decision and before ``start_step - 1``.
   """
 
-  loss_phase: _phase.LossPhaseState
+  loss_phase: _phase.PhaseState
   controlled_state: Any
 
 
@@ -159,6 +160,9 @@ def loss_controlled(
     lag: bool = True,
     start_step: int = 0,
     axis_name: Optional[str] = None,
+    phases: str = "loss",
+    below_probability: optax.ScalarOrSchedule = 0.5,
+    phase_seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Switches an optimizer's hyper-parameters by the training loss's phase.
 
@@ -182,7 +186,8 @@ def loss_controlled(
   average, the strict ``<``, the one-step lag (``lag=False`` uses the values
   decided from :math:`l_t` at step :math:`t` itself), the inner's own values
   before ``start_step``, values carried across epochs, non-finite losses
-  ignored, and the loss averaged over ``axis_name``.
+  ignored, the loss averaged over ``axis_name``, and the placebo
+  ``phases="random"`` (each step's phase drawn, see `scale_by_lcam`).
 
   The inner's ``hyperparams`` in the state show the controlled values decided
   from the last finite loss (see `LossControlledState`). Those entries belong
@@ -206,6 +211,12 @@ def loss_controlled(
     start_step: Before this step the inner's own values hold.
     axis_name: If set, the loss is averaged over this named axis
       (``lax.pmean``), so that replicas take the same decisions.
+    phases: ``"loss"`` (the loss decides the phase) or ``"random"`` (each
+      step's phase is drawn; a placebo).
+    below_probability: With ``phases="random"``, the probability of the
+      "below" phase, in [0, 1]: a number or a schedule of the step.
+    phase_seed: With ``phases="random"``, the seed of the draws, an integer
+      in [0, 2**31).
 
   Returns:
     A `optax.GradientTransformationExtraArgs` whose ``update`` takes the loss
@@ -214,7 +225,7 @@ def loss_controlled(
   Raises:
     TypeError: When ``inner`` is not a transformation made by
       `optax.inject_hyperparams`, or a phase's value is not a number or an
-      array.
+      array, or ``below_probability`` is neither a number nor a schedule.
     ValueError: For empty ``below``/``above``, different names in them, a
       name the inner does not inject (static, scheduled, or unknown: the
       message lists the names it has), a value whose shape does not fit, or
@@ -254,7 +265,8 @@ def loss_controlled(
   rule = _phase.PhaseRule(
       steps_per_epoch=steps_per_epoch, averaging=averaging,
       ema_decay=ema_decay, lag=lag, start_step=start_step,
-      axis_name=axis_name)
+      axis_name=axis_name, phases=phases,
+      below_probability=below_probability, phase_seed=phase_seed)
   _phase.validate_rule(rule)
   static = _arguments_not_injected(inner)
   abstract_state = _abstract_inner_state(inner)
@@ -267,7 +279,7 @@ def loss_controlled(
   def init_fn(params: optax.Params) -> LossControlledState:
     inner_state = inner.init(params)
     _check_controllable(inner_state, names, static, below, above)
-    return LossControlledState(loss_phase=_phase.init(),
+    return LossControlledState(loss_phase=_phase.init(rule),
                                controlled_state=inner_state)
 
   def update_fn(

@@ -6,10 +6,15 @@ training in the "below" phase, any other finite loss in the "above" phase. The
 phase of step ``t`` picks the hyper-parameters of step ``t + 1`` (or of step
 ``t`` itself without the one-step lag). This module holds the statistics and
 the decision; what a phase selects is up to its caller.
+
+With ``phases="random"`` (a placebo of the rule) the phase of step ``t`` is
+drawn instead, "below" with probability ``below_probability``, from a key
+made of ``phase_seed`` and ``t`` alone; the statistics are still kept, and
+whether the loss was below the mean is recorded beside the decision.
 """
 
 import numbers
-from typing import Any, NamedTuple, Optional, TypeGuard
+from typing import Any, NamedTuple, Optional, TypeGuard, Union
 
 import jax
 from jax import lax
@@ -17,6 +22,8 @@ import jax.numpy as jnp
 import optax
 
 AVERAGING_MODES = ("epoch", "ema")
+# How the phase is decided: by the loss (LCAM), or drawn at random (placebo).
+PHASE_MODES = ("loss", "random")
 
 # The loss statistics are kept in float32 whatever the dtype of the parameters
 # or of the incoming loss, so that bf16 models compare losses accurately and the
@@ -57,6 +64,36 @@ class LossPhaseState(NamedTuple):
   phase_decided: jax.Array
 
 
+class RandomPhaseState(NamedTuple):
+  """The phase state of ``phases="random"``: a `LossPhaseState` plus a flag.
+
+  A type of its own, so that the default rule's state keeps its leaves (and
+  the checkpoints that hold it their tree).
+
+  Attributes:
+    phase_step: As in `LossPhaseState`; the draw of step ``t`` uses ``t``.
+    loss_sum: As in `LossPhaseState`.
+    loss_sum_compensation: As in `LossPhaseState`.
+    loss_weight: As in `LossPhaseState`.
+    below_mean: The phase in force: the random decision of the last step
+      (bool scalar).
+    phase_decided: Whether any step has been drawn (bool scalar).
+    loss_below_mean: Whether the last finite loss was strictly below the
+      running mean (bool scalar), the decision ``phases="loss"`` would take.
+  """
+
+  phase_step: jax.Array
+  loss_sum: jax.Array
+  loss_sum_compensation: jax.Array
+  loss_weight: jax.Array
+  below_mean: jax.Array
+  phase_decided: jax.Array
+  loss_below_mean: jax.Array
+
+
+PhaseState = Union[LossPhaseState, RandomPhaseState]
+
+
 class PhaseRule(NamedTuple):
   """The options of the rule (Python values, fixed when the optimizer is made).
 
@@ -69,6 +106,9 @@ class PhaseRule(NamedTuple):
   lag: bool = True
   start_step: int = 0
   axis_name: Optional[str] = None
+  phases: str = "loss"
+  below_probability: optax.ScalarOrSchedule = 0.5
+  phase_seed: jax.typing.ArrayLike = 0
 
 
 def is_concrete_number(x: Any) -> TypeGuard[float]:
@@ -100,11 +140,37 @@ def validate_rule(rule: PhaseRule) -> None:
     raise ValueError(f"`ema_decay` must be in [0, 1), got {rule.ema_decay!r}.")
   if is_concrete_number(rule.start_step) and rule.start_step < 0:
     raise ValueError(f"`start_step` must be >= 0, got {rule.start_step!r}.")
+  _validate_random_options(rule)
 
 
-def init() -> LossPhaseState:
-  """The phase state before the first step: no loss seen, no decision."""
-  return LossPhaseState(
+def _validate_random_options(rule: PhaseRule) -> None:
+  """The checks of ``phases``, ``below_probability`` and ``phase_seed``."""
+  if not isinstance(rule.phases, str) or rule.phases not in PHASE_MODES:
+    raise ValueError(
+        f"Unknown `phases` {rule.phases!r}: use one of {PHASE_MODES} "
+        '("random" draws each phase, a placebo of the loss rule).')
+  probability = rule.below_probability
+  if isinstance(probability, (bool, str)):
+    raise TypeError(
+        "`below_probability` must be a number in [0, 1] or a schedule of the "
+        f"step, got {probability!r}.")
+  if is_concrete_number(probability) and not 0.0 <= probability <= 1.0:
+    raise ValueError(
+        f"`below_probability` must be in [0, 1], got {probability!r}.")
+  seed = rule.phase_seed
+  if isinstance(seed, bool) or (is_concrete_number(seed) and (
+      int(seed) != seed or not 0 <= seed < 2 ** 31)):
+    raise ValueError(
+        f"`phase_seed` must be an integer in [0, 2**31), got {seed!r}.")
+
+
+def init(rule: PhaseRule) -> PhaseState:
+  """The phase state before the first step: no loss seen, no decision.
+
+  A `LossPhaseState` with ``phases="loss"``, a `RandomPhaseState` with
+  ``phases="random"``.
+  """
+  state = LossPhaseState(
       phase_step=jnp.zeros([], jnp.int32),
       loss_sum=jnp.zeros([], STATS_DTYPE),
       loss_sum_compensation=jnp.zeros([], STATS_DTYPE),
@@ -112,6 +178,20 @@ def init() -> LossPhaseState:
       below_mean=jnp.zeros([], jnp.bool_),
       phase_decided=jnp.zeros([], jnp.bool_),
   )
+  if rule.phases == "random":
+    return RandomPhaseState(*state, loss_below_mean=jnp.zeros([], jnp.bool_))
+  return state
+
+
+def loss_below_mean_of(state: PhaseState) -> jax.Array:
+  """Whether the last finite loss was strictly below the running mean.
+
+  The phase itself with ``phases="loss"``; with ``phases="random"``, the
+  comparison recorded beside the drawn phase.
+  """
+  if isinstance(state, RandomPhaseState):
+    return state.loss_below_mean
+  return state.below_mean
 
 
 def loss_from_value(value: Any, axis_name: Optional[str],
@@ -161,7 +241,7 @@ def running_mean(loss_sum: jax.Array, loss_weight: jax.Array,
   return jnp.where(loss_weight > 0, mean, jnp.nan)
 
 
-def mean_of(state: LossPhaseState) -> jax.Array:
+def mean_of(state: PhaseState) -> jax.Array:
   """The running mean the last finite loss was compared with."""
   return running_mean(state.loss_sum, state.loss_weight,
                       state.loss_sum_compensation)
@@ -203,7 +283,7 @@ def _is_below_epoch_mean(loss, loss_sum, compensation, count) -> jax.Array:
   return total + error > 0
 
 
-def _add_to_epoch(state: LossPhaseState, loss, is_finite, steps_per_epoch):
+def _add_to_epoch(state: PhaseState, loss, is_finite, steps_per_epoch):
   """The epoch's statistics with ``loss`` added, reset at an epoch's start.
 
   The statistics are reset at the first step of every epoch (``t mod S ==
@@ -222,7 +302,7 @@ def _add_to_epoch(state: LossPhaseState, loss, is_finite, steps_per_epoch):
           jnp.where(is_finite, old_weight + 1, old_weight))
 
 
-def _add_to_ema(state: LossPhaseState, loss, is_finite, ema_decay):
+def _add_to_ema(state: PhaseState, loss, is_finite, ema_decay):
   """The moving average with ``loss`` added (unchanged for a non-finite one).
 
   Returns the moving average, not debiased, a zero compensation, and its total
@@ -236,12 +316,37 @@ def _add_to_ema(state: LossPhaseState, loss, is_finite, ema_decay):
           jnp.where(is_finite, new_weight, state.loss_weight))
 
 
-def update(state: LossPhaseState, loss: jax.Array,
-           rule: PhaseRule) -> LossPhaseState:
+def random_phase(step: jax.Array, rule: PhaseRule) -> jax.Array:
+  """The phase ``phases="random"`` draws for step ``step``: True for "below".
+
+  True with probability ``rule.below_probability`` (a schedule is evaluated
+  at ``step``), from the key ``fold_in(key(phase_seed), step)``: the same on
+  every replica and for any losses.
+
+  Args:
+    step: The step's index ``t`` (the phase step before the update), int32.
+    rule: The options of the rule.
+
+  Returns:
+    A bool scalar.
+  """
+  below_probability = rule.below_probability
+  probability = (below_probability(step) if callable(below_probability)
+                 else below_probability)
+  seed = jnp.asarray(rule.phase_seed).astype(jnp.uint32)
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.random.uniform(key, (), STATS_DTYPE) < jnp.asarray(
+      probability, STATS_DTYPE)
+
+
+def update(state: PhaseState, loss: jax.Array,
+           rule: PhaseRule) -> PhaseState:
   """Adds the step's loss to the statistics and decides the phase.
 
   A non-finite loss leaves the statistics (apart from the reset at the start
-  of an epoch) and the phase untouched; the step counter always advances.
+  of an epoch) and the loss's phase untouched; the step counter always
+  advances. With ``phases="random"`` the phase of every step is drawn (see
+  `random_phase`), whatever its loss.
 
   Args:
     state: The phase state before the step.
@@ -260,17 +365,25 @@ def update(state: LossPhaseState, loss: jax.Array,
     loss_sum, compensation, weight = _add_to_ema(
         state, loss, is_finite, rule.ema_decay)
     below = loss < running_mean(loss_sum, weight)
-  return LossPhaseState(
+  loss_below_mean = jnp.where(is_finite, below, loss_below_mean_of(state))
+  new_state = LossPhaseState(
       phase_step=jnp.asarray(optax.safe_increment(state.phase_step)),
       loss_sum=loss_sum,
       loss_sum_compensation=compensation,
       loss_weight=weight,
-      below_mean=jnp.where(is_finite, below, state.below_mean),
+      below_mean=loss_below_mean,
       phase_decided=jnp.logical_or(state.phase_decided, is_finite),
   )
+  if rule.phases == "loss":
+    return new_state
+  return RandomPhaseState(
+      *new_state._replace(
+          below_mean=random_phase(state.phase_step, rule),
+          phase_decided=jnp.ones([], jnp.bool_)),
+      loss_below_mean=loss_below_mean)
 
 
-def phase_values(state: LossPhaseState, below: Any, above: Any,
+def phase_values(state: PhaseState, below: Any, above: Any,
                  undecided: Any) -> Any:
   """The values the phase selects, ``undecided`` before any finite loss.
 

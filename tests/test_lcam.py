@@ -110,16 +110,18 @@ def numpy_phases(losses, *, steps_per_epoch=None, averaging="epoch",
 
 def numpy_reference(grads, losses, *, lr, wd, theta0, beta_below, beta_above,
                     steps_per_epoch=None, beta_init=0.9, averaging="epoch",
-                    ema_decay=0.99, lag=True, start_step=0):
+                    ema_decay=0.99, lag=True, start_step=0, phases=None):
   """A line-by-line NumPy mirror of the reference training loop.
 
   The reference (PyTorch) keeps a Python running sum and count of the epoch's
   losses, resets them at the start of each epoch, and sets the optimizer's
   momentum for the next step after `optimizer.step()`. The ablation options
-  follow `scale_by_lcam`'s documentation.
+  follow `scale_by_lcam`'s documentation. ``phases`` (one bool a step) replace
+  the loss's phases when given.
   """
-  phases = numpy_phases(losses, steps_per_epoch=steps_per_epoch,
-                        averaging=averaging, ema_decay=ema_decay)
+  if phases is None:
+    phases = numpy_phases(losses, steps_per_epoch=steps_per_epoch,
+                          averaging=averaging, ema_decay=ema_decay)
   theta = np.array(theta0, np.float64)
   buf = None
   beta = beta_init
@@ -578,3 +580,167 @@ def test_apply_if_finite_freezes_the_step_but_selecting_old_values_does_not():
   assert int(info.step) == 3 and float(info.mean_loss) == 1.5
   # Step 2 uses the beta decided at step 0: b = 0.9 * 1 + 1.
   np.testing.assert_allclose(params, [-0.1 - 0.1 * 1.9] * 2, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The placebo rule: phases="random".
+
+
+def _random_phases(num_steps, losses=None, **options):
+  """The phases (``below_mean``) and loss flags of ``num_steps`` steps."""
+  options = {"steps_per_epoch": 5, "phases": "random", **options}
+  opt = optax_lcam.scale_by_lcam(0.95, 0.9, **options)
+  if losses is None:
+    losses = jnp.linspace(3.0, 1.0, num_steps)
+
+  def step(state, loss):
+    _, state = opt.update(jnp.zeros(()), state, value=loss)
+    return state, (state.below_mean, state.loss_below_mean)
+
+  _, (below, loss_below) = jax.jit(
+      lambda s, l: jax.lax.scan(step, s, l))(opt.init(jnp.zeros(())),
+                                             jnp.asarray(losses))
+  return np.asarray(below), np.asarray(loss_below)
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.2, 0.7, 1.0])
+def test_random_phases_follow_a_constant_probability(probability):
+  num_steps = 4000
+  below, _ = _random_phases(num_steps, below_probability=probability)
+  # Four standard deviations of the fraction of 4000 draws.
+  tolerance = 4 * math.sqrt(probability * (1 - probability) / num_steps)
+  assert abs(below.mean() - probability) <= tolerance
+
+
+def test_random_phases_follow_a_scheduled_probability():
+  schedule = optax.piecewise_constant_schedule(0.1, {2000: 9.0})  # then 0.9
+  below, _ = _random_phases(4000, below_probability=schedule)
+  tolerance = 4 * math.sqrt(0.1 * 0.9 / 2000)
+  assert abs(below[:2000].mean() - 0.1) <= tolerance
+  assert abs(below[2000:].mean() - 0.9) <= tolerance
+
+
+def test_random_phases_ignore_the_losses_and_come_from_the_seed():
+  rng = np.random.default_rng(0)
+  losses = rng.random(60).astype(np.float32)
+  other_losses = 10 * rng.random(60).astype(np.float32)
+  other_losses[[0, 7]] = np.nan
+  below, loss_below = _random_phases(60, losses, phase_seed=3)
+  again, _ = _random_phases(60, losses, phase_seed=3)
+  with_other_losses, other_loss_below = _random_phases(60, other_losses,
+                                                       phase_seed=3)
+  other_seed, _ = _random_phases(60, losses, phase_seed=4)
+  np.testing.assert_array_equal(below, again)
+  np.testing.assert_array_equal(below, with_other_losses)
+  assert not np.array_equal(below, other_seed)
+  # The loss's own phase is still recorded, and it does depend on the losses.
+  np.testing.assert_array_equal(
+      loss_below, numpy_phases(losses, steps_per_epoch=5))
+  assert not np.array_equal(loss_below, other_loss_below)
+  assert not np.array_equal(below, loss_below)
+
+
+def test_random_phases_keep_the_loss_statistics_of_the_loss_rule():
+  losses = np.random.default_rng(1).random(13).astype(np.float32)
+  loss_rule = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=5)
+  random_rule = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=5,
+                                phases="random", below_probability=0.5)
+  _, loss_states = _run(loss_rule, jnp.zeros(()), np.ones(13), losses)
+  _, random_states = _run(random_rule, jnp.zeros(()), np.ones(13), losses)
+  for loss_state, random_state in zip(loss_states, random_states):
+    info = optax_lcam.lcam_info(loss_state)
+    random_info = optax_lcam.lcam_info(random_state)
+    assert info.loss_below_mean == info.below_mean
+    assert random_info.loss_below_mean == info.below_mean
+    assert random_info.mean_loss == info.mean_loss
+    assert random_info.step == info.step
+    # The pending beta follows the draw.
+    expected = 0.95 if random_info.below_mean else 0.9
+    assert float(random_info.beta) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lag": False}, {"start_step": 9},
+     {"start_step": 9, "lag": False, "averaging": "ema"}],
+    ids=["lag", "no-lag", "start-step", "start-step-no-lag-ema"])
+def test_random_phases_use_the_lag_and_start_step_of_the_loss_rule(options):
+  rng = np.random.default_rng(2)
+  num_steps = 30
+  grads = rng.normal(size=(num_steps, 3)).astype(np.float32)
+  losses = rng.random(num_steps).astype(np.float32)
+  options = {"beta_below": 0.95, "beta_above": 0.6, "beta_init": 0.8,
+             **options}
+  opt = optax_lcam.lcam(0.05, weight_decay=1e-3, steps_per_epoch=7,
+                        phases="random", phase_seed=5, **options)
+  theta0 = rng.normal(size=3).astype(np.float32)
+  params, states = _run(opt, jnp.asarray(theta0), grads, losses)
+  draws = [bool(optax_lcam.lcam_info(s).below_mean) for s in states]
+  expected, betas_used = numpy_reference(
+      grads, losses, lr=0.05, wd=1e-3, theta0=theta0, phases=draws,
+      **{k: v for k, v in options.items() if k != "averaging"})
+  np.testing.assert_allclose(np.stack(params), expected, rtol=2e-4,
+                             atol=2e-5)
+  assert {0.95, 0.6} <= set(betas_used[1:])
+
+
+def test_random_phases_under_inject_hyperparams():
+  hparams = dict(learning_rate=0.1, beta_below=0.95, beta_above=0.5,
+                 steps_per_epoch=4, phases="random", below_probability=0.3,
+                 phase_seed=7)
+  grads, losses = np.ones(40, np.float32), np.linspace(2, 1, 40)
+  params, states = _run(optax_lcam.lcam(**hparams), jnp.array(1.0), grads,
+                        losses)
+  injected = optax.inject_hyperparams(optax_lcam.lcam)(**hparams)
+  inj_params, inj_states = _run(injected, jnp.array(1.0), grads, losses)
+  np.testing.assert_allclose(inj_params, params, rtol=1e-6)
+  chex.assert_trees_all_equal(
+      [s.inner_state[1].loss_phase for s in inj_states],
+      [s[1].loss_phase for s in states])
+
+
+def test_random_phases_agree_across_pmap_replicas():
+  options = {"steps_per_epoch": 10, "phases": "random",
+             "below_probability": 0.5, "phase_seed": 1}
+  opt = optax_lcam.lcam(0.1, 0.95, 0.5, axis_name="batch", **options)
+  assert _replicas_identical(_pmap_train(opt))
+  # Without the shared loss the replicas' statistics differ, but not their
+  # phases, betas or parameters: the draws do not depend on the loss.
+  params, state = _pmap_train(optax_lcam.lcam(0.1, 0.95, 0.5, **options))
+  lcam_state = state[1]
+  assert _replicas_identical((params, lcam_state.beta,
+                              lcam_state.loss_phase.below_mean))
+  assert not _replicas_identical(lcam_state.loss_phase.loss_below_mean)
+
+
+def test_default_rule_state_is_unchanged():
+  # Checkpoints of the default rule keep their tree: no leaf was added.
+  state = optax_lcam.scale_by_lcam(steps_per_epoch=3).init(jnp.zeros(()))
+  assert type(state.loss_phase) is optax_lcam.LossPhaseState
+  assert optax_lcam.LossPhaseState._fields == (
+      "phase_step", "loss_sum", "loss_sum_compensation", "loss_weight",
+      "below_mean", "phase_decided")
+  assert len(jax.tree.leaves(state)) == 8
+  random_state = optax_lcam.scale_by_lcam(
+      steps_per_epoch=3, phases="random").init(jnp.zeros(()))
+  assert len(jax.tree.leaves(random_state)) == 9
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"phases": "coin"}, ValueError, "Unknown `phases`"),
+        ({"phases": "random", "below_probability": 1.5}, ValueError,
+         r"`below_probability` must be in \[0, 1\]"),
+        ({"below_probability": -0.1}, ValueError, "below_probability"),
+        ({"below_probability": "half"}, TypeError, "below_probability"),
+        ({"phase_seed": -1}, ValueError, "phase_seed"),
+        ({"phase_seed": 2.5}, ValueError, "phase_seed"),
+        ({"phase_seed": 2 ** 31}, ValueError, "phase_seed"),
+    ],
+)
+def test_bad_phase_options_are_clear_errors(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    optax_lcam.scale_by_lcam(steps_per_epoch=10, **kwargs)
+  with pytest.raises(error, match=match):
+    optax_lcam.lcam(0.1, steps_per_epoch=10, **kwargs)

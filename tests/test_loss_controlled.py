@@ -297,10 +297,19 @@ def test_loss_control_info_needs_exactly_one_state():
             inject(optax.adamw)(1e-3), {"b1": 0.95}, {"b1": 0.9},
             steps_per_epoch=3, averaging="median"),
          ValueError, "Unknown `averaging`"),
+        (lambda: optax_lcam.loss_controlled(
+            inject(optax.adamw)(1e-3), {"b1": 0.95}, {"b1": 0.9},
+            steps_per_epoch=3, phases="shuffled"),
+         ValueError, "Unknown `phases`"),
+        (lambda: optax_lcam.loss_controlled(
+            inject(optax.adamw)(1e-3), {"b1": 0.95}, {"b1": 0.9},
+            steps_per_epoch=3, phases="random", below_probability=2.0),
+         ValueError, "`below_probability` must be in"),
     ],
     ids=["not-injected", "factory", "unknown-name", "static", "scheduled",
          "different-keys", "empty", "not-a-dict", "schedule-value", "shape",
-         "no-epoch-length", "bad-averaging"],
+         "no-epoch-length", "bad-averaging", "bad-phases",
+         "bad-probability"],
 )
 def test_construction_errors_are_clear(make, error, match):
   with pytest.raises(error, match=match):
@@ -338,3 +347,64 @@ def test_state_field_names_are_distinct_inside_a_chain():
            + optax_lcam.LossPhaseState._fields + ("momentum", "trace"))
   for name in names:
     assert len(optax.tree.get_all_with_path(state, name)) == 1, name
+
+
+# ----------------------------------------------------------------------------
+# The placebo rule: phases="random".
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"lag": False, "start_step": 9},
+     {"below_probability": optax.linear_schedule(0.0, 1.0, 20)}],
+    ids=["reference", "start-step-no-lag", "scheduled"])
+def test_random_controlled_sgd_momentum_is_random_lcam(options):
+  lr, wd, steps_per_epoch = 0.05, 1e-3, 5
+  betas = {"beta_below": 0.95, "beta_above": 0.6, "beta_init": 0.8}
+  options = {"phases": "random", "phase_seed": 2,
+             "steps_per_epoch": steps_per_epoch, **options}
+  params, grads, losses = _random_data(4 * steps_per_epoch + 2)
+  controlled = optax.chain(
+      optax.add_decayed_weights(wd),
+      _momentum_controlled(lr, **betas, **options))
+  reference = optax_lcam.lcam(lr, weight_decay=wd, **betas, **options)
+  got, state = _train(controlled, params, grads, losses)
+  expected, ref_state = _train(reference, params, grads, losses)
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_equal(state[1].loss_phase, ref_state[1].loss_phase)
+
+
+def test_loss_control_info_reports_the_loss_phase_beside_the_draw():
+  losses = [2.0, 1.0, 3.0, 0.5, 0.7, 0.9, 0.1, 2.0]
+  seen = {}
+  for phases in ("loss", "random"):
+    opt = _momentum_controlled(0.1, 0.95, 0.5, 0.8, steps_per_epoch=4,
+                               phases=phases, below_probability=0.5)
+    params = jnp.zeros(())
+    state = opt.init(params)
+    infos = []
+    for loss in losses:
+      _, state = opt.update(jnp.ones(()), state, params, value=loss)
+      infos.append(optax_lcam.loss_control_info(state))
+    seen[phases] = infos
+  loss_phases = numpy_phases(losses, steps_per_epoch=4)
+  for info, random_info, expected in zip(seen["loss"], seen["random"],
+                                         loss_phases):
+    assert bool(info.below_mean) == bool(info.loss_below_mean) == expected
+    assert bool(random_info.loss_below_mean) == expected
+    assert float(random_info.hyperparams["momentum"]) == pytest.approx(
+        0.95 if random_info.below_mean else 0.5)
+  draws = [bool(info.below_mean) for info in seen["random"]]
+  assert draws != loss_phases
+
+
+def test_random_phases_agree_across_pmap_replicas():
+  options = {"steps_per_epoch": 10, "phases": "random", "phase_seed": 4}
+  opt = _momentum_controlled(0.1, 0.95, 0.5, 0.9, axis_name="batch",
+                             **options)
+  assert _replicas_identical(_pmap_train(opt))
+  # Without the shared loss, the draws still keep the replicas together.
+  params, state = _pmap_train(_momentum_controlled(0.1, 0.95, 0.5, 0.9,
+                                                   **options))
+  assert _replicas_identical((params, state.loss_phase.below_mean,
+                              state.controlled_state.hyperparams))

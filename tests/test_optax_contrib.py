@@ -275,7 +275,31 @@ def test_schedule_arguments_are_the_ones_tested_here():
         if _allows_a_schedule(arg.annotation):
           found.add((name, arg.name))
   assert found == {("lcam", "learning_rate"),
-                   ("multi_steps_with_mean_loss", "every_k_schedule")}
+                   ("multi_steps_with_mean_loss", "every_k_schedule"),
+                   ("lcam", "below_probability"),
+                   ("scale_by_lcam", "below_probability"),
+                   ("loss_controlled", "below_probability")}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_below_probability_schedule_equals_its_constant(name):
+  # The placebo rule's probability (phases="random"), in every factory that
+  # takes it: lcam and loss_controlled here, scale_by_lcam through lcam.
+  params, _, objective = _parabola(jnp.float32)
+  results = []
+  for probability in (optax.constant_schedule(0.3), 0.3):
+    opt = OPTIMIZERS[name].make(phases="random",
+                                below_probability=probability)
+    step = jax.jit(_step_fn(opt, objective))
+    p, state = params, opt.init(params)
+    below = []
+    for _ in range(12):
+      p, state = step(p, state)
+      below.append(bool(optax_lcam.loss_control_info(state).below_mean))
+    results.append((p, below))
+  chex.assert_trees_all_close(results[0][0], results[1][0])
+  assert results[0][1] == results[1][1]
+  assert 0 < sum(results[0][1]) < 12  # Both phases occurred.
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -232,6 +232,12 @@ def test_evaluation_is_exact(parallel):
           "optimizer.loss_control": '{"bogus": [1, 2]}'}, "bogus"),
         ({"optimizer.loss_control": '{"momentum": [0.95, 0.9]}'},
          "loss_control is for sgd or adamw"),
+        ({"optimizer.phases": "coin"}, "optimizer.phases='coin'"),
+        ({"optimizer.name": "sgd", "optimizer.phases": "random"},
+         "sgd has none"),
+        ({"optimizer.below_probability": (0.5, 1.5)},
+         r"below_probability=\(0.5, 1.5\) must be one probability"),
+        ({"optimizer.below_probability": ()}, "below_probability"),
     ],
 )
 def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
@@ -393,7 +399,8 @@ def test_loss_controlled_adamw_trains_and_logs_its_phases(tmp_path):
   assert set(np.round(b1s, 6)) <= {0.95, 0.9} and len(b1s) == 4
   # The first step's loss is its epoch's mean: "above", so b1 = 0.9 next.
   assert b1s[0] == pytest.approx(0.9)
-  assert "phase_below_fraction" in records["epoch"][0]
+  assert {"phase_below_fraction", "loss_below_mean_fraction"} <= (
+      records["epoch"][0].keys())
   mu = optax.tree.get(checkpoints.load_state(str(tmp_path))["opt_state"],
                       "mu")
   assert mu is not None
@@ -524,7 +531,8 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
 @pytest.mark.parametrize("argv, message", [
     (["--config.optimizer.bogus=1"],
      r"^--config.optimizer.bogus=1: config.optimizer has no field 'bogus'; "
-     r"its fields are: averaging, b1, b2, beta_above, beta_below, "
+     r"its fields are: averaging, b1, b2, below_probability, beta_above, "
+     r"beta_below, "
      r".*weight_decay\.$"),
     (["--config.nope.x", "1"], r"^--config.nope.x: config has no field "
      r"'nope'; its fields are: batch_size, .*stop_after_steps\.$"),
@@ -653,3 +661,44 @@ def test_evaluate_reads_a_config_json_older_than_its_fields(straight_run,
   assert evaluate.load_config(str(tmp_path)).data.validation_examples == 0
   assert evaluate.main([str(tmp_path)]) == 0
   assert "test_accuracy" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# The placebo rule: optimizer.phases="random".
+
+
+def test_a_loss_rule_run_logs_its_phase_as_the_loss_fraction(straight_run):
+  for record in metric_writers.read_metrics(straight_run)["epoch"]:
+    assert record["loss_below_mean_fraction"] == record["phase_below_fraction"]
+  # Its checkpoints keep the tree of runs before phases="random" existed.
+  assert not [key for key in final_arrays(straight_run)
+              if "loss_below_mean" in key]
+
+
+def test_random_phases_follow_the_epochs_probabilities_and_resume(tmp_path):
+  # Epoch 1 never "below", epoch 2 always: the per-epoch schedule is wired.
+  overrides = {"optimizer.phases": "random",
+               "optimizer.below_probability": (0.0, 1.0),
+               "optimizer.phase_seed": 3, "log_every_steps": 1}
+  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "a"))
+  records = metric_writers.read_metrics(tmp_path / "a")
+  epochs = records["epoch"]
+  assert [r["phase_below_fraction"] for r in epochs] == [0.0, 1.0]
+  # The loss's own phase is logged beside the draws: the first step of an
+  # epoch is never below its mean, so at most 3 of the 4 steps are.
+  for record in epochs:
+    assert record["loss_below_mean_fraction"] in (0.0, 0.25, 0.5, 0.75)
+  betas = [round(r["beta"], 6) for r in records["train"]]
+  assert betas == [0.9] * 4 + [0.95] * 4  # beta_above, then beta_below
+  arrays = final_arrays(tmp_path / "a")
+  assert {"loss_below_mean"} <= {key.split("'")[-2] for key in arrays}
+  # Stopped mid-epoch and resumed: the same arrays and epoch records.
+  train.train_and_evaluate(tiny_config(stop_after_steps=6, **overrides),
+                           str(tmp_path / "b"))
+  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "b"))
+  assert_same_arrays(final_arrays(tmp_path / "b"), arrays)
+  resumed = metric_writers.read_metrics(tmp_path / "b")["epoch"]
+  for record, straight in zip(resumed, epochs, strict=True):
+    for key in ("train_loss", "phase_below_fraction",
+                "loss_below_mean_fraction"):
+      assert record[key] == straight[key], key

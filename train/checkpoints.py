@@ -26,6 +26,7 @@ RESUME_INVARIANT_FIELDS = (
     "seed", "data.source", "data.drop_remainder", "data.validation_examples",
     "batch_size", "model.name",
     "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
+    "optimizer.phases",
 )
 
 

@@ -50,6 +50,7 @@ AXIS_NAME = "batch"
 CHOICES = {
     "parallel": ("pmap", "jit"),
     "optimizer.name": ("lcam", "sgd", "adamw"),
+    "optimizer.phases": optax_lcam.PHASE_MODES,
     "schedule.name": schedules.SCHEDULE_NAMES,
     "on_nonfinite_loss": ("stop", "skip"),
     "distributed.initialize": ("auto", "yes", "no"),
@@ -83,7 +84,9 @@ class TrainState(train_state.TrainState):
     rng: Raw key data of the run's base PRNG key; the key of step ``t`` is
       ``fold_in(rng, t)``, so that a resumed run draws the same numbers.
     epoch_sums: Sums over the current epoch's steps (``loss``, ``below_mean``
-      steps, ``steps``), reset at each epoch start, for the epoch summary.
+      steps, ``steps``; with ``phases="random"`` also ``loss_below_mean``
+      steps, see `epoch_sum_names`), reset at each epoch start, for the
+      epoch summary.
   """
 
   batch_stats: Any
@@ -99,9 +102,22 @@ class TrainState(train_state.TrainState):
                         opt_state=opt_state, **kwargs)
 
 
-def _zero_epoch_sums() -> dict[str, jax.Array]:
-  return {name: jnp.zeros([], jnp.float32)
-          for name in ("loss", "below_mean", "steps")}
+# The sums over an epoch's steps that every run keeps.
+EPOCH_SUMS = ("loss", "below_mean", "steps")
+
+
+def epoch_sum_names(optimizer_config: ml_collections.ConfigDict
+                    ) -> tuple[str, ...]:
+  """The epoch sums of a run: `EPOCH_SUMS`, and with ``phases="random"`` the
+  steps whose loss was below the running mean (otherwise the phase itself,
+  so that the checkpoints of other runs keep their tree)."""
+  if optimizer_config.phases == "random":
+    return EPOCH_SUMS + ("loss_below_mean",)
+  return EPOCH_SUMS
+
+
+def _zero_epoch_sums(names: tuple[str, ...]) -> dict[str, jax.Array]:
+  return {name: jnp.zeros([], jnp.float32) for name in names}
 
 
 # -----------------------------------------------------------------------------
@@ -187,6 +203,42 @@ def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
           for name, (below, above) in parsed.items()}
 
 
+def below_probability_schedule(
+    below_probability: tuple[float, ...],
+    steps_per_epoch: int) -> optax.ScalarOrSchedule:
+  """One probability an epoch as a schedule of the step; one is a constant.
+
+  Epochs past the tuple keep its last value.
+
+  Raises:
+    ValueError: for an empty tuple or a value outside [0, 1].
+
+  Example:
+    >>> schedule = below_probability_schedule((0.5, 0.2), steps_per_epoch=3)
+    >>> [round(float(schedule(step)), 2) for step in range(7)]
+    [0.5, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2]
+  """
+  values = tuple(below_probability)
+  if not values or not all(
+      isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in values):
+    raise ValueError(
+        f"below_probability={below_probability!r} must be one probability "
+        "in [0, 1] an epoch, e.g. (0.5,) for a constant or (0.3, 0.5, 0.7).")
+  if len(values) == 1:
+    return float(values[0])
+  return optax.join_schedules(
+      [optax.constant_schedule(float(v)) for v in values],
+      boundaries=[epoch * steps_per_epoch for epoch in range(1, len(values))])
+
+
+def _phase_options(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> dict[str, Any]:
+  """The phase-rule arguments of `optax_lcam.lcam` and `loss_controlled`."""
+  return {"phases": config.phases, "phase_seed": config.phase_seed,
+          "below_probability": below_probability_schedule(
+              config.below_probability, steps_per_epoch)}
+
+
 def _sgd(learning_rate, momentum, nesterov, weight_decay):
   """SGD with (Nesterov) momentum and coupled weight decay."""
   return optax.chain(optax.add_decayed_weights(weight_decay),
@@ -203,13 +255,16 @@ def create_optimizer(config: ml_collections.ConfigDict,
   decoupled weight decay (``optax.adamw``). With ``config.loss_control`` set,
   the named hyper-parameters of SGD or AdamW take one value after a loss below
   the running mean and another at or above it (`optax_lcam.loss_controlled`,
-  with LCAM's rule options ``averaging``, ``ema_decay``, ``lag`` and
-  ``start_step``). The loss given to the optimizer is already averaged over
+  with LCAM's rule options ``averaging``, ``ema_decay``, ``lag``,
+  ``start_step``, ``phases``, ``below_probability`` (one value an epoch) and
+  ``phase_seed``). The loss given to the optimizer is already averaged over
   all devices by the train step, so the optimizer needs no ``axis_name``.
 
   Raises:
-    ValueError: for a ``loss_control`` that cannot be used.
+    ValueError: for a ``loss_control`` that cannot be used, or
+      ``phases="random"`` without a loss-controlled optimizer.
   """
+  phase_options = _phase_options(config, steps_per_epoch)
   if config.name == "lcam":
     if config.loss_control:
       raise ValueError(
@@ -221,7 +276,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
         weight_decay=config.weight_decay, steps_per_epoch=steps_per_epoch,
         beta_init=config.beta_init, averaging=config.averaging,
         ema_decay=config.ema_decay, lag=config.lag,
-        start_step=config.start_step, nesterov=config.nesterov)
+        start_step=config.start_step, nesterov=config.nesterov,
+        **phase_options)
   if config.name == "sgd":
     factory, arguments = _sgd, {"momentum": config.momentum,
                                 "nesterov": config.nesterov}
@@ -232,6 +288,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
                    weight_decay=config.weight_decay)
   controlled = parse_loss_control(config.loss_control)
   if not controlled:
+    if config.phases != "loss":
+      raise ValueError(
+          f"phases={config.phases!r} draws the phases of a loss-controlled "
+          f"optimizer, and {config.name} has none: use name=lcam, or set "
+          "loss_control.")
     return factory(**arguments)
   return optax_lcam.loss_controlled(
       optax.inject_hyperparams(factory, static_args=("nesterov",))(
@@ -240,7 +301,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
       above={name: above for name, (_, above) in controlled.items()},
       steps_per_epoch=steps_per_epoch, averaging=config.averaging,
       ema_decay=config.ema_decay, lag=config.lag,
-      start_step=config.start_step)
+      start_step=config.start_step, **phase_options)
 
 
 def controlled_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -250,8 +311,12 @@ def controlled_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(parse_loss_control(config.loss_control))
 
 
-def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
-  """Initialises the model and the optimizer (on the host's default device)."""
+def create_train_state(model, tx, image_shape, seed: int,
+                       epoch_sums: tuple[str, ...] = EPOCH_SUMS) -> TrainState:
+  """Initialises the model and the optimizer (on the host's default device).
+
+  ``epoch_sums`` names the sums kept over an epoch (see `epoch_sum_names`).
+  """
   init_key, run_key = jax.random.split(jax.random.key(seed))
 
   @jax.jit
@@ -261,7 +326,8 @@ def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables["batch_stats"],
-        rng=jax.random.key_data(run_key), epoch_sums=_zero_epoch_sums())
+        rng=jax.random.key_data(run_key),
+        epoch_sums=_zero_epoch_sums(epoch_sums))
 
   return init()
 
@@ -337,19 +403,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 
   metrics = {"loss": loss, "learning_rate": step_config.learning_rate(
       state.step)}
-  below_mean = jnp.zeros([], jnp.bool_)
+  below_mean = loss_below_mean = jnp.zeros([], jnp.bool_)
   if step_config.controlled:
     info = optax_lcam.loss_control_info(new_state.opt_state)
-    metrics.update(mean_loss=info.mean_loss, below_mean=info.below_mean)
+    metrics.update(mean_loss=info.mean_loss, below_mean=info.below_mean,
+                   loss_below_mean=info.loss_below_mean)
     metrics.update({name: info.hyperparams[name]
                     for name in step_config.controlled})
-    below_mean = info.below_mean
+    below_mean, loss_below_mean = info.below_mean, info.loss_below_mean
 
   is_finite = jnp.isfinite(loss)
+  step_values = {"loss": loss, "below_mean": below_mean.astype(jnp.float32),
+                 "loss_below_mean": loss_below_mean.astype(jnp.float32),
+                 "steps": jnp.ones([], jnp.float32)}
   new_state = new_state.replace(epoch_sums=_add_to_epoch_sums(
       state, step_config.steps_per_epoch, is_finite,
-      {"loss": loss, "below_mean": below_mean.astype(jnp.float32),
-       "steps": jnp.ones([], jnp.float32)}))
+      {name: step_values[name] for name in state.epoch_sums}))
   if step_config.skip_nonfinite:
     new_state = _drop_update_unless(is_finite, new_state, state)
   return new_state, metrics
@@ -538,7 +607,7 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
       controlled=controlled_names(config.optimizer),
       skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
   state = create_train_state(model, tx, train_split.images.shape[1:],
-                             config.seed)
+                             config.seed, epoch_sum_names(config.optimizer))
   return make_parallel(config.parallel, step_config), state
 
 
@@ -845,7 +914,8 @@ class _PeriodicWork:
         if k in record})
 
   def _train_record(self, step: int, values: dict) -> dict[str, float]:
-    record = {k: float(v) for k, v in values.items() if k != "below_mean"}
+    record = {k: float(v) for k, v in values.items()
+              if k not in ("below_mean", "loss_below_mean")}
     record["epoch"] = step / self.run.steps_per_epoch
     images_per_sec = self.throughput.images_per_sec(step)
     if images_per_sec is not None:  # Not at the epoch's first step.
@@ -859,10 +929,13 @@ class _PeriodicWork:
     sums = jax.device_get(state.epoch_sums)
     num_steps = max(float(sums["steps"]), 1.0)
     below = float(sums["below_mean"]) / num_steps
+    # Without phases="random" the phase is whether the loss was below.
+    loss_below = float(sums.get("loss_below_mean", sums["below_mean"]))
     record = {"epoch": epoch, "train_loss": float(sums["loss"]) / num_steps,
               "epoch_time_s": time.perf_counter() - self.epoch_start}
     if controlled_names(config.optimizer):
-      record.update(phase_below_fraction=below, phase_above_fraction=1 - below)
+      record.update(phase_below_fraction=below, phase_above_fraction=1 - below,
+                    loss_below_mean_fraction=loss_below / num_steps)
     every = config.eval_every_epochs
     if every and (epoch % every == 0 or step == run.total_steps):
       for prefix, split in (("val", run.validation_split),
