@@ -76,6 +76,8 @@ def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
                 "epoch_time_s": time_s}
       if optimizer == "lcam" or loss_control:
         record["phase_below_fraction"] = 0.5
+      if optimizer == "lcam-random":  # The placebo: draws, and the loss.
+        record.update(phase_below_fraction=0.3, loss_below_mean_fraction=0.6)
       f.write(json.dumps(record) + "\n")
 
 
@@ -508,3 +510,20 @@ def test_power_plan_pools_the_spread_and_takes_the_larger_count(tmp_path,
                          "--arms", "nope"]) == 1
   assert study_lib.main(["power", str(tmp_path), "--margin", "-1"]) == 1
   assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_placebo_arms_show_draws_and_loss_fractions_apart(tmp_path):
+  for seed in range(3):
+    _fake_run(tmp_path, "lcam", seed, [0.5, 0.6], optimizer="lcam")
+    _fake_run(tmp_path, "placebo", seed, [0.5, 0.6], optimizer="lcam-random")
+  study_lib.save_study(_study(arms={"lcam": {}, "placebo": {}},
+                              seeds=[0, 1, 2], baseline="lcam"),
+                       str(tmp_path))
+  markdown = study_lib.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  placebo = summary["arms"]["placebo"]
+  assert placebo["phase_below_fraction"]["mean"] == pytest.approx(0.3)
+  assert placebo["loss_below_mean_fraction"]["mean"] == pytest.approx(0.6)
+  assert "loss_below_mean_fraction" not in summary["arms"]["lcam"]
+  assert "| steps in below phase | loss below mean |" in markdown
+  assert "| 0.300 ± 0.000 | 0.600 ± 0.000 |" in markdown

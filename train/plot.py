@@ -583,7 +583,7 @@ _PANELS = (
      lambda accuracy: 100.0 * (1.0 - accuracy), False),
     ("train_loss", "Training loss", "mean training loss (log)",
      lambda loss: loss, True),
-    ("phase_below_fraction", "Loss below running mean",
+    ("phase_below_fraction", "Steps in the below phase",
      "fraction of steps per epoch", lambda fraction: fraction, False),
 )
 

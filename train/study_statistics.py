@@ -163,8 +163,11 @@ def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
                    metric: str = "test_accuracy") -> dict[str, Any]:
   """The statistics of one arm's finished runs, on the epoch field ``metric``.
 
-  Runs that recorded the fraction of steps with a loss below the running
-  mean (every loss-controlled optimizer does) also get its mean over epochs.
+  Runs of a loss-controlled optimizer also get the mean over epochs of the
+  fraction of steps in the "below" phase (``phase_below_fraction``), and,
+  where recorded, of steps whose loss was below the running mean
+  (``loss_below_mean_fraction``): the same under the loss rule, different
+  under ``phases="random"``.
   """
   statistics = {
       "n": len(runs),
@@ -180,11 +183,11 @@ def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
       "wall_time_s": float(np.mean([_wall_time_s(r) for r in runs]))
                      if runs else None,
   }
-  fractions = [_finite_mean(r.curve("phase_below_fraction")[1])
-               for r in runs]
-  if runs and np.isfinite(fractions).all():
-    statistics["phase_below_fraction"] = {
-        k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
+  for field in ("phase_below_fraction", "loss_below_mean_fraction"):
+    fractions = [_finite_mean(r.curve(field)[1]) for r in runs]
+    if runs and np.isfinite(fractions).all():
+      statistics[field] = {
+          k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
   statistics["provenance"] = provenance(runs)
   return statistics
 
@@ -510,21 +513,30 @@ def _metric_label(metric: str) -> str:
 def _arms_table(summary: dict[str, Any]) -> list[str]:
   metric, targets = summary["metric"], summary["targets"]
   label = _metric_label(metric)
+  # Steps in the "below" phase; where recorded, also the steps whose loss was
+  # below the running mean (they differ under phases="random").
+  fractions = ["phase_below_fraction"] + [
+      "loss_below_mean_fraction" for _ in range(1) if any(
+          "loss_below_mean_fraction" in s for s in summary["arms"].values())]
+  headers = {"phase_below_fraction": "steps in below phase",
+             "loss_below_mean_fraction": "loss below mean"}
   lines = [
       f"| arm | n | final {label} % (mean ± std) | 95% CI | best {label} %"
       " | " + " | ".join(f"epochs to {_percent(t, 0)}%" for t in targets)
-      + " | final train loss | steps below mean | wall time / run |",
-      "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|---:|---:|"]
+      + " | final train loss | "
+      + "".join(f"{headers[f]} | " for f in fractions) + "wall time / run |",
+      "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|"
+      + "---:|" * len(fractions) + "---:|"]
   for arm, s in summary["arms"].items():
     reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
-    below = s.get("phase_below_fraction")
     lines.append(
         f"| {arm} | {s['n']} | {_mean_std_text(s[f'final_{metric}'])} | "
         f"{_interval_text(s[f'final_{metric}']['ci95'])} | "
         f"{_mean_std_text(s[f'best_{metric}'])} | "
         + "".join(f"{text} | " for text in reach)
         + f"{_mean_std_text(s['final_train_loss'], 1.0, 4)} | "
-        + (f"{_mean_std_text(below, 1.0, 3)} | " if below else "– | ")
+        + "".join(f"{_mean_std_text(s[f], 1.0, 3)} | " if s.get(f) else "– | "
+                  for f in fractions)
         + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
            "– |"))
   return lines
