@@ -341,6 +341,59 @@ def test_two_processes_agree_with_one(straight_run, tmp_path):
   assert len(metric_writers.read_metrics(tmp_path)["epoch"]) == 2
 
 
+# What `srun --ntasks=2` on one node sets (JAX's SLURM detection reads these).
+_SLURM_STEP = {"SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+               "SLURM_STEP_NUM_NODES": "1"}
+
+
+def _slurm_job_id_with_a_free_port() -> int:
+  """A job id whose coordinator port (JAX: 61440 + id mod 4096) is free."""
+  for job_id in np.random.default_rng().permutation(4096):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", 61440 + int(job_id)))
+      except OSError:
+        continue
+    return int(job_id) + 4096
+  raise RuntimeError("No free port in 61440-65535.")
+
+
+def test_jax_cluster_detection_is_asked(monkeypatch):
+  for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID",
+               "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
+    monkeypatch.delenv(name, raising=False)
+  assert train.detected_cluster() is None
+  for name, value in dict(_SLURM_STEP, SLURM_JOB_ID="7", SLURM_PROCID="1",
+                          SLURM_LOCALID="1").items():
+    monkeypatch.setenv(name, value)
+  assert train.detected_cluster() == ("slurm", 2)
+
+
+def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
+  # No coordinator flag: "auto" must ask JAX's cluster detection.
+  env = dict(_cli_env(devices=4), **_SLURM_STEP,
+             SLURM_JOB_ID=str(_slurm_job_id_with_a_free_port()))
+  command = _train_command(tmp_path, "--config.num_epochs=1")
+  processes = [subprocess.Popen(
+      command, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  # Only process 0 writes: one run record, one record of the epoch.
+  runs = [r for r in records if r["kind"] == "run"]
+  assert len(runs) == 1, runs
+  assert (runs[0]["processes"], runs[0]["devices"]) == (2, 8)
+  assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
+
+
 # -----------------------------------------------------------------------------
 # Regression tests.
 

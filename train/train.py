@@ -538,16 +538,54 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
   return make_parallel(config.parallel, step_config), state
 
 
+def detected_cluster() -> tuple[str, int] | None:
+  """The cluster JAX's own detection finds, and its process count.
+
+  These are the environments (SLURM, Open MPI, Cloud TPU, Kubernetes, in
+  JAX's order) that ``jax.distributed.initialize()`` reads its arguments from
+  when it is given none. JAX has no public way to ask without initializing,
+  so this asks the same ``ClusterEnv`` classes that it does
+  (``jax._src.clusters``, stable since 2022). Opt-in methods (mpi4py) are
+  left out, as JAX leaves them out.
+
+  Returns:
+    ``(name, process count)`` of the first environment present, or None.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    environments = clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    logging.warning("This JAX version does not expose its cluster detection: "
+                    "set --config.distributed.initialize=yes for a "
+                    "multi-process run.")
+    return None
+  for environment in environments:
+    if not environment.opt_in_only_method and environment.is_env_present():
+      return environment.name, environment.get_process_count()
+  return None
+
+
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Calls `jax.distributed.initialize` when the config or environment asks.
 
-  Must run before JAX touches a device.
+  With ``initialize="auto"`` the environment asks with a coordinator address
+  (in the config or ``JAX_COORDINATOR_ADDRESS``), or with a cluster of more
+  than one process that JAX detects (`detected_cluster`): a SLURM step of
+  several tasks, an Open MPI job, a multi-host TPU slice. A cluster of one
+  process (``sbatch`` with one task) needs no initialization. Must run before
+  JAX touches a device.
   """
+  if config.initialize == "no":
+    return
   coordinator = (config.coordinator_address
                  or os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  if config.initialize == "no" or (config.initialize == "auto"
-                                   and not coordinator):
-    return
+  if config.initialize == "auto" and not coordinator:
+    cluster = detected_cluster()
+    if cluster is None or cluster[1] < 2:
+      return
+    logging.info("Joining the %d processes of the %s cluster that JAX "
+                 "detects (--config.distributed.initialize=no runs alone).",
+                 cluster[1], cluster[0])
   kwargs = {"coordinator_address": coordinator,
             "num_processes": config.num_processes,
             "process_id": config.process_id}
