@@ -29,6 +29,7 @@ from train import main
 from train import metric_writers
 from train import plot
 from train import train
+from train import workdir_lock
 from train.configs import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -540,6 +541,50 @@ def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes(
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete" in again.stderr and "Resuming" not in again.stderr
+
+
+def _files(folder) -> dict[str, tuple[int, int]]:
+  """Each file under ``folder``: its size and time of change."""
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_a_workdir_has_one_holder_at_a_time(tmp_path):
+  with workdir_lock.hold(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirBusyError,
+                       match=f"the workdir {tmp_path} is in use by another "
+                       f"run \\(pid {os.getpid()} on "):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+  with workdir_lock.hold(str(tmp_path)):  # Released at the end of the first.
+    pass
+
+
+def test_a_second_run_on_a_live_workdir_stops_and_a_killed_one_blocks_none(
+    tmp_path):
+  command = _train_command(tmp_path, "--config.num_epochs=1")
+  first = subprocess.Popen(command, env=_cli_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in first.stdout:
+      if "Starting at step 0" in line:  # It holds the workdir: keep it so.
+        first.send_signal(signal.SIGSTOP)
+        break
+    before = _files(tmp_path)
+    second = subprocess.run(command, env=_cli_env(), capture_output=True,
+                            text=True, timeout=300)
+  finally:
+    first.kill()  # SIGKILL: the lock is left to the kernel to release.
+    first.communicate(timeout=60)
+  assert second.returncode == 1
+  assert second.stderr.startswith(f"error: the workdir {tmp_path} is in use "
+                                  f"by another run (pid {first.pid} on ")
+  assert len(second.stderr.splitlines()) == 1, second.stderr
+  assert _files(tmp_path) == before  # The second wrote nothing.
+  third = subprocess.run(command, env=_cli_env(), capture_output=True,
+                         text=True, timeout=300)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "is in use" not in third.stderr
 
 
 def test_evaluate_command_prints_the_exact_test_metrics(straight_run, capsys):

@@ -43,6 +43,7 @@ from train import data
 from train import metric_writers
 from train import periodic
 from train import schedules
+from train import workdir_lock
 
 AXIS_NAME = "batch"
 # The config fields with a fixed set of values, and those values.
@@ -683,6 +684,35 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
              checkpointer), state, meta
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """Holds ``workdir`` for one run: its lock (`train.workdir_lock`).
+
+  The processes of a multi-process run share their workdir, so process 0
+  holds the lock for all of them, and all of them stop when it is busy.
+  Without `jax.distributed` this runs before JAX touches a device.
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another run holds ``workdir``.
+  """
+  distributed = jax.distributed.is_initialized()
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if not distributed or jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lock.hold(workdir))
+      except workdir_lock.WorkdirBusyError as e:
+        busy = e
+    if distributed and jax.process_count() > 1 and np.any(
+        multihost_utils.process_allgather(np.int32(busy is not None))):
+      busy = busy or workdir_lock.WorkdirBusyError(
+          f"the workdir {workdir} is in use by another run (found by "
+          "process 0).")
+    if busy:
+      raise busy
+    yield
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
   """Trains (or resumes training) per ``config``, writing into ``workdir``.
@@ -691,7 +721,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoints; re-running on the same workdir resumes from the latest
   checkpoint with the same remaining batches, and does nothing when the run
   is complete. SIGINT (Ctrl-C) or SIGTERM stops training after the step in
-  flight, with a checkpoint of that step.
+  flight, with a checkpoint of that step. One run at a time holds the
+  workdir (`hold_workdir`).
 
   Args:
     config: A training config (see ``train/configs/default.py``).
@@ -703,12 +734,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     TrainingInterrupted: after a signal, once the checkpoint is saved.
     NonFiniteLossError: with ``on_nonfinite_loss="stop"``.
+    workdir_lock.WorkdirBusyError: another run holds ``workdir``.
   """
   validate_config(config)
   maybe_initialize_distributed(config.distributed)
   run_start = time.perf_counter()
-  check_batch_sizes(config, jax.device_count())
-  with periodic.StopOnSignals() as stop:
+  with hold_workdir(workdir), periodic.StopOnSignals() as stop:
+    check_batch_sizes(config, jax.device_count())
     run, state, meta = build_run(config, workdir)
     try:
       return _train(run, state, meta, stop, run_start)
