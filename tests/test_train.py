@@ -370,6 +370,25 @@ def test_jax_cluster_detection_is_asked(monkeypatch):
   assert train.detected_cluster() == ("slurm", 2)
 
 
+def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
+  from jax._src import clusters  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [])
+
+  class HalfThere(clusters.ClusterEnv):  # A Kubernetes pod outside a Job.
+    name = "half"
+
+    @classmethod
+    def is_env_present(cls):
+      return True
+
+    @classmethod
+    def get_process_count(cls):
+      raise RuntimeError("no Job")
+
+  assert clusters.ClusterEnv._cluster_types == [HalfThere]
+  assert train.detected_cluster() is None
+
+
 def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
   # No coordinator flag: "auto" must ask JAX's cluster detection.
   env = dict(_cli_env(devices=4), **_SLURM_STEP,

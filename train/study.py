@@ -26,6 +26,7 @@ other scheduler. ``summarize`` reads the runs and writes ``summary.md``,
 """
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import importlib.util
@@ -497,7 +498,8 @@ class _Pool:
     """Kills every run at once (each in its own process group)."""
     for process, _ in list(self.running.values()):
       if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(process.pid, signal.SIGKILL)
 
   def reap(self, queue: list[RunStatus], stopping: bool) -> None:
     """Records the runs that ended; queues failed ones again while allowed."""

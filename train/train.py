@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -561,8 +562,18 @@ def detected_cluster() -> tuple[str, int] | None:
                     "multi-process run.")
     return None
   for environment in environments:
-    if not environment.opt_in_only_method and environment.is_env_present():
+    try:
+      with warnings.catch_warnings():  # Kubernetes without its package.
+        warnings.simplefilter("ignore")
+        if environment.opt_in_only_method or not environment.is_env_present():
+          continue
       return environment.name, environment.get_process_count()
+    except Exception as e:  # pylint: disable=broad-except
+      # Half there, e.g. a Kubernetes pod outside a Job.
+      logging.warning("JAX's %s cluster detection failed (%s): running alone "
+                      "(--config.distributed.initialize=yes to join).",
+                      environment.name, e)
+      return None
   return None
 
 
