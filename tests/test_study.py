@@ -163,9 +163,16 @@ def test_runs_that_share_a_gpu_share_its_memory():
              study_lib.child_environment(s, {}) for s in alone)
 
 
-def test_a_tpu_host_runs_one_run_at_a_time():
+def test_a_tpu_host_runs_one_run_at_a_time(monkeypatch):
   assert study_lib.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
       {"cores": [0, 1, 2]}]
+  # The TPU is found as JAX finds it (a JAX upgrade that moves this fails).
+  from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+  for chips, has_tpu in ((4, True), (0, False)):
+    monkeypatch.setattr(hardware_utils,
+                        "num_available_tpu_chips_and_device_id",
+                        lambda chips=chips: (chips, None))
+    assert study_lib.host_has_tpu() is has_tpu
 
 
 def test_statistics_equal_scipy(tmp_path):
