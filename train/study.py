@@ -253,7 +253,7 @@ def read_study(workdir: str) -> ml_collections.ConfigDict:
 
 
 def visible_gpus(environ=os.environ) -> list[str]:
-  """The GPUs this process may use, named as ``CUDA_VISIBLE_DEVICES`` names them.
+  """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them.
 
   Without ``CUDA_VISIBLE_DEVICES``, ``"0"`` to ``"n-1"`` for the n GPUs that
   ``nvidia-smi`` lists (none without it). With it, its entries as CUDA reads

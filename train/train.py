@@ -555,7 +555,8 @@ def detected_cluster() -> tuple[str, int] | None:
   """
   try:
     from jax._src import clusters  # pylint: disable=g-import-not-at-top
-    environments = clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    environments = clusters.ClusterEnv._cluster_types
   except (ImportError, AttributeError):
     logging.warning("This JAX version does not expose its cluster detection: "
                     "set --config.distributed.initialize=yes for a "
