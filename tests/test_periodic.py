@@ -4,6 +4,8 @@ import io
 import os
 import signal
 
+import pytest
+
 from train import periodic
 
 
@@ -32,16 +34,24 @@ def test_disabled_progress_prints_nothing():
   assert not stream.getvalue()
 
 
-def test_a_signal_is_recorded_and_a_second_one_acts_as_before():
-  previous = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_a_repeated_sigterm_changes_nothing_and_a_second_ctrl_c_interrupts(
+    first):
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   received = []
-  signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  for signum in previous:
+    signal.signal(signum, lambda signum, frame: received.append(signum))
   try:
     with periodic.StopOnSignals() as stop:
       assert stop.signum is None
-      os.kill(os.getpid(), signal.SIGTERM)
-      assert stop.signum == signal.SIGTERM and not received
-      os.kill(os.getpid(), signal.SIGTERM)  # The handler before takes it.
-      assert received == [signal.SIGTERM]
+      os.kill(os.getpid(), first)
+      assert stop.signum == first and not received
+      os.kill(os.getpid(), signal.SIGTERM)  # A batch system's second word.
+      assert stop.signum == first and not received
+      os.kill(os.getpid(), signal.SIGINT)  # The handler before takes it.
+      assert received == [signal.SIGINT]
+    os.kill(os.getpid(), signal.SIGTERM)  # Both handlers are back.
+    assert received == [signal.SIGINT, signal.SIGTERM]
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)

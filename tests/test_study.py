@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from train import study as study_lib
+from train import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(
@@ -147,11 +148,50 @@ def test_eta_is_remaining_epochs_times_median_epoch_time(tmp_path):
 
 
 def test_worker_shares_split_cores_or_gpus():
-  assert study_lib.worker_shares(1, [0, 1], gpus=0) == [{"cores": [0, 1]}]
-  assert study_lib.worker_shares(2, [0, 1], gpus=0) == [
+  assert study_lib.worker_shares(1, [0, 1], gpus=[]) == [{"cores": [0, 1]}]
+  assert study_lib.worker_shares(2, [0, 1], gpus=[]) == [
       {"cores": [0]}, {"cores": [1]}]
-  assert study_lib.worker_shares(2, [0, 1], gpus=4) == [{"gpu": 0},
-                                                         {"gpu": 1}]
+  assert study_lib.worker_shares(2, [0, 1], gpus=["0", "1", "2", "3"]) == [
+      {"gpu": "0"}, {"gpu": "1"}]
+
+
+@pytest.mark.parametrize("visible, gpus", [
+    ("2,3", ["2", "3"]), ("-1", []), ("", []), ("3,-1,1", ["3"]),
+    ("MIG-1a2b, GPU-9f", ["MIG-1a2b", "GPU-9f"])])
+def test_gpu_shares_are_the_parents_visible_gpus(visible, gpus):
+  assert study_lib.visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
+  shares = study_lib.worker_shares(len(gpus) or 1, [0, 1], gpus=gpus)
+  children = [study_lib.child_environment(share, {"CUDA_VISIBLE_DEVICES":
+                                                  visible})
+              for share in shares]
+  if gpus:
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in children] == gpus
+  else:  # No GPU: the runs split the cores and keep what the parent had.
+    assert children == [{"CUDA_VISIBLE_DEVICES": visible}]
+
+
+def test_runs_that_share_a_gpu_share_its_memory():
+  shares = study_lib.worker_shares(5, [0], gpus=["2", "3"],
+                                   memory_fraction=0.9)
+  assert [s["gpu"] for s in shares] == ["2", "3", "2", "3", "2"]
+  fractions = [float(study_lib.child_environment(s, {}).get(
+      "XLA_PYTHON_CLIENT_MEM_FRACTION", "nan")) for s in shares]
+  np.testing.assert_allclose(fractions, [0.3, 0.45, 0.3, 0.45, 0.3])
+  alone = study_lib.worker_shares(2, [0], gpus=["2", "3"])
+  assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in
+             study_lib.child_environment(s, {}) for s in alone)
+
+
+def test_a_tpu_host_runs_one_run_at_a_time(monkeypatch):
+  assert study_lib.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
+      {"cores": [0, 1, 2]}]
+  # The TPU is found as JAX finds it (a JAX upgrade that moves this fails).
+  from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+  for chips, has_tpu in ((4, True), (0, False)):
+    monkeypatch.setattr(hardware_utils,
+                        "num_available_tpu_chips_and_device_id",
+                        lambda chips=chips: (chips, None))
+    assert study_lib.host_has_tpu() is has_tpu
 
 
 def test_statistics_equal_scipy(tmp_path):
@@ -415,6 +455,19 @@ def _run_records(workdir, arm, seed):
     return [json.loads(line) for line in f if '"kind": "run"' in line]
 
 
+def _wait_until_no_run_holds_its_workdir(workdir):
+  deadline = time.time() + 300
+  for lock in glob.glob(os.path.join(workdir, "*", "*",
+                                     workdir_lock.LOCK_FILENAME)):
+    while True:
+      try:
+        with workdir_lock.hold(os.path.dirname(lock)):
+          break
+      except workdir_lock.WorkdirBusyError:
+        assert time.time() < deadline
+        time.sleep(0.2)
+
+
 def test_tiny_study_end_to_end(tmp_path):
   study_file = tmp_path / "tiny_study.py"
   study_file.write_text(TINY_STUDY)
@@ -430,6 +483,7 @@ def test_tiny_study_end_to_end(tmp_path):
     time.sleep(0.5)
   os.killpg(process.pid, signal.SIGKILL)
   process.wait()
+  _wait_until_no_run_holds_its_workdir(workdir)  # The next one got SIGTERM.
   assert os.path.isdir(first) and len(_run_records(workdir, "lcam-0.95/0.9",
                                                    0)) == 1
 
@@ -527,3 +581,128 @@ def test_placebo_arms_show_draws_and_loss_fractions_apart(tmp_path):
   assert "loss_below_mean_fraction" not in summary["arms"]["lcam"]
   assert "| steps in below phase | loss below mean |" in markdown
   assert "| 0.300 ± 0.000 | 0.600 ± 0.000 |" in markdown
+
+
+# A stand-in for `python -m train` that saves slowly. Like a run, it takes
+# the first SIGINT or SIGTERM as a request to stop and save; like a run
+# before `train.periodic.StopOnSignals` kept SIGTERM, a second signal kills
+# it while it saves.
+FAKE_RUN = """
+import json, os, signal, sys, time
+path, save_s = sys.argv[1], float(sys.argv[2])
+signals = []
+def on_signal(signum, frame):
+  signals.append(signum)
+  with open(os.path.join(path, "signals"), "a") as f:
+    f.write(f"{signum}\\n")
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, signal.SIG_DFL)
+for s in (signal.SIGINT, signal.SIGTERM):
+  signal.signal(s, on_signal)
+with open(os.path.join(path, "started.json"), "w") as f:
+  json.dump({"argv": sys.argv, "session": os.getsid(0) == os.getpid(),
+             "SLURM_NTASKS": os.environ.get("SLURM_NTASKS")}, f)
+end = time.time() + 300  # Left behind by a failed test, it still ends.
+while not signals and time.time() < end:
+  time.sleep(0.05)
+time.sleep(min(save_s, max(end - time.time(), 0)))
+open(os.path.join(path, "saved"), "w").close()
+sys.exit(128 + signals[0])
+"""
+
+# Runs a study of two arms whose runs are FAKE_RUN, two at a time.
+STUDY_DRIVER = """
+import sys
+import ml_collections
+from train import study
+fake_run, save_s, workdir = sys.argv[1:]
+study.train_command = lambda s, w, arm, seed: [
+    sys.executable, fake_run, study.run_dir(w, arm, seed), save_s]
+definition = ml_collections.ConfigDict({
+    "config": "train/configs/tiny.py", "arms": {"a": {}, "b": {}},
+    "seeds": [0], "baseline": "a"})
+study.run_study(definition, workdir, workers=2, poll_s=0.2)
+"""
+
+
+def _start_fake_study(tmp_path, save_s):
+  """The driver, in its own process group as a shell's foreground job is;
+  returns it and its two runs' folders once both runs wait for a signal."""
+  (tmp_path / "fake_run.py").write_text(FAKE_RUN)
+  (tmp_path / "driver.py").write_text(STUDY_DRIVER)
+  workdir = tmp_path / "study"
+  driver = subprocess.Popen(
+      [sys.executable, str(tmp_path / "driver.py"), str(tmp_path /
+                                                        "fake_run.py"),
+       str(save_s), str(workdir)], cwd=REPO, start_new_session=True,
+      env=dict(os.environ, SLURM_NTASKS="2", PYTHONPATH=REPO),
+      stderr=subprocess.PIPE,
+      text=True)
+  runs = [study_lib.run_dir(str(workdir), arm, 0) for arm in ("a", "b")]
+  deadline = time.time() + 120
+  while not all(os.path.exists(os.path.join(r, "started.json"))
+                for r in runs):
+    assert time.time() < deadline and driver.poll() is None, (
+        driver.communicate()[1])
+    time.sleep(0.1)
+  return driver, runs
+
+
+def _wait_for_signals(runs):
+  deadline = time.time() + 60
+  while not all(os.path.exists(os.path.join(r, "signals")) for r in runs):
+    assert time.time() < deadline
+    time.sleep(0.05)
+
+
+def test_ctrl_c_asks_each_run_once_and_the_study_waits_for_its_save(
+    tmp_path):
+  driver, runs = _start_fake_study(tmp_path, save_s=3)
+  try:
+    os.killpg(driver.pid, signal.SIGINT)  # What Ctrl-C at a shell does.
+    _wait_for_signals(runs)
+    stderr = driver.communicate(timeout=120)[1]
+  finally:
+    driver.kill()
+  assert driver.returncode == 0, stderr
+  for run in runs:
+    with open(os.path.join(run, "signals")) as f:
+      assert f.read().split() == [str(int(signal.SIGTERM))]
+    assert os.path.exists(os.path.join(run, "saved"))  # Not killed.
+    with open(os.path.join(run, "started.json")) as f:
+      started = json.load(f)
+    assert started["session"]  # The terminal's signals do not reach it.
+    assert started["argv"][-1] == "--config.distributed.initialize=no"
+    assert started["SLURM_NTASKS"] == "2"  # Inherited, and so ignored.
+  assert "study: stopping; each run saves a checkpoint" in stderr
+
+
+def test_a_second_ctrl_c_kills_the_runs(tmp_path):
+  driver, runs = _start_fake_study(tmp_path, save_s=300)
+  try:
+    os.killpg(driver.pid, signal.SIGINT)
+    _wait_for_signals(runs)  # Each run is saving.
+    os.killpg(driver.pid, signal.SIGINT)
+    stderr = driver.communicate(timeout=120)[1]
+  finally:
+    driver.kill()
+  assert driver.returncode == 0, stderr
+  assert "study: killing the runs" in stderr
+  assert not any(os.path.exists(os.path.join(r, "saved")) for r in runs)
+
+
+def test_runs_of_a_killed_study_stop_and_save(tmp_path):
+  driver, runs = _start_fake_study(tmp_path, save_s=1)
+  try:
+    os.kill(driver.pid, signal.SIGKILL)  # Not its runs: they have sessions.
+    driver.communicate(timeout=60)
+    _wait_for_signals(runs)
+  finally:
+    driver.kill()
+  for run in runs:
+    with open(os.path.join(run, "signals")) as f:
+      assert f.read().split() == [str(int(signal.SIGTERM))]
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(run, "saved")):
+      assert time.time() < deadline
+      time.sleep(0.05)

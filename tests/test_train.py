@@ -30,6 +30,7 @@ from train import metric_writers
 from train import plot
 from train import provenance
 from train import train
+from train import workdir_lock
 from train.configs import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,6 +349,78 @@ def test_two_processes_agree_with_one(straight_run, tmp_path):
   assert len(metric_writers.read_metrics(tmp_path)["epoch"]) == 2
 
 
+# What `srun --ntasks=2` on one node sets (JAX's SLURM detection reads these).
+_SLURM_STEP = {"SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+               "SLURM_STEP_NUM_NODES": "1"}
+
+
+def _slurm_job_id_with_a_free_port() -> int:
+  """A job id whose coordinator port (JAX: 61440 + id mod 4096) is free."""
+  for job_id in np.random.default_rng().permutation(4096):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", 61440 + int(job_id)))
+      except OSError:
+        continue
+    return int(job_id) + 4096
+  raise RuntimeError("No free port in 61440-65535.")
+
+
+def test_jax_cluster_detection_is_asked(monkeypatch):
+  for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID",
+               "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
+    monkeypatch.delenv(name, raising=False)
+  assert train.detected_cluster() is None
+  for name, value in dict(_SLURM_STEP, SLURM_JOB_ID="7", SLURM_PROCID="1",
+                          SLURM_LOCALID="1").items():
+    monkeypatch.setenv(name, value)
+  assert train.detected_cluster() == ("slurm", 2)
+
+
+def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
+  from jax._src import clusters  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [])
+
+  class HalfThere(clusters.ClusterEnv):  # A Kubernetes pod outside a Job.
+    name = "half"
+
+    @classmethod
+    def is_env_present(cls):
+      return True
+
+    @classmethod
+    def get_process_count(cls):
+      raise RuntimeError("no Job")
+
+  assert clusters.ClusterEnv._cluster_types == [HalfThere]
+  assert train.detected_cluster() is None
+
+
+def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
+  # No coordinator flag: "auto" must ask JAX's cluster detection.
+  env = dict(_cli_env(devices=4), **_SLURM_STEP,
+             SLURM_JOB_ID=str(_slurm_job_id_with_a_free_port()))
+  command = _train_command(tmp_path, "--config.num_epochs=1")
+  processes = [subprocess.Popen(
+      command, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+  with open(tmp_path / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  # Only process 0 writes: one run record, one record of the epoch.
+  runs = [r for r in records if r["kind"] == "run"]
+  assert len(runs) == 1, runs
+  assert (runs[0]["processes"], runs[0]["devices"]) == (2, 8)
+  assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
+
+
 # -----------------------------------------------------------------------------
 # Regression tests.
 
@@ -495,6 +568,50 @@ def test_a_signal_saves_a_checkpoint_and_the_same_command_resumes(
                            text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete" in again.stderr and "Resuming" not in again.stderr
+
+
+def _files(folder) -> dict[str, tuple[int, int]]:
+  """Each file under ``folder``: its size and time of change."""
+  return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_a_workdir_has_one_holder_at_a_time(tmp_path):
+  with workdir_lock.hold(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirBusyError,
+                       match=f"the workdir {tmp_path} is in use by another "
+                       f"run \\(pid {os.getpid()} on "):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+  with workdir_lock.hold(str(tmp_path)):  # Released at the end of the first.
+    pass
+
+
+def test_a_second_run_on_a_live_workdir_stops_and_a_killed_one_blocks_none(
+    tmp_path):
+  command = _train_command(tmp_path, "--config.num_epochs=1")
+  first = subprocess.Popen(command, env=_cli_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in first.stdout:
+      if "Starting at step 0" in line:  # It holds the workdir: keep it so.
+        first.send_signal(signal.SIGSTOP)
+        break
+    before = _files(tmp_path)
+    second = subprocess.run(command, env=_cli_env(), capture_output=True,
+                            text=True, timeout=300)
+  finally:
+    first.kill()  # SIGKILL: the lock is left to the kernel to release.
+    first.communicate(timeout=60)
+  assert second.returncode == 1
+  assert second.stderr.startswith(f"error: the workdir {tmp_path} is in use "
+                                  f"by another run (pid {first.pid} on ")
+  assert len(second.stderr.splitlines()) == 1, second.stderr
+  assert _files(tmp_path) == before  # The second wrote nothing.
+  third = subprocess.run(command, env=_cli_env(), capture_output=True,
+                         text=True, timeout=300)
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "is in use" not in third.stderr
 
 
 def test_evaluate_command_prints_the_exact_test_metrics(straight_run, capsys):

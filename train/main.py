@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from train import checkpoints
 from train import data
 from train import train
+from train import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; "
@@ -31,7 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that come from the user's input: one line, no traceback.
 USER_ERRORS = (train.ConfigError, data.DataError, FileNotFoundError,
                checkpoints.IncompatibleCheckpointError,
-               train.NonFiniteLossError)
+               train.NonFiniteLossError, workdir_lock.WorkdirBusyError)
 
 
 def _quiet(record) -> bool:

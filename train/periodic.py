@@ -106,9 +106,12 @@ class StopOnSignals:
   """A context in which SIGINT and SIGTERM ask the loop to stop.
 
   The first signal sets `signum`; the loop stops after the step in flight,
-  saves a checkpoint and raises. The handlers before the context come back
-  at once, so a second Ctrl-C interrupts at once. Outside the main thread
-  (where Python cannot handle signals) the context does nothing.
+  saves a checkpoint and raises. Then SIGINT's handler before the context
+  comes back, so a second Ctrl-C interrupts at once. A repeated SIGTERM
+  changes nothing: a batch system, or `train.study` on behalf of a batch
+  system, may send it more than once, and it must not kill a run that is
+  saving its checkpoint. Outside the main thread (where Python cannot handle
+  signals) the context does nothing.
   """
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -125,13 +128,14 @@ class StopOnSignals:
 
   def _handle(self, signum, frame) -> None:
     del frame
-    self.signum = signum
-    self._restore()
+    self.signum = self.signum or signum
+    self._restore(signal.SIGINT)
 
-  def _restore(self) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous = {}
+  def _restore(self, *signums: int) -> None:
+    """Gives ``signums`` (all by default) their handlers before the context."""
+    for signum in signums or list(self._previous):
+      if signum in self._previous:
+        signal.signal(signum, self._previous.pop(signum))
 
   def __exit__(self, *exc_info) -> None:
     self._restore()

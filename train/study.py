@@ -37,6 +37,8 @@ other scheduler. ``summarize`` reads the runs and writes ``summary.md``,
 """
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
 import importlib.util
 import json
@@ -301,53 +303,149 @@ def read_study(workdir: str) -> ml_collections.ConfigDict:
 # Running: a local pool of N processes.
 
 
-def gpu_count() -> int:
-  """The GPUs this host has, without starting JAX (0 without nvidia-smi)."""
-  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return len([d for d in visible.split(",") if d.strip()])
-  try:
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
-                            text=True, timeout=30, check=False).stdout
-  except (OSError, subprocess.TimeoutExpired):
-    return 0
-  return sum(line.startswith("GPU ") for line in listed.splitlines())
+def visible_gpus(environ=os.environ) -> list[str]:
+  """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them.
 
-
-def worker_shares(workers: int, cores: Sequence[int],
-                  gpus: int) -> list[dict[str, Any]]:
-  """What each of ``workers`` concurrent runs may use.
-
-  Returns:
-    One dict per worker: ``{"gpu": index}`` on a host with GPUs (run ``i``
-    on GPU ``i mod gpus``), else ``{"cores": [...]}``, the cores split into
-    ``workers`` near-equal parts (one worker keeps them all).
+  Without ``CUDA_VISIBLE_DEVICES``, ``"0"`` to ``"n-1"`` for the n GPUs that
+  ``nvidia-smi`` lists (none without it). With it, its entries as CUDA reads
+  them: up to the first invalid one (``"-1"`` hides every GPU). A child given
+  one of these entries gets that GPU, so a parent limited to ``"2,3"`` puts
+  its runs on GPUs 2 and 3. JAX is not started: it would take the GPUs.
 
   Example:
-    >>> worker_shares(2, [0, 1, 2], gpus=0)
-    [{'cores': [0, 1]}, {'cores': [2]}]
-    >>> worker_shares(3, [0, 1], gpus=2)
-    [{'gpu': 0}, {'gpu': 1}, {'gpu': 0}]
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"})
+    ['2', '3']
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+    []
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f2e, 1, -1, 2"})
+    ['GPU-8f2e', '1']
   """
+  visible = environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is None:
+    try:
+      listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                              text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+      return []
+    return [str(i) for i in range(sum(
+        line.startswith("GPU ") for line in listed.splitlines()))]
+  gpus = []
+  for entry in (e.strip() for e in visible.split(",")):
+    if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+      break
+    gpus.append(entry)
+  return gpus
+
+
+def host_has_tpu() -> bool:
+  """Whether this host has TPU chips, found as JAX finds them (PCI ids).
+
+  JAX is not started: a TPU serves one process at a time.
+  """
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except (ImportError, AttributeError, OSError):
+    return False
+
+
+# What JAX preallocates of a GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
+JAX_MEMORY_FRACTION = 0.75
+
+
+def worker_shares(workers: int, cores: Sequence[int], gpus: Sequence[str],
+                  *, tpu: bool = False,
+                  memory_fraction: float = JAX_MEMORY_FRACTION
+                  ) -> list[dict[str, Any]]:
+  """What each concurrent run may use, and how many run at once.
+
+  Args:
+    workers: The runs asked for at once.
+    cores: The cores this process may use.
+    gpus: The GPUs this process may use (`visible_gpus`).
+    tpu: Whether the host has a TPU, which one process at a time can use.
+    memory_fraction: The fraction of a GPU's memory that one run alone
+      preallocates.
+
+  Returns:
+    One dict per run at once: ``{"gpu": name}`` on a host with GPUs (run
+    ``i`` on ``gpus[i mod len(gpus)]``), with ``"memory_fraction"``, the
+    share of ``memory_fraction`` when k runs share the GPU; else
+    ``{"cores": [...]}``, the cores split into near-equal parts (one worker
+    keeps them all). A TPU host runs one at a time.
+
+  Example:
+    >>> worker_shares(2, [0, 1, 2], gpus=[])
+    [{'cores': [0, 1]}, {'cores': [2]}]
+    >>> worker_shares(3, [0, 1], gpus=["2", "3"])[:2]
+    [{'gpu': '2', 'memory_fraction': 0.375}, {'gpu': '3'}]
+    >>> worker_shares(4, [0, 1], gpus=[], tpu=True)
+    [{'cores': [0, 1]}]
+  """
+  if tpu:
+    workers = 1
   if gpus:
-    return [{"gpu": i % gpus} for i in range(workers)]
+    shares = [{"gpu": gpus[i % len(gpus)]} for i in range(workers)]
+    for share in shares:
+      sharing = sum(s["gpu"] == share["gpu"] for s in shares)
+      if sharing > 1:
+        share["memory_fraction"] = memory_fraction / sharing
+    return shares
   parts = np.array_split(np.asarray(cores), min(workers, len(cores)))
   return [{"cores": [int(c) for c in parts[i % len(parts)]]}
           for i in range(workers)]
 
 
+def child_environment(share: dict[str, Any],
+                      environ=os.environ) -> dict[str, str]:
+  """The environment of a run with ``share`` (see `worker_shares`).
+
+  Example:
+    >>> env = child_environment({"gpu": "3", "memory_fraction": 0.375}, {})
+    >>> env["CUDA_VISIBLE_DEVICES"], env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
+    ('3', '0.375')
+  """
+  env = dict(environ)
+  if "gpu" in share:
+    env["CUDA_VISIBLE_DEVICES"] = share["gpu"]
+  if "memory_fraction" in share:
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{share['memory_fraction']:.4g}"
+  return env
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+  """In a child before it runs: SIGTERM when the study ends, however it ends.
+
+  A run outlives a study that is killed (its own session keeps it from the
+  study's process group), and would then hold its workdir against the next
+  study; SIGTERM makes it save and stop. Linux only (``PR_SET_PDEATHSIG``).
+  """
+  if sys.platform != "linux":
+    return
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+  if os.getppid() != parent_pid:  # The study ended before the call.
+    os._exit(128 + signal.SIGTERM)  # pylint: disable=protected-access
+
+
 def _start_run(command: list[str], path: str,
                share: dict[str, Any]) -> subprocess.Popen:
+  """Starts a run in its own session, so that the terminal's Ctrl-C reaches
+  only the study, which asks each run once to stop (`_Pool.stop`)."""
   os.makedirs(path, exist_ok=True)
-  env = dict(os.environ)
-  if "gpu" in share:
-    env["CUDA_VISIBLE_DEVICES"] = str(share["gpu"])
-  cores = share.get("cores")
+  cores, parent_pid = share.get("cores"), os.getpid()
+
+  def before_run():
+    _stop_with_parent(parent_pid)
+    if cores:
+      os.sched_setaffinity(0, cores)
+
   log = open(os.path.join(path, LOG_FILENAME), "a", encoding="utf-8")
   with log:
     return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+        command, stdout=log, stderr=subprocess.STDOUT,
+        env=child_environment(share), cwd=REPO_ROOT, start_new_session=True,
+        preexec_fn=before_run)
 
 
 def _record_outcome(path: str, returncode: int) -> None:
@@ -411,7 +509,12 @@ class StudyProgress:
 
 
 class _Pool:
-  """Up to ``len(shares)`` runs of a study at once, each with its share."""
+  """Up to ``len(shares)`` runs of a study at once, each with its share.
+
+  Each run is a single process: it gets ``distributed.initialize=no``, for a
+  study inside a SLURM allocation passes the allocation's variables on, and
+  the runs must not take them for one distributed job.
+  """
 
   def __init__(self, study, workdir: str, shares: list[dict[str, Any]],
                retries: int):
@@ -419,6 +522,7 @@ class _Pool:
     self.shares, self.retries = shares, retries
     self.running: dict[int, tuple[subprocess.Popen, RunStatus]] = {}
     self.failures: dict[str, int] = {}
+    self._asked_to_stop: set[int] = set()  # the pids sent SIGTERM
 
   def start(self, queue: list[RunStatus]) -> None:
     """Starts queued runs in the free slots."""
@@ -426,13 +530,27 @@ class _Pool:
       if queue and slot not in self.running:
         run = queue.pop(0)
         command = train_command(self.study, self.workdir, run.arm, run.seed)
+        command.append("--config.distributed.initialize=no")
         self.running[slot] = (
             _start_run(command, run.path, self.shares[slot]), run)
 
   def stop(self) -> None:
-    """Asks every run to stop; each saves a checkpoint (see `train.main`)."""
-    for process, _ in self.running.values():
-      process.send_signal(signal.SIGTERM)
+    """Asks each run once to stop: it saves a checkpoint (see `train.main`).
+
+    A run asked before is not asked again, so calling this again only
+    reaches runs started since.
+    """
+    for process, _ in list(self.running.values()):
+      if process.pid not in self._asked_to_stop:
+        self._asked_to_stop.add(process.pid)
+        process.send_signal(signal.SIGTERM)
+
+  def kill(self) -> None:
+    """Kills every run at once (each in its own process group)."""
+    for process, _ in list(self.running.values()):
+      if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(process.pid, signal.SIGKILL)
 
   def reap(self, queue: list[RunStatus], stopping: bool) -> None:
     """Records the runs that ended; queues failed ones again while allowed."""
@@ -460,7 +578,12 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   A failed run is recorded (``failure.txt`` with the tail of its log) and the
   others go on; it is tried again, from its last checkpoint, up to
   ``retries`` times at the end of the queue, and by the next `run_study`.
-  SIGINT or SIGTERM stops the runs (each saves a checkpoint) and returns.
+
+  Each run has its own session, so a Ctrl-C at the terminal reaches only
+  this process. SIGINT or SIGTERM sends one SIGTERM to each run and waits
+  for every run to save its checkpoint and exit; a second SIGINT (Ctrl-C
+  again) kills the runs at once, which then resume from their latest
+  complete checkpoint.
 
   Returns:
     The status of every run afterwards.
@@ -469,24 +592,41 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   queue = [r for r in study_runs(study, workdir, arms, seeds)
            if not r.finished]
   save_study(study, workdir)
-  pool = _Pool(study, workdir, worker_shares(
-      workers, sorted(os.sched_getaffinity(0)), gpu_count()), retries)
-  progress = StudyProgress(workers, {
+  shares = worker_shares(
+      workers, sorted(os.sched_getaffinity(0)), visible_gpus(),
+      tpu=host_has_tpu(), memory_fraction=float(os.environ.get(
+          "XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEMORY_FRACTION)))
+  if len(shares) < workers:
+    print("study: this host's TPU serves one process at a time: one run at "
+          "a time.", file=sys.stderr, flush=True)
+  pool = _Pool(study, workdir, shares, retries)
+  progress = StudyProgress(len(shares), {
       arm: run_config(study, arm, study.seeds[0]).num_epochs
       for arm in study.arms})
   signals = []
-  previous_handlers = {
-      sig: signal.signal(sig, lambda *_: signals.append(True))
-      for sig in (signal.SIGINT, signal.SIGTERM)}
-  stopping = False
+
+  def on_signal(signum, frame):
+    del frame
+    signals.append(signum)
+    queue.clear()
+    if len(signals) == 1:
+      print("study: stopping; each run saves a checkpoint (Ctrl-C again "
+            "kills them).", file=sys.stderr, flush=True)
+      pool.stop()
+    elif signum == signal.SIGINT:
+      print("study: killing the runs; each resumes from its latest complete "
+            "checkpoint.", file=sys.stderr, flush=True)
+      pool.kill()
+
+  previous_handlers = {sig: signal.signal(sig, on_signal)
+                       for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     while queue or pool.running:
-      if signals and not stopping:
-        stopping = True
+      if signals:
         queue.clear()
-        pool.stop()
+        pool.stop()  # Runs started while the signal came, if any.
       pool.start(queue)
-      pool.reap(queue, stopping)
+      pool.reap(queue, stopping=bool(signals))
       progress.update(study_runs(study, workdir, arms, seeds),
                       pool.running_paths())
       if pool.running:

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -44,6 +45,7 @@ from train import metric_writers
 from train import periodic
 from train import provenance
 from train import schedules
+from train import workdir_lock
 
 AXIS_NAME = "batch"
 # The config fields with a fixed set of values, and those values.
@@ -611,16 +613,65 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
   return make_parallel(config.parallel, step_config), state
 
 
+def detected_cluster() -> tuple[str, int] | None:
+  """The cluster JAX's own detection finds, and its process count.
+
+  These are the environments (SLURM, Open MPI, Cloud TPU, Kubernetes, in
+  JAX's order) that ``jax.distributed.initialize()`` reads its arguments from
+  when it is given none. JAX has no public way to ask without initializing,
+  so this asks the same ``ClusterEnv`` classes that it does
+  (``jax._src.clusters``, stable since 2022). Opt-in methods (mpi4py) are
+  left out, as JAX leaves them out.
+
+  Returns:
+    ``(name, process count)`` of the first environment present, or None.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=protected-access
+    environments = clusters.ClusterEnv._cluster_types
+  except (ImportError, AttributeError):
+    logging.warning("This JAX version does not expose its cluster detection: "
+                    "set --config.distributed.initialize=yes for a "
+                    "multi-process run.")
+    return None
+  for environment in environments:
+    try:
+      with warnings.catch_warnings():  # Kubernetes without its package.
+        warnings.simplefilter("ignore")
+        if environment.opt_in_only_method or not environment.is_env_present():
+          continue
+      return environment.name, environment.get_process_count()
+    except Exception as e:  # pylint: disable=broad-except
+      # Half there, e.g. a Kubernetes pod outside a Job.
+      logging.warning("JAX's %s cluster detection failed (%s): running alone "
+                      "(--config.distributed.initialize=yes to join).",
+                      environment.name, e)
+      return None
+  return None
+
+
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
   """Calls `jax.distributed.initialize` when the config or environment asks.
 
-  Must run before JAX touches a device.
+  With ``initialize="auto"`` the environment asks with a coordinator address
+  (in the config or ``JAX_COORDINATOR_ADDRESS``), or with a cluster of more
+  than one process that JAX detects (`detected_cluster`): a SLURM step of
+  several tasks, an Open MPI job, a multi-host TPU slice. A cluster of one
+  process (``sbatch`` with one task) needs no initialization. Must run before
+  JAX touches a device.
   """
+  if config.initialize == "no":
+    return
   coordinator = (config.coordinator_address
                  or os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  if config.initialize == "no" or (config.initialize == "auto"
-                                   and not coordinator):
-    return
+  if config.initialize == "auto" and not coordinator:
+    cluster = detected_cluster()
+    if cluster is None or cluster[1] < 2:
+      return
+    logging.info("Joining the %d processes of the %s cluster that JAX "
+                 "detects (--config.distributed.initialize=no runs alone).",
+                 cluster[1], cluster[0])
   kwargs = {"coordinator_address": coordinator,
             "num_processes": config.num_processes,
             "process_id": config.process_id}
@@ -736,6 +787,35 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
              checkpointer, validation_split, facts), state, meta
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """Holds ``workdir`` for one run: its lock (`train.workdir_lock`).
+
+  The processes of a multi-process run share their workdir, so process 0
+  holds the lock for all of them, and all of them stop when it is busy.
+  Without `jax.distributed` this runs before JAX touches a device.
+
+  Raises:
+    workdir_lock.WorkdirBusyError: another run holds ``workdir``.
+  """
+  distributed = jax.distributed.is_initialized()
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if not distributed or jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lock.hold(workdir))
+      except workdir_lock.WorkdirBusyError as e:
+        busy = e
+    if distributed and jax.process_count() > 1 and np.any(
+        multihost_utils.process_allgather(np.int32(busy is not None))):
+      busy = busy or workdir_lock.WorkdirBusyError(
+          f"the workdir {workdir} is in use by another run (found by "
+          "process 0).")
+    if busy:
+      raise busy
+    yield
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
   """Trains (or resumes training) per ``config``, writing into ``workdir``.
@@ -744,7 +824,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoints; re-running on the same workdir resumes from the latest
   checkpoint with the same remaining batches, and does nothing when the run
   is complete. SIGINT (Ctrl-C) or SIGTERM stops training after the step in
-  flight, with a checkpoint of that step.
+  flight, with a checkpoint of that step. One run at a time holds the
+  workdir (`hold_workdir`).
 
   Args:
     config: A training config (see ``train/configs/default.py``).
@@ -756,12 +837,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     TrainingInterrupted: after a signal, once the checkpoint is saved.
     NonFiniteLossError: with ``on_nonfinite_loss="stop"``.
+    workdir_lock.WorkdirBusyError: another run holds ``workdir``.
   """
   validate_config(config)
   maybe_initialize_distributed(config.distributed)
   run_start = time.perf_counter()
-  check_batch_sizes(config, jax.device_count())
-  with periodic.StopOnSignals() as stop:
+  with hold_workdir(workdir), periodic.StopOnSignals() as stop:
+    check_batch_sizes(config, jax.device_count())
     run, state, meta = build_run(config, workdir)
     try:
       return _train(run, state, meta, stop, run_start)

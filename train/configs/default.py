@@ -110,8 +110,9 @@ def _schedule() -> ml_collections.ConfigDict:
 def _distributed() -> ml_collections.ConfigDict:
   distributed = ml_collections.ConfigDict()
   # "auto": jax.distributed.initialize() when the environment asks for it
-  # (coordinator set below or in JAX_COORDINATOR_ADDRESS, or a cluster that
-  # JAX detects); "yes" always; "no" never.
+  # (coordinator set below or in JAX_COORDINATOR_ADDRESS, or a cluster of
+  # several processes that JAX detects: a SLURM step, Open MPI, a multi-host
+  # TPU); "yes" always; "no" never (each process runs alone).
   distributed.initialize = "auto"
   distributed.coordinator_address = config_dict.placeholder(str)
   distributed.num_processes = config_dict.placeholder(int)
