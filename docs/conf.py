@@ -41,11 +41,13 @@ default_role = "py:obj"  # `name` in a docstring links to its entry
 html_theme = "furo"
 html_title = "optax-lcam"
 
-# The API reference: Google-style docstrings, signatures as written.
+# The API reference: Google-style docstrings.
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+# jax.typing.ArrayLike would print as a union of ten types in every signature;
+# the docstrings say what each argument takes.
+autodoc_typehints = "none"
 autosummary_generate = False
 
 # MyST: $...$ maths, definition lists, heading anchors for links between pages.
