@@ -18,8 +18,8 @@ SHARED_CIFAR10 := ../shared/data/cifar10_jpeg.tar.gz
 DATA ?= $(if $(wildcard $(SHARED_CIFAR10)),folder:$(SHARED_CIFAR10),tfds:cifar10)
 ARGS ?=
 # The accelerator kit's wheels: what a lent machine (Python 3.12, manylinux
-# x86-64, no network) lacks of the harness's dependencies; see the README,
-# "Measured on an accelerator".
+# x86-64, no network) lacks of the harness's dependencies; see
+# docs/benchmarks.md, "Measured on an accelerator".
 WHEELHOUSE ?= .whl
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64
