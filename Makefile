@@ -2,6 +2,9 @@
 #   make run    trains the quick CIFAR-10 config (creates the virtual environment on first use)
 #   make test   runs the test suite on 8 fake CPU devices
 # `make package` builds and checks the sdist and the wheel of optax_lcam (CI too).
+# and the documentation:
+#   make docs   builds the site into docs/_build/html (warnings are errors),
+#               executing its pages and the notebook, then runs its doctests
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -18,14 +21,17 @@ ARGS ?=
 # Where `make package` builds the sdist and the wheel (emptied first).
 DIST ?= dist
 # The accelerator kit's wheels: what a lent machine (Python 3.12, manylinux
-# x86-64, no network) lacks of the harness's dependencies; see the README,
-# "Measured on an accelerator".
+# x86-64, no network) lacks of the harness's dependencies; see
+# docs/benchmarks.md, "Measured on an accelerator".
 WHEELHOUSE ?= .whl
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64
 WHEELS ?= ml-collections PyYAML tensorboardX
 
-.PHONY: run test package venv wheelhouse clean
+# Where `make docs` builds: the HTML site, and the doctest builder's report.
+DOCS_BUILD ?= docs/_build
+
+.PHONY: run test package docs venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -55,6 +61,18 @@ package: $(VENV)/.release
 $(VENV)/.release: $(VENV)/.installed
 	$(PY) -m pip install -q $(PIP_FLAGS) -e ".[release]"
 	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q $(PIP_FLAGS) -e ".[train,test,docs]"
+	touch $@
+
+# -E: a fresh build every time, so every page and the notebook run again.
+# The doctest builder reads the pages without executing them a second time.
+docs: $(VENV)/.installed-docs
+	$(PY) -m sphinx -W --keep-going -E -q -b html docs $(DOCS_BUILD)/html
+	$(PY) -m sphinx -W --keep-going -E -q -b doctest \
+		-D nb_execution_mode=off docs $(DOCS_BUILD)/doctest
+	@echo "The site: $(DOCS_BUILD)/html/index.html"
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \

@@ -28,7 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from train import data  # noqa: E402
 
-# The kit's copy in the checkout (.data/, see the README) or the shared one.
+# The kit's copy in the checkout (.data/, see docs/benchmarks.md) or the
+# shared one.
 _REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = next(
     (path for path in (_REPO / ".data/cifar10_jpeg.tar.gz",

@@ -49,10 +49,10 @@ def host_device_count(batch_size: int, eval_batch_size: int,
   XLA runs the convolutions of one CPU device's step mostly one after another,
   so on a host without an accelerator the loop is faster with the host split
   into several devices that the data-parallel step keeps busy at once (on two
-  cores, WRN-10-1 at batch 128: 1.4x with 2 devices against one; see the
-  README). Results do not depend on the device count. No more devices than
-  cores, to be safe: runs with 4 (and once with 2) devices on 2 cores stopped
-  in a cross-device sum, see `train.train.one_step_in_flight`.
+  cores, WRN-10-1 at batch 128: 1.4x with 2 devices against one; see
+  docs/benchmarks.md). Results do not depend on the device count. No more
+  devices than cores, to be safe: runs with 4 (and once with 2) devices on 2
+  cores stopped in a cross-device sum, see `train.train.one_step_in_flight`.
 
   Args:
     batch_size: The global training batch size.

@@ -1,6 +1,6 @@
 """A quick CIFAR-10 run: WRN-10-1, LCAM 0.95/0.9, 5 epochs, cosine decay.
 
-The README's main job (`make run`): about two minutes an epoch on two CPU
+The job of `make run`: about two minutes an epoch on two CPU
 cores, seconds on a GPU. Point it at the data with
 `--config.data.source=folder:PATH` or `tfds:cifar10`.
 """
