@@ -11,8 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -40,11 +42,15 @@ def tiny_config(**overrides):
   return config
 
 
+def _flat(tree) -> dict:
+  """The arrays of a pytree as a flat dict, keyed by their paths."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+
+
 def final_arrays(workdir, step=None) -> dict:
   """The arrays of a checkpoint (the latest by default), as a flat dict."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      checkpoints.load_state(str(workdir), step))
-  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+  return _flat(checkpoints.load_state(str(workdir), step))
 
 
 def _checkpoint_meta(workdir, step) -> dict:
@@ -423,6 +429,51 @@ def test_skipping_a_nan_with_sgd_keeps_the_trace_and_advances_the_counts():
                                 optax.tree.get(before_nan.opt_state,
                                                "trace")["w"])
   assert int(state.step) == 2
+
+
+class _FlatMomentumState(NamedTuple):
+  momentum: jax.Array  # all parameters' momentum in one vector
+  count: jax.Array
+
+
+def _flat_momentum() -> optax.GradientTransformationExtraArgs:
+  """A momentum kept as one flat vector: not shaped like the parameters."""
+  def init_fn(params):
+    flat, _ = jax.flatten_util.ravel_pytree(params)
+    return _FlatMomentumState(jnp.zeros_like(flat), jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    flat, unravel = jax.flatten_util.ravel_pytree(updates)
+    momentum = 0.9 * state.momentum + flat
+    return unravel(momentum), _FlatMomentumState(momentum, state.count + 1)
+
+  return optax.with_extra_args_support(
+      optax.GradientTransformation(init_fn, update_fn))
+
+
+@pytest.mark.parametrize("tx", [optax.adabelief(0.1), _flat_momentum()],
+                         ids=["adabelief", "flat_momentum"])
+def test_skipping_a_nan_keeps_any_optimizer_state_finite(tx):
+  state = train.TrainState.create(
+      apply_fn=None, params={"w": jnp.ones(2), "b": jnp.ones(3)}, tx=tx,
+      batch_stats={}, rng=jnp.zeros(2, jnp.uint32), epoch_sums={})
+
+  def step(state, grad):
+    new_state = state.apply_gradients(
+        grads=jax.tree.map(lambda p: jnp.full_like(p, grad), state.params),
+        value=jnp.float32(grad))
+    return train._drop_update_unless(jnp.isfinite(grad), new_state, state)
+
+  before_nan = step(state, 1.0)
+  after_nan = step(before_nan, float("nan"))
+  assert_same_arrays(_flat(after_nan.params), _flat(before_nan.params))
+  old, new = _flat(before_nan.opt_state), _flat(after_nan.opt_state)
+  for key in new:
+    if "count" in key:  # the counters advance
+      assert int(new[key]) == int(old[key]) + 1, key
+    else:  # the moments are kept
+      np.testing.assert_array_equal(new[key], old[key], err_msg=key)
 
 
 def test_resuming_with_other_steps_per_epoch_is_a_clear_error(colour_folder,

@@ -361,33 +361,42 @@ def _add_to_epoch_sums(state: TrainState, steps_per_epoch: int, is_finite,
 
 
 def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
-  """Keeps the old parameters, BatchNorm statistics and momentum if not finite.
+  """Keeps the old parameters, statistics and per-parameter buffers if not finite.
 
-  The rest of the optimizer state moves on as the optimizer decides: LCAM
+  On a step whose loss is not finite, the parameters, the BatchNorm
+  statistics and every part of the optimizer state shaped like the
+  parameters (a subtree with their tree structure and shapes: momenta,
+  Adam's moments, any other optimizer's per-parameter buffers) keep their
+  old values. The rest of the optimizer state moves on as the optimizer
+  decides: every counter (the train state's, LCAM's, the schedule's)
+  advances, so the optimizer's epochs stay aligned with the data's, and LCAM
   adds no non-finite loss to its statistics (it only resets them at an
-  epoch's start), and every counter (the train state's, LCAM's, the
-  schedule's) advances, so the optimizer's epochs stay aligned with the data's.
+  epoch's start). A floating-point leaf of that rest which the step made
+  non-finite keeps its old value too, so no NaN enters an optimizer state
+  this rule does not know.
   """
   def keep(new, old):
     return jax.tree.map(lambda n, o: jnp.where(is_finite, n, o), new, old)
 
-  def keep_momentum(new, old):
-    if isinstance(new, optax_lcam.ScaleByLCAMState):
-      return new._replace(momentum=keep(new.momentum, old.momentum))
-    if isinstance(new, optax.TraceState):
-      return new._replace(trace=keep(new.trace, old.trace))
-    if isinstance(new, optax.ScaleByAdamState):
-      return new._replace(mu=keep(new.mu, old.mu), nu=keep(new.nu, old.nu))
+  params_structure = jax.tree.structure(state.params)
+  params_shapes = [jnp.shape(x) for x in jax.tree.leaves(state.params)]
+
+  def is_params_shaped(tree):
+    return (jax.tree.structure(tree) == params_structure
+            and [jnp.shape(x) for x in jax.tree.leaves(tree)] == params_shapes)
+
+  def keep_buffers(new, old):
+    if is_params_shaped(new):
+      return keep(new, old)
+    if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
+      return jnp.where(is_finite | jnp.isfinite(new), new, old)
     return new
 
   return new_state.replace(
       params=keep(new_state.params, state.params),
       batch_stats=keep(new_state.batch_stats, state.batch_stats),
-      opt_state=jax.tree.map(
-          keep_momentum, new_state.opt_state, state.opt_state,
-          is_leaf=lambda x: isinstance(x, (optax_lcam.ScaleByLCAMState,
-                                           optax.TraceState,
-                                           optax.ScaleByAdamState))))
+      opt_state=jax.tree.map(keep_buffers, new_state.opt_state,
+                             state.opt_state, is_leaf=is_params_shaped))
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
