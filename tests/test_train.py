@@ -174,6 +174,20 @@ def test_pmap_and_jit_agree(tmp_path):
                                err_msg=key)
 
 
+@pytest.mark.parametrize("parallel", ["pmap", "jit"])
+def test_the_train_step_donates_the_state(parallel):
+  # The new state takes the old one's buffers: a device holds it once.
+  config = tiny_config(parallel=parallel)
+  split = data.load_split(config.data.source, "train")
+  steps, state = train.build_parallel(config, split, 4)
+  state = steps.put_state(state)
+  batch = steps.put_batch(next(data.train_batches(split, config.batch_size,
+                                                  seed=0, epoch=0)))
+  new_state, _ = steps.train_step(state, batch)
+  assert all(x.is_deleted() for x in jax.tree.leaves(state))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(new_state))
+
+
 def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from test_data import _random_examples  # pylint: disable=g-import-not-at-top

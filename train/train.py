@@ -431,15 +431,18 @@ class Parallel(NamedTuple):
         lambda x: _replicate(np.asarray(x), self.state_sharding), state)
 
 
-def make_parallel(mode: str, step_config: StepConfig) -> Parallel:
+def make_parallel(mode: str, step_config: StepConfig, *,
+                  donate_state: bool = True) -> Parallel:
   """Wraps the per-device steps with `jax.pmap` or `jax.jit` and shardings.
 
   Either way the state lives replicated on every device, with the sharding
-  the steps return it with, so the step compiles once. On a CPU host split
-  into several devices the train step waits for itself (see
-  `one_step_in_flight`).
+  the steps return it with, so the step compiles once. The train step
+  donates the state it is given (``donate_state``): its buffers hold the new
+  state, so a device holds the train state once, not twice, and the state
+  passed in is deleted. On a CPU host split into several devices the train
+  step waits for itself (see `one_step_in_flight`).
   """
-  parallel = _make_parallel(mode, step_config)
+  parallel = _make_parallel(mode, step_config, donate_state)
   devices = jax.devices()
   if len(devices) > 1 and devices[0].platform == "cpu":
     parallel = parallel._replace(
@@ -464,16 +467,18 @@ def one_step_in_flight(step: Callable) -> Callable:
   return step_and_wait
 
 
-def _make_parallel(mode: str, step_config: StepConfig) -> Parallel:
+def _make_parallel(mode: str, step_config: StepConfig,
+                   donate_state: bool) -> Parallel:
   mesh = Mesh(np.asarray(jax.devices()), (AXIS_NAME,))
   replicated = NamedSharding(mesh, P())
+  donate = (0,) if donate_state else ()
   if mode == "pmap":
     pmapped = functools.partial(jax.pmap, axis_name=AXIS_NAME,
                                 in_axes=(None, 0))
     config = dataclasses.replace(step_config, axis_name=AXIS_NAME)
     return Parallel(
         train_step=pmapped(functools.partial(train_step, step_config=config),
-                           out_axes=(None, None)),
+                           out_axes=(None, None), donate_argnums=donate),
         eval_step=pmapped(functools.partial(eval_step, step_config=config),
                           out_axes=None),
         put_batch=lambda batch: data.shard_for_devices(
@@ -491,7 +496,7 @@ def _make_parallel(mode: str, step_config: StepConfig) -> Parallel:
   return Parallel(
       train_step=jax.jit(functools.partial(train_step, step_config=config),
                          out_shardings=(replicated, replicated),
-                         donate_argnums=(0,)),
+                         donate_argnums=donate),
       eval_step=jax.jit(functools.partial(eval_step, step_config=config),
                         out_shardings=replicated),
       put_batch=put_batch, state_sharding=replicated)
@@ -508,7 +513,8 @@ def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
-                   steps_per_epoch: int) -> tuple[Parallel, TrainState]:
+                   steps_per_epoch: int, *, donate_state: bool = True
+                   ) -> tuple[Parallel, TrainState]:
   """The model, optimizer and wrapped steps of ``config``, and a fresh state.
 
   Args:
@@ -516,6 +522,8 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
     train_split: The training data (for the classes, image shape and, with
       ``normalization="dataset"``, the statistics).
     steps_per_epoch: Optimizer steps per epoch.
+    donate_state: Whether the train step donates the state it is given (see
+      `make_parallel`).
 
   Returns:
     The steps wrapped for ``config.parallel``, and the initial train state on
@@ -544,7 +552,8 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
       skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
   state = create_train_state(model, tx, train_split.images.shape[1:],
                              config.seed)
-  return make_parallel(config.parallel, step_config), state
+  return make_parallel(config.parallel, step_config,
+                       donate_state=donate_state), state
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
