@@ -158,8 +158,11 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(
   assert int(jax.device_get(state.step)) == latest
 
 
-def test_pmap_and_jit_agree(tmp_path):
-  config = tiny_config(stop_after_steps=3)
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
+def test_pmap_and_jit_agree(dropout_rate, tmp_path):
+  # With dropout both draw the same mask for each example.
+  config = tiny_config(**{"stop_after_steps": 3,
+                          "model.dropout_rate": dropout_rate})
   train.train_and_evaluate(config, str(tmp_path / "pmap"))
   config.parallel = "jit"
   train.train_and_evaluate(config, str(tmp_path / "jit"))

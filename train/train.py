@@ -4,8 +4,9 @@ The per-device step is written once, with an optional axis name, and run either
 by `jax.pmap` over the local devices (the train state unreplicated:
 ``in_axes=(None, 0), out_axes=(None, None)``) or by `jax.jit` with the batch
 sharded over a device mesh (``config.parallel``). Gradients, the loss given to
-LCAM and the BatchNorm statistics are averaged over all devices, so results do
-not depend on the device count.
+LCAM and the BatchNorm statistics are averaged over all devices, and dropout
+masks are drawn per example of the global batch, so results do not depend on
+the device count (up to the order of float32 sums).
 
 `train_and_evaluate` builds a `Run` once (data, wrapped steps, checkpoints)
 and loops over the batches; what happens between steps (logging, progress,
@@ -308,9 +309,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   axis_name = step_config.axis_name
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
                                 state.step)
+  # The same keys on every device: the model draws each example's dropout
+  # mask by its index in the global batch (`models.ExampleDropout`).
   augment_key, dropout_key = jax.random.split(step_key)
-  if axis_name is not None:
-    dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(axis_name))
   images = _images(batch, augment_key, step_config)
   mask = batch["mask"]
   num_real = _sum_over_devices(jnp.sum(mask, dtype=jnp.float32), axis_name)
@@ -361,7 +362,7 @@ def _add_to_epoch_sums(state: TrainState, steps_per_epoch: int, is_finite,
 
 
 def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
-  """Keeps the old parameters, statistics and per-parameter buffers if not finite.
+  """Undoes a step's update of parameters and buffers if its loss is not finite.
 
   On a step whose loss is not finite, the parameters, the BatchNorm
   statistics and every part of the optimizer state shaped like the
