@@ -1,12 +1,14 @@
 """Flax Wide-ResNets matching the LCAM reference network.
 
-See ``wide_resnet.py`` for the architecture and ``batch_norm.py`` for the
-masked, cross-device BatchNorm it uses.
+See ``wide_resnet.py`` for the architecture, ``batch_norm.py`` for the
+masked, cross-device BatchNorm it uses and ``dropout.py`` for its dropout,
+whose masks do not depend on the device layout.
 """
 
 from models.batch_norm import BatchNorm
 from models.batch_norm import batch_moments
 from models.batch_norm import updated_running_moments
+from models.dropout import ExampleDropout
 from models.wide_resnet import BasicBlock
 from models.wide_resnet import MODEL_NAMES
 from models.wide_resnet import WRN_10_1
@@ -23,6 +25,7 @@ from models.wide_resnet import create_model
 __all__ = (
     'BasicBlock',
     'BatchNorm',
+    'ExampleDropout',
     'MODEL_NAMES',
     'WRN_10_1',
     'WRN_16_4',

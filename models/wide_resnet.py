@@ -26,7 +26,8 @@ Details that match the reference exactly:
   (uniform in +-1 / sqrt(fan_in)) and the reference's zero bias.
 * Dropout, when used, sits after the second ReLU, as in the LCAM reference's
   copy of the block (xternalz puts it before the second BN); every reference
-  run uses no dropout, where the two agree.
+  run uses no dropout, where the two agree. Its masks are drawn per example
+  (``dropout.ExampleDropout``), so they do not depend on the device layout.
 """
 
 import functools
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import batch_norm
+from models import dropout
 
 Array = jax.Array
 Dtype = Any
@@ -92,7 +94,8 @@ class BasicBlock(nn.Module):
     strides: stride of the first 3x3 conv and of the 1x1 shortcut conv.
     dropout_rate: dropout between the two convs, in training only.
     dtype: computation dtype.
-    bn_axis_name: optional mapped axis to synchronise BatchNorm over.
+    bn_axis_name: optional mapped axis the batch is split over: BatchNorm
+      synchronises over it, and dropout numbers the examples along it.
     bn_momentum: BatchNorm momentum (flax convention).
     bn_epsilon: BatchNorm epsilon.
   """
@@ -125,7 +128,9 @@ class BasicBlock(nn.Module):
              name='conv1')(activated)
     y = nn.relu(norm(name='bn2')(y, use_running_average=not train, mask=mask))
     if self.dropout_rate > 0.0:
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+      y = dropout.ExampleDropout(self.dropout_rate,
+                                 axis_name=self.bn_axis_name)(
+                                     y, deterministic=not train)
     y = conv(self.features, (3, 3), strides=1, padding=PAD_ONE,
              name='conv2')(y)
     return shortcut + y
@@ -158,9 +163,11 @@ class WideResNet(nn.Module):
     dtype: computation dtype of the convs and BatchNorms.
     bn_axis_name: name of a ``jax.pmap`` / ``shard_map`` axis over which the
       BatchNorm batch statistics are computed, so that N devices with B / N
-      examples each behave as one device with B examples. ``None`` (default)
-      for one device or for ``jax.jit`` with sharded arrays, where XLA already
-      reduces over the whole global batch.
+      examples each behave as one device with B examples (dropout draws each
+      example's mask by its index in the global batch, see
+      ``dropout.ExampleDropout``). ``None`` (default) for one device or for
+      ``jax.jit`` with sharded arrays, where XLA already reduces over the
+      whole global batch.
     bn_momentum: BatchNorm running-average momentum in flax's convention
       (0.9 = PyTorch's 0.1).
     bn_epsilon: BatchNorm epsilon (PyTorch's default 1e-5).

@@ -310,6 +310,57 @@ def test_dropout_is_off_in_evaluation(
       logits, eval_apply(tiny_variables, images), rtol=1e-6, atol=1e-6)
 
 
+def _mapped(fn, devices):
+  """``fn`` of a batch, pmapped over ``devices`` devices' equal parts of it."""
+  mapped = jax.pmap(fn, axis_name=AXIS, devices=jax.devices()[:devices])
+
+  def apply(x):
+    out = mapped(x.reshape((devices, -1) + x.shape[1:]))
+    return out.reshape((x.shape[0],) + out.shape[2:])
+
+  return apply
+
+
+def test_dropout_masks_do_not_depend_on_the_device_layout():
+  x = 1.0 + jax.random.uniform(jax.random.key(3), (BATCH, 4, 4, 2))
+  key = jax.random.key(1)
+
+  def dropout(axis_name):
+    layer = models.ExampleDropout(rate=0.5, axis_name=axis_name)
+    return lambda x: layer.apply({}, x, deterministic=False,
+                                 rngs={"dropout": key})
+
+  expected = jax.jit(dropout(None))(x)
+  assert 0.3 < float(jnp.mean(expected == 0.0)) < 0.7
+  mesh = jax.make_mesh((DEVICES,), (AXIS,), devices=jax.devices()[:DEVICES])
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(AXIS)))
+  np.testing.assert_array_equal(jax.jit(dropout(None))(sharded), expected)
+  for devices in (2, DEVICES):
+    np.testing.assert_array_equal(
+        _mapped(dropout(AXIS), devices)(x), expected, err_msg=str(devices))
+
+
+def test_dropout_gives_the_same_logits_on_1_2_and_8_devices(tiny_variables,
+                                                            batch):
+  images, _ = batch
+  key = jax.random.key(5)
+
+  def logits(**fields):
+    model = models.create_model("wrn-10-1", NUM_CLASSES, dropout_rate=0.3,
+                                **fields)
+    return lambda x: model.apply(tiny_variables, x, train=True,
+                                 rngs={"dropout": key},
+                                 mutable=["batch_stats"])[0]
+
+  expected = jax.jit(logits())(images)
+  for devices in (2, DEVICES):
+    # Only the order of BatchNorm's sums differs.
+    np.testing.assert_allclose(
+        _mapped(logits(bn_axis_name=AXIS), devices)(images), expected,
+        rtol=1e-5, atol=1e-5, err_msg=str(devices))
+
+
 # --- Mask ---------------------------------------------------------------------
 
 

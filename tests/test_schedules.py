@@ -33,6 +33,29 @@ def test_schedule_b_decays_before_every_step_after_31_epochs():
                                                        rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["step", "exponential"])
+def test_warmup_keeps_the_decays_at_their_epochs(name):
+  plain = schedules.create_learning_rate_schedule(schedule_config(name=name),
+                                                  S, 150)
+  warm = schedules.create_learning_rate_schedule(
+      schedule_config(name=name, warmup_epochs=5.0), S, 150)
+  assert float(warm(0)) == 0.0
+  assert float(warm(5 * S // 2)) == pytest.approx(0.05, rel=1e-3)
+  # From the warm-up's end on, the rate is the schedule's without warm-up:
+  # schedule A still decays after epoch 31 (not 36).
+  for step in (5 * S, 31 * S - 1, 31 * S, 36 * S, 61 * S, 91 * S + 7):
+    assert float(warm(step)) == float(plain(step)), step
+  assert float(warm(31 * S)) < float(warm(31 * S - 1))
+
+
+@pytest.mark.parametrize("name", ["step", "exponential"])
+def test_a_warmup_past_the_first_decay_is_an_error(name):
+  config = schedule_config(name=name, warmup_epochs=31.5)
+  with pytest.raises(ValueError, match=r"warmup_epochs=31.5 ends after the "
+                     r"first decay \(after epoch 31\)"):
+    schedules.create_learning_rate_schedule(config, S, 150)
+
+
 def test_cosine_reaches_the_final_rate_and_warmup_ramps_up():
   config = schedule_config(name="cosine", warmup_epochs=2.0,
                            final_learning_rate=0.001)

@@ -11,8 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import NamedTuple
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -42,11 +44,15 @@ def tiny_config(**overrides):
   return config
 
 
+def _flat(tree) -> dict:
+  """The arrays of a pytree as a flat dict, keyed by their paths."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+
+
 def final_arrays(workdir, step=None) -> dict:
   """The arrays of a checkpoint (the latest by default), as a flat dict."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      checkpoints.load_state(str(workdir), step))
-  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+  return _flat(checkpoints.load_state(str(workdir), step))
 
 
 def _checkpoint_meta(workdir, step) -> dict:
@@ -154,8 +160,11 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(
   assert int(jax.device_get(state.step)) == latest
 
 
-def test_pmap_and_jit_agree(tmp_path):
-  config = tiny_config(stop_after_steps=3)
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
+def test_pmap_and_jit_agree(dropout_rate, tmp_path):
+  # With dropout both draw the same mask for each example.
+  config = tiny_config(**{"stop_after_steps": 3,
+                          "model.dropout_rate": dropout_rate})
   train.train_and_evaluate(config, str(tmp_path / "pmap"))
   config.parallel = "jit"
   train.train_and_evaluate(config, str(tmp_path / "jit"))
@@ -168,6 +177,20 @@ def test_pmap_and_jit_agree(tmp_path):
     atol = 5e-5 if "momentum" in key else 1e-6
     np.testing.assert_allclose(pmap[key], jit[key], rtol=1e-5, atol=atol,
                                err_msg=key)
+
+
+@pytest.mark.parametrize("parallel", ["pmap", "jit"])
+def test_the_train_step_donates_the_state(parallel):
+  # The new state takes the old one's buffers: a device holds it once.
+  config = tiny_config(parallel=parallel)
+  split = data.load_split(config.data.source, "train")
+  steps, state = train.build_parallel(config, split, 4)
+  state = steps.put_state(state)
+  batch = steps.put_batch(next(data.train_batches(split, config.batch_size,
+                                                  seed=0, epoch=0)))
+  new_state, _ = steps.train_step(state, batch)
+  assert all(x.is_deleted() for x in jax.tree.leaves(state))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(new_state))
 
 
 def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
@@ -504,6 +527,51 @@ def test_skipping_a_nan_with_sgd_keeps_the_trace_and_advances_the_counts():
                                 optax.tree.get(before_nan.opt_state,
                                                "trace")["w"])
   assert int(state.step) == 2
+
+
+class _FlatMomentumState(NamedTuple):
+  momentum: jax.Array  # all parameters' momentum in one vector
+  count: jax.Array
+
+
+def _flat_momentum() -> optax.GradientTransformationExtraArgs:
+  """A momentum kept as one flat vector: not shaped like the parameters."""
+  def init_fn(params):
+    flat, _ = jax.flatten_util.ravel_pytree(params)
+    return _FlatMomentumState(jnp.zeros_like(flat), jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    flat, unravel = jax.flatten_util.ravel_pytree(updates)
+    momentum = 0.9 * state.momentum + flat
+    return unravel(momentum), _FlatMomentumState(momentum, state.count + 1)
+
+  return optax.with_extra_args_support(
+      optax.GradientTransformation(init_fn, update_fn))
+
+
+@pytest.mark.parametrize("tx", [optax.adabelief(0.1), _flat_momentum()],
+                         ids=["adabelief", "flat_momentum"])
+def test_skipping_a_nan_keeps_any_optimizer_state_finite(tx):
+  state = train.TrainState.create(
+      apply_fn=None, params={"w": jnp.ones(2), "b": jnp.ones(3)}, tx=tx,
+      batch_stats={}, rng=jnp.zeros(2, jnp.uint32), epoch_sums={})
+
+  def step(state, grad):
+    new_state = state.apply_gradients(
+        grads=jax.tree.map(lambda p: jnp.full_like(p, grad), state.params),
+        value=jnp.float32(grad))
+    return train._drop_update_unless(jnp.isfinite(grad), new_state, state)
+
+  before_nan = step(state, 1.0)
+  after_nan = step(before_nan, float("nan"))
+  assert_same_arrays(_flat(after_nan.params), _flat(before_nan.params))
+  old, new = _flat(before_nan.opt_state), _flat(after_nan.opt_state)
+  for key in new:
+    if "count" in key:  # the counters advance
+      assert int(new[key]) == int(old[key]) + 1, key
+    else:  # the moments are kept
+      np.testing.assert_array_equal(new[key], old[key], err_msg=key)
 
 
 def test_resuming_with_other_steps_per_epoch_is_a_clear_error(colour_folder,

@@ -1,5 +1,6 @@
 """Learning-rate schedules of the LCAM reference and its baselines, as optax schedules."""
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -36,6 +37,12 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
                                   num_epochs: int) -> optax.Schedule:
   """The schedule named by ``config.name``, with an optional linear warm-up.
 
+  The warm-up ramps the rate linearly from 0 to ``config.learning_rate`` over
+  the first ``warmup_epochs``. The step and exponential schedules keep their
+  decays at the epochs the config names (the warm-up replaces the start of
+  their constant part), so the warm-up must end by their first decay; the
+  cosine decay starts where the warm-up ends and ends with the run.
+
   Args:
     config: The ``schedule`` part of a training config.
     steps_per_epoch: Optimizer steps in one epoch.
@@ -43,16 +50,23 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
 
   Returns:
     An optax schedule of the global step.
+
+  Raises:
+    ValueError: for an unknown name, or a warm-up that ends after the first
+      decay of the step or exponential schedule.
   """
   total_steps = num_epochs * steps_per_epoch
   warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  first_decay_epoch = None  # of the step and exponential schedules
   if config.name == "step":
     main = step_decay(config.learning_rate, config.boundaries_epochs,
                       config.decay_factor, steps_per_epoch)
+    first_decay_epoch = min(config.boundaries_epochs, default=None)
   elif config.name == "exponential":
     main = constant_then_exponential(config.learning_rate,
                                      config.constant_epochs,
                                      config.decay_per_step, steps_per_epoch)
+    first_decay_epoch = config.constant_epochs
   elif config.name == "cosine":
     alpha = config.final_learning_rate / config.learning_rate
     main = optax.cosine_decay_schedule(
@@ -65,4 +79,30 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
   if warmup_steps == 0:
     return main
   warmup = optax.linear_schedule(0.0, config.learning_rate, warmup_steps)
-  return optax.join_schedules([warmup, main], [warmup_steps])
+  if config.name == "cosine":
+    return optax.join_schedules([warmup, main], [warmup_steps])
+  if (first_decay_epoch is not None
+      and warmup_steps > first_decay_epoch * steps_per_epoch):
+    raise ValueError(
+        f"warmup_epochs={config.warmup_epochs} ends after the first decay "
+        f"(after epoch {first_decay_epoch}): shorten the warm-up or decay "
+        "later.")
+  return warmup_then(warmup, main, warmup_steps)
+
+
+def warmup_then(warmup: optax.Schedule, main: optax.Schedule,
+                warmup_steps: int) -> optax.Schedule:
+  """``warmup`` for the first ``warmup_steps``, then ``main`` of the same step.
+
+  Unlike `optax.join_schedules`, which starts ``main`` at 0 after the
+  boundary, ``main`` keeps counting from the run's first step, so its decay
+  points do not move.
+
+  Example:
+    >>> warmup = optax.linear_schedule(0.0, 1.0, 2)
+    >>> main = optax.piecewise_constant_schedule(1.0, {3: 0.5})
+    >>> schedule = warmup_then(warmup, main, 2)
+    >>> [float(schedule(step)) for step in range(5)]
+    [0.0, 0.5, 1.0, 0.5, 0.5]
+  """
+  return lambda step: jnp.where(step < warmup_steps, warmup(step), main(step))

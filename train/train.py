@@ -4,8 +4,9 @@ The per-device step is written once, with an optional axis name, and run either
 by `jax.pmap` over the local devices (the train state unreplicated:
 ``in_axes=(None, 0), out_axes=(None, None)``) or by `jax.jit` with the batch
 sharded over a device mesh (``config.parallel``). Gradients, the loss given to
-LCAM and the BatchNorm statistics are averaged over all devices, so results do
-not depend on the device count.
+LCAM and the BatchNorm statistics are averaged over all devices, and dropout
+masks are drawn per example of the global batch, so results do not depend on
+the device count (up to the order of float32 sums).
 
 `train_and_evaluate` builds a `Run` once (data, wrapped steps, checkpoints)
 and loops over the batches; what happens between steps (logging, progress,
@@ -380,9 +381,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   axis_name = step_config.axis_name
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng),
                                 state.step)
+  # The same keys on every device: the model draws each example's dropout
+  # mask by its index in the global batch (`models.ExampleDropout`).
   augment_key, dropout_key = jax.random.split(step_key)
-  if axis_name is not None:
-    dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(axis_name))
   images = _images(batch, augment_key, step_config)
   mask = batch["mask"]
   num_real = _sum_over_devices(jnp.sum(mask, dtype=jnp.float32), axis_name)
@@ -436,33 +437,42 @@ def _add_to_epoch_sums(state: TrainState, steps_per_epoch: int, is_finite,
 
 
 def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
-  """Keeps the old parameters, BatchNorm statistics and momentum if not finite.
+  """Undoes a step's update of parameters and buffers if its loss is not finite.
 
-  The rest of the optimizer state moves on as the optimizer decides: LCAM
+  On a step whose loss is not finite, the parameters, the BatchNorm
+  statistics and every part of the optimizer state shaped like the
+  parameters (a subtree with their tree structure and shapes: momenta,
+  Adam's moments, any other optimizer's per-parameter buffers) keep their
+  old values. The rest of the optimizer state moves on as the optimizer
+  decides: every counter (the train state's, LCAM's, the schedule's)
+  advances, so the optimizer's epochs stay aligned with the data's, and LCAM
   adds no non-finite loss to its statistics (it only resets them at an
-  epoch's start), and every counter (the train state's, LCAM's, the
-  schedule's) advances, so the optimizer's epochs stay aligned with the data's.
+  epoch's start). A floating-point leaf of that rest which the step made
+  non-finite keeps its old value too, so no NaN enters an optimizer state
+  this rule does not know.
   """
   def keep(new, old):
     return jax.tree.map(lambda n, o: jnp.where(is_finite, n, o), new, old)
 
-  def keep_momentum(new, old):
-    if isinstance(new, optax_lcam.ScaleByLCAMState):
-      return new._replace(momentum=keep(new.momentum, old.momentum))
-    if isinstance(new, optax.TraceState):
-      return new._replace(trace=keep(new.trace, old.trace))
-    if isinstance(new, optax.ScaleByAdamState):
-      return new._replace(mu=keep(new.mu, old.mu), nu=keep(new.nu, old.nu))
+  params_structure = jax.tree.structure(state.params)
+  params_shapes = [jnp.shape(x) for x in jax.tree.leaves(state.params)]
+
+  def is_params_shaped(tree):
+    return (jax.tree.structure(tree) == params_structure
+            and [jnp.shape(x) for x in jax.tree.leaves(tree)] == params_shapes)
+
+  def keep_buffers(new, old):
+    if is_params_shaped(new):
+      return keep(new, old)
+    if jnp.issubdtype(jnp.result_type(new), jnp.inexact):
+      return jnp.where(is_finite | jnp.isfinite(new), new, old)
     return new
 
   return new_state.replace(
       params=keep(new_state.params, state.params),
       batch_stats=keep(new_state.batch_stats, state.batch_stats),
-      opt_state=jax.tree.map(
-          keep_momentum, new_state.opt_state, state.opt_state,
-          is_leaf=lambda x: isinstance(x, (optax_lcam.ScaleByLCAMState,
-                                           optax.TraceState,
-                                           optax.ScaleByAdamState))))
+      opt_state=jax.tree.map(keep_buffers, new_state.opt_state,
+                             state.opt_state, is_leaf=is_params_shaped))
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
@@ -497,15 +507,18 @@ class Parallel(NamedTuple):
         lambda x: _replicate(np.asarray(x), self.state_sharding), state)
 
 
-def make_parallel(mode: str, step_config: StepConfig) -> Parallel:
+def make_parallel(mode: str, step_config: StepConfig, *,
+                  donate_state: bool = True) -> Parallel:
   """Wraps the per-device steps with `jax.pmap` or `jax.jit` and shardings.
 
   Either way the state lives replicated on every device, with the sharding
-  the steps return it with, so the step compiles once. On a CPU host split
-  into several devices the train step waits for itself (see
-  `one_step_in_flight`).
+  the steps return it with, so the step compiles once. The train step
+  donates the state it is given (``donate_state``): its buffers hold the new
+  state, so a device holds the train state once, not twice, and the state
+  passed in is deleted. On a CPU host split into several devices the train
+  step waits for itself (see `one_step_in_flight`).
   """
-  parallel = _make_parallel(mode, step_config)
+  parallel = _make_parallel(mode, step_config, donate_state)
   devices = jax.devices()
   if len(devices) > 1 and devices[0].platform == "cpu":
     parallel = parallel._replace(
@@ -530,16 +543,18 @@ def one_step_in_flight(step: Callable) -> Callable:
   return step_and_wait
 
 
-def _make_parallel(mode: str, step_config: StepConfig) -> Parallel:
+def _make_parallel(mode: str, step_config: StepConfig,
+                   donate_state: bool) -> Parallel:
   mesh = Mesh(np.asarray(jax.devices()), (AXIS_NAME,))
   replicated = NamedSharding(mesh, P())
+  donate = (0,) if donate_state else ()
   if mode == "pmap":
     pmapped = functools.partial(jax.pmap, axis_name=AXIS_NAME,
                                 in_axes=(None, 0))
     config = dataclasses.replace(step_config, axis_name=AXIS_NAME)
     return Parallel(
         train_step=pmapped(functools.partial(train_step, step_config=config),
-                           out_axes=(None, None)),
+                           out_axes=(None, None), donate_argnums=donate),
         eval_step=pmapped(functools.partial(eval_step, step_config=config),
                           out_axes=None),
         put_batch=lambda batch: data.shard_for_devices(
@@ -557,7 +572,7 @@ def _make_parallel(mode: str, step_config: StepConfig) -> Parallel:
   return Parallel(
       train_step=jax.jit(functools.partial(train_step, step_config=config),
                          out_shardings=(replicated, replicated),
-                         donate_argnums=(0,)),
+                         donate_argnums=donate),
       eval_step=jax.jit(functools.partial(eval_step, step_config=config),
                         out_shardings=replicated),
       put_batch=put_batch, state_sharding=replicated)
@@ -574,7 +589,8 @@ def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
-                   steps_per_epoch: int) -> tuple[Parallel, TrainState]:
+                   steps_per_epoch: int, *, donate_state: bool = True
+                   ) -> tuple[Parallel, TrainState]:
   """The model, optimizer and wrapped steps of ``config``, and a fresh state.
 
   Args:
@@ -582,6 +598,8 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
     train_split: The training data (for the classes, image shape and, with
       ``normalization="dataset"``, the statistics).
     steps_per_epoch: Optimizer steps per epoch.
+    donate_state: Whether the train step donates the state it is given (see
+      `make_parallel`).
 
   Returns:
     The steps wrapped for ``config.parallel``, and the initial train state on
@@ -610,7 +628,8 @@ def build_parallel(config: ml_collections.ConfigDict, train_split: data.Split,
       skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
   state = create_train_state(model, tx, train_split.images.shape[1:],
                              config.seed, epoch_sum_names(config.optimizer))
-  return make_parallel(config.parallel, step_config), state
+  return make_parallel(config.parallel, step_config,
+                       donate_state=donate_state), state
 
 
 def detected_cluster() -> tuple[str, int] | None:

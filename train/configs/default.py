@@ -103,7 +103,10 @@ def _schedule() -> ml_collections.ConfigDict:
   schedule.constant_epochs = 31
   schedule.decay_per_step = 0.99985
   schedule.final_learning_rate = 0.0  # end of "cosine"
-  schedule.warmup_epochs = 0.0  # linear warm-up from 0, any schedule
+  # Linear warm-up from 0, any schedule. It replaces the start of "step" and
+  # "exponential" (their decays stay at the epochs above, so it must end by
+  # the first); "cosine" decays from the warm-up's end to the run's end.
+  schedule.warmup_epochs = 0.0
   return schedule
 
 
