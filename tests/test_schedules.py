@@ -75,3 +75,16 @@ def test_constant_and_unknown():
   with pytest.raises(ValueError, match="Unknown schedule 'linear'"):
     schedules.create_learning_rate_schedule(schedule_config(name="linear"), S,
                                             2)
+
+
+def test_fractional_step_boundaries_decay_at_the_nearest_step():
+  schedule = schedules.step_decay(0.1, (1.6, 3.2, 4.8), 0.2, steps_per_epoch=10)
+  rates = [float(schedule(step)) for step in (15, 16, 31, 32, 47, 48)]
+  np.testing.assert_allclose(rates, [0.1, 0.02, 0.02, 0.004, 0.004, 0.0008],
+                             rtol=1e-6)
+  # Whole epochs: the same steps as before fractions were allowed.
+  whole = schedules.step_decay(0.1, (3, 6, 9), 0.2, steps_per_epoch=352)
+  assert float(whole(3 * 352 - 1)) == pytest.approx(0.1)
+  assert float(whole(3 * 352)) == pytest.approx(0.02)
+  with pytest.raises(ValueError, match="same step"):
+    schedules.step_decay(0.1, (1.01, 1.02), 0.2, steps_per_epoch=10)

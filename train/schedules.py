@@ -12,11 +12,21 @@ def step_decay(learning_rate: float, boundaries_epochs, decay_factor: float,
   """Multiplies the rate by ``decay_factor`` after each epoch in ``boundaries_epochs``.
 
   Schedule A of the reference is ``step_decay(0.1, (31, 61, 91), 0.2, S)``:
-  epochs 0-30 at 0.1, 31-60 at 0.02, 61-90 at 0.004, then 0.0008.
+  epochs 0-30 at 0.1, 31-60 at 0.02, 61-90 at 0.004, then 0.0008. A
+  boundary may be a fraction of an epoch: the decay then comes at the step
+  nearest to it (``round(epoch * S)``), e.g. (1.6, 3.2, 4.8) is schedule A
+  scaled to 8 epochs.
+
+  Raises:
+    ValueError: two boundaries fall on the same step.
   """
-  boundaries = {int(epoch) * steps_per_epoch: decay_factor
-                for epoch in boundaries_epochs}
-  return optax.piecewise_constant_schedule(learning_rate, boundaries)
+  steps = [round(epoch * steps_per_epoch) for epoch in boundaries_epochs]
+  if len(set(steps)) != len(steps):
+    raise ValueError(f"boundaries_epochs {tuple(boundaries_epochs)} put two "
+                     f"decays on the same step ({steps} at {steps_per_epoch} "
+                     "steps an epoch): space them further apart.")
+  return optax.piecewise_constant_schedule(
+      learning_rate, {step: decay_factor for step in steps})
 
 
 def constant_then_exponential(learning_rate: float, constant_epochs: int,

@@ -93,7 +93,8 @@ def _optimizer() -> ml_collections.ConfigDict:
 
 def _schedule() -> ml_collections.ConfigDict:
   schedule = ml_collections.ConfigDict()
-  # "step" (x decay_factor after each of boundaries_epochs; schedule A),
+  # "step" (x decay_factor after each of boundaries_epochs, which may be
+  # fractions of an epoch: the nearest step; schedule A),
   # "exponential" (constant for constant_epochs, then x decay_per_step before
   # every step; schedule B), "cosine", "constant".
   schedule.name = "step"
