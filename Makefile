@@ -1,6 +1,8 @@
 # Two commands on a fresh machine:
 #   make run    trains the quick CIFAR-10 config (creates the virtual environment on first use)
 #   make test   runs the test suite on 8 fake CPU devices
+#   make fuzz   runs the optimizer's property tests long (FUZZ_EXAMPLES per
+#               property) and prints, per property, the cases it counted
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -22,7 +24,9 @@ WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64
 WHEELS ?= ml-collections PyYAML tensorboardX
 
-.PHONY: run test venv wheelhouse clean
+FUZZ_EXAMPLES ?= 20000
+
+.PHONY: run test fuzz venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +43,11 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)
+
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s \
+		tests/test_properties.py --hypothesis-profile=fuzz \
+		--hypothesis-show-statistics $(ARGS)
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \
