@@ -16,23 +16,32 @@ losses, and a loss within that difference of the mean can land in the other
 phase. With ``n`` finite losses in the statistics and ``u = 2**-24``:
 
 * ``averaging="epoch"``: the epoch's sum is a compensated (double-float32)
-  sum, and each loss is compared with ``(loss_sum + loss_sum_compensation) /
-  loss_weight`` exactly. Each addition rounds only the compensation, by at
-  most ``2 u**2`` times the sum of the absolute losses, so
-  ``|m' - m| <= 2 n u**2 mean(|l|)``. The properties use
-  ``4 n u**2 mean(|l|) + 2**-120`` (the last term for float32 underflow).
-  The exact-sign comparison is checked on its own, at every step.
+  sum, exact to about 48 bits, and each loss is compared with ``m' =
+  (loss_sum + loss_sum_compensation) / loss_weight`` exactly (checked at
+  every step). Each addition rounds only the compensation, by at most
+  ``2 u**2`` times the sum of the absolute losses, so ``|m' - m| <= 2 n u**2
+  mean(|l|)``; the properties use ``B = 4 n u**2 mean(|l|) + 2**-120`` (the
+  last term for float32 underflow). A decision may differ from the exact one
+  only for a loss between ``m`` and ``m'``: this needs losses that span more
+  than about 2**48 within an epoch (e.g. 1, 1e18 and a near tie), or that
+  cancel (2**100, 1, 1e-30, -1, 2**98).
 * ``averaging="ema"``: the moving average and its weight are float32
-  recursions, with ``ema_decay`` rounded to float32, so
-  ``|m' - m| <= (6 n + 8) u A`` where ``A`` is the debiased moving average of
-  ``|l|`` (plus ``2**-120``).
+  recursions, with ``ema_decay`` rounded to float32 (0 or in [0.01, 0.999]
+  here), so ``|m' - m| <= B = (6 n + 8) u A + 2**-120``, with ``A`` the
+  debiased moving average of ``|l|``. A decision may differ from the exact
+  one for a loss within ``B`` of ``m``, ties included. (The mean that the
+  loss is compared with can also differ by a rounding from the stored
+  ``loss_sum / loss_weight``: XLA may fuse ``decay * s + (1 - decay) * l``
+  into a multiply-add in one place and not in another.)
 
-Decisions (hence betas) must match the reference exactly unless
-``|l_t - m_t| <= bound``; those steps are counted (``make fuzz`` prints the
-counts), and where the library decided otherwise the reference follows it
-from there. The library's own running mean must always be within the bound of
-the exact one. Parameters are compared to float32 rounding (bf16 or f16 where
-those dtypes are used), and the dtypes and shapes of the state at every step.
+Everywhere else the decisions, hence the betas, must match the reference
+exactly; the library's own mean must always be within ``B`` of the exact one.
+The steps where a loss lies within ``B`` of the mean, or where the library
+may decide otherwise, are counted (``make fuzz`` prints the counts), and where
+it did decide otherwise the reference follows it from there. Parameters are
+compared to float32 rounding (bf16 or f16 where those dtypes are used), and
+the dtypes and shapes of the state at every step. Float32 subnormal losses
+are not drawn: XLA flushes them to zero on CPU.
 
 Compilation dominates: the numeric options (betas, learning rate, epoch
 length, ...) are passed to one jitted ``lax.scan`` as traced values, and the
@@ -188,8 +197,13 @@ def loss_phases(losses: np.ndarray, options: Options,
     bound += UNDERFLOW_SLACK
     exact_below = loss < mean
     library_mean = library[t].mean
-    excused = (library_mean != mean
-               and min(mean, library_mean) <= loss <= max(mean, library_mean))
+    if options.averaging == "epoch":
+      # The library compares exactly with its own mean (checked apart), so it
+      # can only decide otherwise for a loss between the two means.
+      excused = library_mean != mean and (
+          min(mean, library_mean) <= loss <= max(mean, library_mean))
+    else:
+      excused = abs(loss - mean) <= bound
     below = library[t].below if excused else exact_below
     near_tie = loss != mean and abs(float(loss - mean)) <= bound
     phases.append(Phase(below, exact_below, mean, bound, near_tie, excused))
@@ -347,12 +361,15 @@ def compiled_run(make: Callable[..., Any], static: Static):
 # ----------------------------------------------------------------------------
 
 # Parameter trees: (dtype, shape) leaves, None leaves, nested containers.
-TREES = (
-    {"w": ("float32", (3,)), "b": ("float32", ()), "frozen": None},
-    [("bfloat16", (2, 2)), None, ("bfloat16", ())],
-    {"conv": {"kernel": ("float16", (2, 1, 2))}, "scale": ("float32", (1,))},
-)
+# One tree holds every leaf dtype, scalars and None, so that a compilation
+# covers them all; test_random_trees_match_reference draws random ones.
+MIXED_TREE = {
+    "w": ("float32", (3,)), "b": ("float32", ()), "frozen": None,
+    "layers": [("bfloat16", (2, 2)), None, ("bfloat16", ())],
+    "conv": {"kernel": ("float16", (2, 1, 2))}}
 FLOAT32_TREE = {"w": ("float32", (2, 3)), "b": ("float32", ()), "n": None}
+X64_TREE = {"w": ("float64", (3,)), "s": ("float32", ()), "n": None,
+            "v": [("float32", (2,)), ("float64", ())]}
 
 
 def _pairwise(factors: dict[str, tuple]) -> list[dict[str, Any]]:
@@ -360,17 +377,14 @@ def _pairwise(factors: dict[str, tuple]) -> list[dict[str, Any]]:
   names = list(factors)
   rows = [dict(zip(names, values))
           for values in itertools.product(*factors.values())]
-
-  def pairs(row):
-    return {((a, row[a]), (b, row[b]))
-            for a, b in itertools.combinations(names, 2)}
-
-  uncovered = set().union(*(pairs(row) for row in rows))
+  pairs = [{((a, row[a]), (b, row[b]))
+            for a, b in itertools.combinations(names, 2)} for row in rows]
+  uncovered = set().union(*pairs)
   chosen = []
   while uncovered:
-    best = max(rows, key=lambda row: len(pairs(row) & uncovered))
-    chosen.append(best)
-    uncovered -= pairs(best)
+    best = max(range(len(rows)), key=lambda i: len(pairs[i] & uncovered))
+    chosen.append(rows[best])
+    uncovered -= pairs[best]
   return chosen
 
 
@@ -383,16 +397,22 @@ def _static_combinations(factors: dict[str, tuple]) -> list[dict[str, Any]]:
   return _pairwise(factors)
 
 
+# "float32" losses are drawn as float32 or float64 (without x64, jax gets
+# both as float32, so they share a compilation).
 STATIC_FACTORS = {
     "averaging": ("epoch", "ema"), "lag": (True, False),
     "nesterov": (False, True),
     "accumulator_dtype": (None, "float32", "bfloat16"),
-    "loss_dtype": tuple(LOSS_DTYPES), "tree": tuple(range(len(TREES)))}
+    "loss_dtype": ("bfloat16", "float16", "float32")}
 
 
 def _options(draw, static: dict[str, Any]) -> Options:
   unit = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 0.95, 0.99]),
                    st.floats(0.0, 0.999))
+  # A decay below float32's range would round to zero in the float32
+  # statistics; the bound assumes a decay of 0 or a sensible one.
+  decay = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+                    st.floats(0.01, 0.999))
   beta_below = draw(unit)
   beta_above = draw(st.one_of(st.just(beta_below), unit))
   return Options(
@@ -400,7 +420,7 @@ def _options(draw, static: dict[str, Any]) -> Options:
       nesterov=static["nesterov"],
       accumulator_dtype=static["accumulator_dtype"],
       steps_per_epoch=draw(st.integers(1, MAX_STEPS_PER_EPOCH)),
-      ema_decay=draw(unit), start_step=draw(st.integers(0, NUM_STEPS + 1)),
+      ema_decay=draw(decay), start_step=draw(st.integers(0, NUM_STEPS + 1)),
       beta_below=beta_below, beta_above=beta_above, beta_init=draw(unit),
       learning_rate=draw(st.sampled_from([0.1, 1.0, 1e-3]) | st.floats(
           1e-4, 1.0)),
@@ -558,9 +578,14 @@ def check_phase_statistics(phase_seq, losses: np.ndarray, phases: list[Phase],
     counts["ties"] += loss == phase.mean
     if options.averaging == "ema":
       assert float(phase_seq.loss_sum_compensation[t]) == 0.0
-    # The documented comparison: exact with the compensated epoch sum, with
-    # the float32 mean in EMA mode.
-    assert mine.below == (loss < mine.mean), (t, loss, mine)
+      # Not checked: that below_mean agrees with the stored loss_sum /
+      # loss_weight. XLA may contract `decay * s + (1 - decay) * l` into a
+      # fused multiply-add in one fusion and not in another, so the mean the
+      # loss was compared with can differ by a rounding from the stored one
+      # (seen under multi_steps_with_mean_loss); both are within the bound.
+    else:
+      # The documented comparison: exact, with the compensated epoch sum.
+      assert mine.below == (loss < mine.mean), (t, loss, mine)
     assert abs(float(mine.mean - phase.mean)) <= phase.bound, (
         t, float(mine.mean), float(phase.mean), phase.bound)
     counts["within_bound"] += phase.within_bound
@@ -649,13 +674,24 @@ def _static_of(options: Options) -> Static:
 # ----------------------------------------------------------------------------
 
 
+def _share_of_profile(divisor: int) -> int:
+  """A share of the profile's examples, for properties that compile more."""
+  return max(5, hypothesis.settings().max_examples // divisor)
+
+
+def _loss_dtype(draw, static: dict[str, Any]) -> str:
+  if static["loss_dtype"] == "float32":
+    return draw(st.sampled_from(["float32", "float64"]))
+  return static["loss_dtype"]
+
+
 @st.composite
-def lcam_examples(draw, factors=STATIC_FACTORS, trees=TREES,
+def lcam_examples(draw, factors=STATIC_FACTORS, tree=MIXED_TREE,
                   num_steps=NUM_STEPS):
   static = draw(st.sampled_from(_static_combinations(factors)))
   options = _options(draw, static)
-  tree = trees[static["tree"]]
-  losses = draw(loss_sequences(options, static["loss_dtype"], num_steps))
+  losses = draw(loss_sequences(options, _loss_dtype(draw, static),
+                               num_steps))
   seed = draw(st.integers(0, 2 ** 32 - 1))
   return options, tree, losses, seed
 
@@ -707,20 +743,19 @@ def _random_spec_trees():
                            jax.tree.leaves(tree, is_leaf=_is_spec)))
 
 
-@hypothesis.settings(
-    max_examples=max(5, hypothesis.settings().max_examples // 10))
+@hypothesis.settings(max_examples=_share_of_profile(20))
 @hypothesis.given(st.data())
 def test_random_trees_match_reference(data):
   """Random tree shapes (None and scalar leaves), every option drawn.
 
-  Each tree compiles afresh, so this property runs a tenth of the examples.
+  Each tree compiles afresh, so this property runs a 20th of the examples.
   """
   tree = data.draw(_random_spec_trees())
   static = {name: data.draw(st.sampled_from(values))
             for name, values in STATIC_FACTORS.items()}
   options = _options(data.draw, static)
   num_steps = 4
-  losses = data.draw(loss_sequences(options, static["loss_dtype"],
+  losses = data.draw(loss_sequences(options, _loss_dtype(data.draw, static),
                                     num_steps))
   params, grads = _inputs(data.draw(st.integers(0, 2 ** 32 - 1)), tree,
                           num_steps)
@@ -730,10 +765,11 @@ def test_random_trees_match_reference(data):
                  *outputs)
 
 
+@hypothesis.settings(max_examples=_share_of_profile(2))
 @hypothesis.given(lcam_examples(
     factors={**STATIC_FACTORS, "accumulator_dtype": (None, "float32"),
-             "tree": (0,)},
-    trees=(FLOAT32_TREE,)))
+             "loss_dtype": ("float32",)},
+    tree=FLOAT32_TREE))
 def test_loss_controlled_sgd_is_lcam(example):
   """`loss_controlled` over injected SGD is LCAM, for every option."""
   options, tree, losses, seed = example
@@ -759,24 +795,26 @@ def test_loss_controlled_sgd_is_lcam(example):
   check_params(params_seq, history, tree, options)
 
 
+@hypothesis.settings(max_examples=_share_of_profile(4))
 @hypothesis.given(st.data())
 def test_multi_steps_with_mean_loss_is_the_mean_loss_by_hand(data):
   """The wrapper's inner LCAM sees what feeding it the mean loss would."""
-  every_k = data.draw(st.integers(1, 3))
+  every_k = data.draw(st.integers(2, 3))
   factors = {**STATIC_FACTORS, "accumulator_dtype": (None,),
-             "nesterov": (False,), "tree": (0,)}
+             "nesterov": (False,), "lag": (True,), "loss_dtype": ("float32",)}
   static = data.draw(st.sampled_from(_static_combinations(factors)))
   options = _options(data.draw, static)
   num_updates = NUM_STEPS // 2
   micro_losses = data.draw(loss_sequences(
-      options, static["loss_dtype"], num_updates * every_k))
+      options, _loss_dtype(data.draw, static), num_updates * every_k))
   params, micro_grads = _inputs(data.draw(st.integers(0, 2 ** 32 - 1)),
                                 FLOAT32_TREE, num_updates * every_k)
   # By hand: float32 mean of each group of k losses, exact mean of the grads.
   as_float32 = micro_losses.astype(np.float32).reshape(num_updates, every_k)
   mean_losses = np.zeros(num_updates, np.float32)
-  for i in range(every_k):
-    mean_losses = mean_losses + as_float32[:, i]
+  with np.errstate(invalid="ignore"):  # inf - inf
+    for i in range(every_k):
+      mean_losses = mean_losses + as_float32[:, i]
   mean_losses = mean_losses / np.float32(every_k)
   mean_grads = jax.tree.map(
       lambda g: g.astype(np.float64).reshape(
@@ -796,13 +834,11 @@ def test_multi_steps_with_mean_loss_is_the_mean_loss_by_hand(data):
                  jax.tree.map(lambda x: x[emitted], state_seq))
 
 
-@hypothesis.settings(
-    max_examples=max(5, hypothesis.settings().max_examples // 4))
+@hypothesis.settings(max_examples=_share_of_profile(4))
 @hypothesis.given(lcam_examples(
-    factors={**STATIC_FACTORS, "loss_dtype": ("float64",), "tree": (0, 1),
+    factors={**STATIC_FACTORS, "loss_dtype": ("float64",),
              "accumulator_dtype": (None, "float64")},
-    trees=({"w": ("float64", (3,)), "s": ("float32", ()), "n": None},
-           [("float32", (2,)), ("float64", ())])))
+    tree=X64_TREE))
 def test_x64_losses_and_parameters(example):
   """With jax_enable_x64: float64 losses are cast to float32, the state's
   statistics stay float32, and float64 parameters stay float64."""
