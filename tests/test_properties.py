@@ -81,9 +81,8 @@ EPSILON = {  # machine epsilon of each parameter or accumulator dtype
     "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10, "float32": 2.0 ** -23,
     "float64": 2.0 ** -23}  # float64 leaves: the float32 hyper-parameters
 
-# Counts printed by `make fuzz`, per property: examples, steps checked, steps
-# whose loss lay within the error bound of the mean, and among those, the
-# steps where the library's decision differed from the exact one.
+# Counts printed by `make fuzz` (with -s), per property and averaging mode;
+# see `_print_counts`.
 COUNTS = collections.defaultdict(collections.Counter)
 
 
@@ -124,6 +123,7 @@ class Options:
   beta_init: float = 0.9
   learning_rate: float = 0.1
   weight_decay: float = 0.0
+  phases: str = "loss"  # the reference's phase rule, a key of PHASE_RULES
 
 
 class Phase(NamedTuple):
@@ -210,8 +210,9 @@ def loss_phases(losses: np.ndarray, options: Options,
   return phases
 
 
-# A phase rule maps (losses, options, library's below_mean) to the phases;
-# another rule (e.g. random phases) plugs in here, keyed by `phases`.
+# A phase rule maps (losses, options, the library's phases) to the reference
+# phases; another rule (e.g. random phases) plugs in here, keyed by
+# `Options.phases` (also to be passed on to the library by `make_lcam`).
 PHASE_RULES: dict[str, Callable[..., list[Phase]]] = {"loss": loss_phases}
 
 
@@ -629,7 +630,7 @@ def check_rule(name: str, options: Options, phase_seq,
   counts["examples"] += 1
   seen = np.asarray(losses.astype(np.float32), np.float64)
   library = library_phases(phase_seq, seen, options)
-  phases = PHASE_RULES["loss"](seen, options, library)
+  phases = PHASE_RULES[options.phases](seen, options, library)
   check_phase_statistics(phase_seq, seen, phases, library, options, counts)
   return values_in_force(
       phases, options.beta_below, options.beta_above, options.beta_init,
