@@ -325,6 +325,7 @@ def make_controlled_sgd(static: Static, numeric: dict[str, Any]):
           **_rule_kwargs(static, numeric)))
 
 
+@functools.cache  # one function per k, so that `compiled_run` reuses it
 def make_multi_steps(every_k: int):
   def make(static, numeric):
     return optax_lcam.multi_steps_with_mean_loss(
