@@ -1,10 +1,12 @@
 # Two commands on a fresh machine:
 #   make run    trains the quick CIFAR-10 config (creates the virtual environment on first use)
 #   make test   runs the test suite on 8 fake CPU devices
-# `make package` builds and checks the sdist and the wheel of optax_lcam (CI too).
+# `make package` builds and checks the sdist and the wheel of optax_lcam (CI too),
 # and the documentation:
 #   make docs   builds the site into docs/_build/html (warnings are errors),
 #               executing its pages and the notebook, then runs its doctests
+#   make fuzz   runs the optimizer's property tests long (FUZZ_EXAMPLES per
+#               property) and prints, per property, the cases it counted
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -31,7 +33,9 @@ WHEELS ?= ml-collections PyYAML tensorboardX
 # Where `make docs` builds: the HTML site, and the doctest builder's report.
 DOCS_BUILD ?= docs/_build
 
-.PHONY: run test package docs venv wheelhouse clean
+FUZZ_EXAMPLES ?= 20000
+
+.PHONY: run test package docs fuzz venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -73,6 +77,11 @@ docs: $(VENV)/.installed-docs
 	$(PY) -m sphinx -W --keep-going -E -q -b doctest \
 		-D nb_execution_mode=off docs $(DOCS_BUILD)/doctest
 	@echo "The site: $(DOCS_BUILD)/html/index.html"
+
+fuzz: venv
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s \
+		tests/test_properties.py --hypothesis-profile=fuzz \
+		--hypothesis-show-statistics $(ARGS)
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \

@@ -20,3 +20,17 @@ import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 # Compiling is most of a CPU test's time; the numbers do not depend on it.
 jax.config.update("jax_disable_most_optimizations", True)
+
+# Hypothesis profiles (tests/test_properties.py): "ci", bounded and
+# reproducible, by default; "fuzz", long, with `--hypothesis-profile=fuzz`
+# (`make fuzz`; FUZZ_EXAMPLES sets its number of examples per property).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", max_examples=200, derandomize=True, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "20000")),
+    deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
