@@ -124,6 +124,8 @@ class Options:
   learning_rate: float = 0.1
   weight_decay: float = 0.0
   phases: str = "loss"  # the reference's phase rule, a key of PHASE_RULES
+  below_probability: float = 0.5  # phases="random"
+  phase_seed: int = 0  # phases="random"
 
 
 class Phase(NamedTuple):
@@ -153,8 +155,9 @@ class Phase(NamedTuple):
 class LibraryPhase(NamedTuple):
   """What the library decided at a step, and the mean it compared with."""
 
-  below: bool
+  below: bool  # the phase in force (with phases="random", the draw)
   mean: Any  # a Fraction (epoch mode) or a float; None for a non-finite loss
+  loss_below: bool  # whether it found the loss below that mean
 
 
 def loss_phases(losses: np.ndarray, options: Options,
@@ -204,16 +207,40 @@ def loss_phases(losses: np.ndarray, options: Options,
           min(mean, library_mean) <= loss <= max(mean, library_mean))
     else:
       excused = abs(loss - mean) <= bound
-    below = library[t].below if excused else exact_below
+    below = library[t].loss_below if excused else exact_below
     near_tie = loss != mean and abs(float(loss - mean)) <= bound
     phases.append(Phase(below, exact_below, mean, bound, near_tie, excused))
   return phases
 
 
+@functools.cache
+def _draws(num_steps: int):
+  """The placebo's draws, as documented: step ``t`` is "below" when
+  ``uniform(fold_in(key(phase_seed), t)) < below_probability``, a function of
+  the seed and the step alone (jax.random is the spec of the bits)."""
+  def draw(seed, probability):
+    key = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    return jax.vmap(lambda t: jax.random.uniform(
+        jax.random.fold_in(key, t), (), jnp.float32) < probability)(
+            jnp.arange(num_steps, dtype=jnp.int32))
+  return jax.jit(draw)
+
+
+def random_phases(losses: np.ndarray, options: Options,
+                  library: list[LibraryPhase]) -> list[Phase]:
+  """``phases="random"``: each step's phase is its draw, whatever the loss;
+  the loss statistics (and whether the loss was below the mean) are those of
+  the loss rule."""
+  draws = np.asarray(_draws(len(losses))(
+      options.phase_seed, np.float32(options.below_probability)))
+  return [phase._replace(below=bool(draw)) for phase, draw in
+          zip(loss_phases(losses, options, library), draws)]
+
+
 # A phase rule maps (losses, options, the library's phases) to the reference
-# phases; another rule (e.g. random phases) plugs in here, keyed by
-# `Options.phases` (also to be passed on to the library by `make_lcam`).
-PHASE_RULES: dict[str, Callable[..., list[Phase]]] = {"loss": loss_phases}
+# phases, keyed by `Options.phases` (passed on to the library by `make_lcam`).
+PHASE_RULES: dict[str, Callable[..., list[Phase]]] = {
+    "loss": loss_phases, "random": random_phases}
 
 
 def values_in_force(phases: list[Phase], below: float, above: float,
@@ -288,13 +315,15 @@ class Static(NamedTuple):
   lag: bool
   nesterov: bool
   accumulator_dtype: Optional[str]
+  phases: str = "loss"
 
 
 def _numeric(options: Options) -> dict[str, Any]:
   """The options passed to the jitted run as (traced) Python numbers."""
   return {name: getattr(options, name) for name in (
       "steps_per_epoch", "ema_decay", "start_step", "beta_below",
-      "beta_above", "beta_init", "learning_rate", "weight_decay")}
+      "beta_above", "beta_init", "learning_rate", "weight_decay",
+      "below_probability", "phase_seed")}
 
 
 def _rule_kwargs(static: Static, numeric: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +331,9 @@ def _rule_kwargs(static: Static, numeric: dict[str, Any]) -> dict[str, Any]:
   return dict(
       steps_per_epoch=numeric["steps_per_epoch"] if epoch else None,
       averaging=static.averaging, ema_decay=numeric["ema_decay"],
-      lag=static.lag, start_step=numeric["start_step"])
+      lag=static.lag, start_step=numeric["start_step"], phases=static.phases,
+      below_probability=numeric["below_probability"],
+      phase_seed=numeric["phase_seed"])
 
 
 def make_lcam(static: Static, numeric: dict[str, Any]):
@@ -405,7 +436,8 @@ STATIC_FACTORS = {
     "averaging": ("epoch", "ema"), "lag": (True, False),
     "nesterov": (False, True),
     "accumulator_dtype": (None, "float32", "bfloat16"),
-    "loss_dtype": ("bfloat16", "float16", "float32")}
+    "loss_dtype": ("bfloat16", "float16", "float32"),
+    "phases": ("loss", "random")}
 
 
 def _options(draw, static: dict[str, Any]) -> Options:
@@ -426,7 +458,11 @@ def _options(draw, static: dict[str, Any]) -> Options:
       beta_below=beta_below, beta_above=beta_above, beta_init=draw(unit),
       learning_rate=draw(st.sampled_from([0.1, 1.0, 1e-3]) | st.floats(
           1e-4, 1.0)),
-      weight_decay=draw(st.sampled_from([0.0, 5e-4]) | st.floats(0.0, 0.1)))
+      weight_decay=draw(st.sampled_from([0.0, 5e-4]) | st.floats(0.0, 0.1)),
+      phases=static.get("phases", "loss"),
+      below_probability=draw(st.sampled_from([0.0, 0.5, 1.0])
+                             | st.floats(0.0, 1.0)),
+      phase_seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
 def _running_mean_so_far(values: list[float], options: Options) -> float:
@@ -511,10 +547,13 @@ def _leaves(tree: Any) -> list:
 
 
 def check_phase_dtypes_and_shapes(phase, lead: tuple):
-  """The documented dtypes and shapes of `LossPhaseState`."""
+  """The documented dtypes and shapes of `LossPhaseState` (and of the
+  `RandomPhaseState` of phases="random", with ``loss_below_mean``)."""
   expected = {"phase_step": np.int32, "loss_sum": np.float32,
               "loss_sum_compensation": np.float32, "loss_weight": np.float32,
               "below_mean": np.bool_, "phase_decided": np.bool_}
+  if isinstance(phase, optax_lcam.RandomPhaseState):
+    expected["loss_below_mean"] = np.bool_
   for name, dtype in expected.items():
     value = getattr(phase, name)
     assert value.dtype == dtype, (name, value.dtype)
@@ -548,19 +587,20 @@ def library_phases(phase_seq, losses: np.ndarray,
   loss_weight``, exactly (a Fraction); in EMA mode, the float32 quotient.
   """
   phases = []
+  loss_below_seq = getattr(phase_seq, "loss_below_mean", phase_seq.below_mean)
   for t, loss in enumerate(losses):
-    below = bool(phase_seq.below_mean[t])
+    below, loss_below = bool(phase_seq.below_mean[t]), bool(loss_below_seq[t])
     weight = phase_seq.loss_weight[t]
     if not math.isfinite(loss) or weight == 0:
-      phases.append(LibraryPhase(below, None))
+      phases.append(LibraryPhase(below, None, loss_below))
     elif options.averaging == "epoch":
       exact_sum = (fractions.Fraction(float(phase_seq.loss_sum[t]))
                    + fractions.Fraction(
                        float(phase_seq.loss_sum_compensation[t])))
-      phases.append(LibraryPhase(below, exact_sum / int(weight)))
+      phases.append(LibraryPhase(below, exact_sum / int(weight), loss_below))
     else:
       quotient = np.float32(phase_seq.loss_sum[t]) / np.float32(weight)
-      phases.append(LibraryPhase(below, float(quotient)))
+      phases.append(LibraryPhase(below, float(quotient), loss_below))
   return phases
 
 
@@ -573,7 +613,11 @@ def check_phase_statistics(phase_seq, losses: np.ndarray, phases: list[Phase],
     counts["steps"] += 1
     assert int(phase_seq.phase_step[t]) == t + 1
     finite_seen |= math.isfinite(loss)
-    assert bool(phase_seq.phase_decided[t]) == finite_seen
+    # The placebo decides from the first step on, whatever the loss.
+    assert bool(phase_seq.phase_decided[t]) == (
+        finite_seen or options.phases == "random")
+    if options.phases == "random":
+      assert mine.below == phase.below, (t, "the draw")
     if phase.mean is None:
       counts["non_finite"] += 1
       continue
@@ -587,13 +631,14 @@ def check_phase_statistics(phase_seq, losses: np.ndarray, phases: list[Phase],
       # (seen under multi_steps_with_mean_loss); both are within the bound.
     else:
       # The documented comparison: exact, with the compensated epoch sum.
-      assert mine.below == (loss < mine.mean), (t, loss, mine)
+      assert mine.loss_below == (loss < mine.mean), (t, loss, mine)
     assert abs(float(mine.mean - phase.mean)) <= phase.bound, (
         t, float(mine.mean), float(phase.mean), phase.bound)
     counts["within_bound"] += phase.within_bound
     counts["excused"] += phase.excused
-    counts["decided_otherwise"] += mine.below != phase.exact_below
-    assert phase.excused or mine.below == phase.exact_below, (t, loss, phase)
+    counts["decided_otherwise"] += mine.loss_below != phase.exact_below
+    assert phase.excused or mine.loss_below == phase.exact_below, (
+        t, loss, phase)
 
 
 def check_params(params_seq, history, spec_tree, options: Options):
@@ -668,7 +713,7 @@ def _inputs(seed: int, spec_tree, num_steps: int):
 
 def _static_of(options: Options) -> Static:
   return Static(options.averaging, options.lag, options.nesterov,
-                options.accumulator_dtype)
+                options.accumulator_dtype, options.phases)
 
 
 # ----------------------------------------------------------------------------
@@ -803,7 +848,8 @@ def test_multi_steps_with_mean_loss_is_the_mean_loss_by_hand(data):
   """The wrapper's inner LCAM sees what feeding it the mean loss would."""
   every_k = data.draw(st.integers(2, 3))
   factors = {**STATIC_FACTORS, "accumulator_dtype": (None,),
-             "nesterov": (False,), "lag": (True,), "loss_dtype": ("float32",)}
+             "nesterov": (False,), "lag": (True,), "loss_dtype": ("float32",),
+             "phases": ("loss",)}
   static = data.draw(st.sampled_from(_static_combinations(factors)))
   options = _options(data.draw, static)
   num_updates = NUM_STEPS // 2
@@ -839,7 +885,7 @@ def test_multi_steps_with_mean_loss_is_the_mean_loss_by_hand(data):
 @hypothesis.settings(max_examples=_share_of_profile(4))
 @hypothesis.given(lcam_examples(
     factors={**STATIC_FACTORS, "loss_dtype": ("float64",),
-             "accumulator_dtype": (None, "float64")},
+             "accumulator_dtype": (None, "float64"), "phases": ("loss",)},
     tree=X64_TREE))
 def test_x64_losses_and_parameters(example):
   """With jax_enable_x64: float64 losses are cast to float32, the state's
