@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     train_main.use_host_devices(load_config(args.workdir))  # Before JAX starts.
     result = evaluate_checkpoint(args.workdir)
   except (FileNotFoundError, data.DataError, train.ConfigError,
-          checkpoints.IncompatibleCheckpointError) as e:
+          checkpoints.IncompatibleCheckpointError,
+          checkpoints.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"step {result['step']} (epoch {result['epoch']:g}): test_loss "
