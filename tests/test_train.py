@@ -592,6 +592,26 @@ def test_evaluate_command_without_a_run_is_one_error_line(tmp_path, capsys):
   assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_a_damaged_config_json_is_one_error_line(straight_run, tmp_path,
+                                                 capsys):
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  (tmp_path / "config.json").write_text('{"model": ')
+  assert evaluate.main([str(tmp_path)]) == 1
+  assert re.match(rf"error: {tmp_path}/config.json is unreadable \(.*\)\.\n$",
+                  capsys.readouterr().err)
+
+
+def test_an_unreadable_workdir_file_is_one_error_line(tmp_path):
+  (tmp_path / metric_writers.METRICS_FILENAME).mkdir()
+  result = subprocess.run(_train_command(tmp_path), env=_cli_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if not re.match(r"[IWE]\d{4} ", line)]
+  assert errors == [f"error: {tmp_path}/metrics.jsonl: Is a directory"], (
+      result.stderr[-3000:])
+
+
 def test_load_variables_gives_what_the_model_needs(straight_run):
   variables = checkpoints.load_variables(str(straight_run))
   assert set(variables) == {"params", "batch_stats"}

@@ -24,9 +24,20 @@ from train import train
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir's run was made with (its ``config.json``)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  """The config a workdir's run was made with (its ``config.json``).
+
+  Raises:
+    FileNotFoundError: the workdir has no ``config.json``.
+    train.ConfigError: it cannot be read.
+  """
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError:
+    raise
+  except (OSError, ValueError) as e:
+    raise train.ConfigError(f"{path} is unreadable ({e}).") from e
 
 
 def evaluate_checkpoint(workdir: str) -> dict[str, float]:
