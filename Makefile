@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    trains the quick CIFAR-10 config (creates the virtual environment on first use)
 #   make test   runs the test suite on 8 fake CPU devices
+#   make chaos  kills, damages and resumes tiny runs (bench/chaos.py)
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -22,7 +23,7 @@ WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64
 WHEELS ?= ml-collections PyYAML tensorboardX
 
-.PHONY: run test venv wheelhouse clean
+.PHONY: run test chaos venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +40,9 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)
+
+chaos: venv
+	$(PY) bench/chaos.py $(ARGS)
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \
