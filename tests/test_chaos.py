@@ -65,4 +65,6 @@ def test_random_overrides_succeed_or_give_one_error_line(tmp_path_factory,
 
 def test_chaos_runs_end_as_uninterrupted_ones(capsys):
   assert chaos.main(["--trials", "1", "--stops", "2", "--seed", "1"]) == 0
-  assert "same as uninterrupted: 1" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "same as uninterrupted: 1" in out
+  assert re.search(r"checkpoint (flipped|truncated): 1", out), out
