@@ -32,8 +32,11 @@ import time
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-# Exit codes of a run stopped by each signal: killed, or saved and exited.
-STOPPED = {-signal.SIGKILL, 128 + signal.SIGTERM, 128 + signal.SIGINT}
+# Exit codes of a run stopped by each signal: killed (SIGTERM too, when it
+# comes before the loop's handler is set or after the loop), or saved and
+# exited.
+STOPPED = {-signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM,
+           128 + signal.SIGINT}
 
 
 def parse_args(argv=None):
