@@ -52,13 +52,13 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def _environment() -> dict[str, str]:
+def environment() -> dict[str, str]:
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
               XLA_FLAGS="--xla_force_host_platform_device_count=8",
               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
 
 
-def _command(workdir: Path) -> list[str]:
+def train_command(workdir: Path) -> list[str]:
   return [sys.executable, "-m", "train", "--config",
           str(REPO / "train/configs/tiny.py"), "--workdir", str(workdir)]
 
@@ -88,7 +88,7 @@ def attempt(workdir: Path, delay: float | None, signum: int | None):
     checkpoint to the exit.
   """
   before = _steps(workdir)
-  process = subprocess.Popen(_command(workdir), env=_environment(),
+  process = subprocess.Popen(train_command(workdir), env=environment(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
   errors = []
@@ -182,7 +182,7 @@ def trial(workdir: Path, reference: dict, stops: int, max_delay: float,
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  os.environ.update(_environment())
+  os.environ.update(environment())
   sys.path.insert(0, str(REPO))
   rng = random.Random(args.seed)
   counts = collections.Counter()

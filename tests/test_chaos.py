@@ -50,9 +50,9 @@ _OVERRIDES = st.lists(st.tuples(_FIELDS, _VALUES), min_size=1, max_size=3)
 def test_random_overrides_succeed_or_give_one_error_line(tmp_path_factory,
                                                          overrides):
   workdir = tmp_path_factory.mktemp("fuzz")
-  command = [*chaos._command(workdir), "--config.stop_after_steps=1",  # pylint: disable=protected-access
+  command = [*chaos.train_command(workdir), "--config.stop_after_steps=1",
              *(f"--config.{field}={value}" for field, value in overrides)]
-  result = subprocess.run(command, env=chaos._environment(),  # pylint: disable=protected-access
+  result = subprocess.run(command, env=chaos.environment(),
                           capture_output=True, text=True, timeout=600)
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   if result.returncode:

@@ -151,10 +151,10 @@ def check_batch_fits_split(batch_size: int, num_examples: int) -> None:
   and its memory is spent on the padding.
 
   Example:
-    >>> check_batch_fits_split(100000, 256)
+    >>> check_batch_fits_split(100000, 256)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    train.train.ConfigError: config.batch_size=100000 is larger than the training split (256 examples); use at most 256.
+    train.train.ConfigError: config.batch_size=100000 is larger than the ...
   """
   if batch_size > num_examples:
     raise ConfigError(
