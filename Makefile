@@ -7,6 +7,7 @@
 #               executing its pages and the notebook, then runs its doctests
 #   make fuzz   runs the optimizer's property tests long (FUZZ_EXAMPLES per
 #               property) and prints, per property, the cases it counted
+#   make chaos  kills, damages and resumes tiny runs (bench/chaos.py)
 # The harness (models/, train/) runs from this checkout; the virtual environment
 # holds the optimizer package (editable) and the extras the harness needs.
 PYTHON ?= python3
@@ -35,7 +36,7 @@ DOCS_BUILD ?= docs/_build
 
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: run test package docs fuzz venv wheelhouse clean
+.PHONY: run test package docs fuzz chaos venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -82,6 +83,9 @@ fuzz: venv
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s \
 		tests/test_properties.py --hypothesis-profile=fuzz \
 		--hypothesis-show-statistics $(ARGS)
+
+chaos: venv
+	$(PY) bench/chaos.py $(ARGS)
 
 wheelhouse:
 	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps \

@@ -2,15 +2,18 @@
 
 Builds a train state the size of WRN-28-10's with LCAM (parameters, BatchNorm
 statistics, momentum: 36.5 M float32 each for parameters and momentum),
-replicated over the devices as in training, and saves it in two ways,
+replicated over the devices as in training, and saves it in three ways,
 interleaved:
 
   old: copy every leaf to host memory (numpy) on the training thread, then
        save the numpy tree with Orbax's defaults (what train/checkpoints.py
        did before);
-  new: `train.checkpoints.Checkpointer.save`: the device arrays go to Orbax,
-       which copies one replica of each to host memory (all leaves at once,
-       each whole) and writes the files in the background.
+  unhashed: `train.checkpoints.Checkpointer.save` without checksums (as
+       before they existed): the device arrays go to Orbax, which copies one
+       replica of each to host memory (all leaves at once, each whole) and
+       writes the files in the background;
+  new: the same with the SHA-256 of every file computed in Orbax's
+       background thread before the checkpoint is committed.
 
 Prints, for each, the median time the save call blocks the caller and the
 median time until the checkpoint is complete on disk.
@@ -77,15 +80,23 @@ def main():
                                   "config": config.to_dict()})))
     return save, manager
 
-  def new_save(directory):
-    checkpointer = checkpoints.Checkpointer(directory, config, keep=1)
-    return (lambda step: checkpointer.save(step, state),
-            checkpointer._manager)  # pylint: disable=protected-access
+  class Unhashed(checkpoints.Checkpointer):
+    def _write_checksums(self):
+      pass
 
-  timings = {"old": ([], []), "new": ([], [])}
+  def checkpointer_save(make_checkpointer):
+    def make(directory):
+      checkpointer = make_checkpointer(directory, config, keep=1)
+      return (lambda step: checkpointer.save(step, state),
+              checkpointer._manager)  # pylint: disable=protected-access
+    return make
+
+  makers = (("old", old_save), ("unhashed", checkpointer_save(Unhashed)),
+            ("new", checkpointer_save(checkpoints.Checkpointer)))
+  timings = {name: ([], []) for name, _ in makers}
   with tempfile.TemporaryDirectory() as directory:
     savers = {name: make(os.path.join(directory, name))
-              for name, make in (("old", old_save), ("new", new_save))}
+              for name, make in makers}
     for step in range(args.repeats + 1):  # The first round warms up.
       for name, (save, manager) in savers.items():
         begin = time.perf_counter()
@@ -104,7 +115,8 @@ def main():
         f"{args.model} with LCAM: {size / 2**20:.1f} MiB, replicated; "
         f"median of {args.repeats} saves")
   for name, label in (("old", "old: host copy, then save"),
-                      ("new", "new: device arrays to Orbax")):
+                      ("unhashed", "device arrays, no checksums"),
+                      ("new", "new: device arrays, SHA-256")):
     blocked, complete = (statistics.median(t) for t in timings[name])
     print(f"{label:30s} training thread blocked {blocked * 1e3:8.1f} ms; "
           f"checkpoint complete after {complete * 1e3:8.1f} ms")

@@ -160,6 +160,89 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(
   assert int(jax.device_get(state.step)) == latest
 
 
+def _largest_file(directory: Path) -> Path:
+  return max((f for f in directory.rglob("*") if f.is_file()),
+             key=lambda f: f.stat().st_size)
+
+
+def _flip_bytes(path: Path) -> None:
+  """Overwrites 64 bytes in the middle of ``path`` with their complement."""
+  data = bytearray(path.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
+  path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+  path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def test_checksums_cover_every_file_of_the_items(straight_run):
+  step_dir = straight_run / "checkpoints" / "8"
+  listed = json.loads((step_dir / checkpoints.CHECKSUMS_FILENAME).read_text())
+  assert listed["version"] == 1 and listed["algorithm"] == "sha256"
+  item_files = {str(f.relative_to(step_dir)) for item in ("state", "meta")
+                for f in (step_dir / item).rglob("*") if f.is_file()}
+  assert set(listed["files"]) == item_files
+  assert checkpoints.verify_checksums(str(step_dir))
+
+
+@pytest.mark.parametrize("damage", [_flip_bytes, _truncate])
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_falls_back(
+    straight_run, tmp_path, damage, caplog):
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  ckpt_dir = tmp_path / "checkpoints"
+  damage(_largest_file(ckpt_dir / "8"))
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "checkpoint" in r.getMessage()]
+  assert len(warnings) == 1, warnings
+  assert re.search(r"step 8 \(.*\) moved to .*corrupt/8; resuming from step "
+                   r"6\.$", warnings[0]), warnings[0]
+  assert (ckpt_dir / "corrupt" / "8").is_dir()
+  # Steps 7 and 8 again, from the intact checkpoint of step 6.
+  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
+
+
+def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(
+    straight_run, tmp_path):
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  ckpt_dir = tmp_path / "checkpoints"
+  steps = checkpoints.committed_steps(str(ckpt_dir))
+  for step in steps:
+    _flip_bytes(_largest_file(ckpt_dir / str(step)))
+  with pytest.raises(checkpoints.DamagedCheckpointError,
+                     match=r"^No intact checkpoint in .*: step 8: .*SHA-256"):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert checkpoints.committed_steps(str(ckpt_dir)) == steps
+  with pytest.raises(checkpoints.DamagedCheckpointError, match="damaged"):
+    checkpoints.load_state(str(tmp_path))
+
+
+def test_a_checkpoint_without_checksums_is_used_with_a_warning(
+    straight_run, tmp_path, caplog):
+  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  for step_dir in (tmp_path / "checkpoints").iterdir():
+    (step_dir / checkpoints.CHECKSUMS_FILENAME).unlink()
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "checkpoint" in r.getMessage()]
+  assert len(warnings) == 1 and "step 6" in warnings[0] and (
+      "no checksums" in warnings[0]), warnings
+  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
+
+
+def test_a_newer_checksum_format_is_not_taken_for_damage(straight_run,
+                                                         tmp_path):
+  shutil.copytree(straight_run / "checkpoints" / "8", tmp_path / "8")
+  path = tmp_path / "8" / checkpoints.CHECKSUMS_FILENAME
+  path.write_text(json.dumps({**json.loads(path.read_text()), "version": 2}))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match="version 2"):
+    checkpoints.verify_checksums(str(tmp_path / "8"))
+
+
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
 def test_pmap_and_jit_agree(dropout_rate, tmp_path):
   # With dropout both draw the same mask for each example.
@@ -262,6 +345,8 @@ def test_evaluation_is_exact(parallel):
         ({"optimizer.below_probability": (0.5, 1.5)},
          r"below_probability=\(0.5, 1.5\) must be one probability"),
         ({"optimizer.below_probability": ()}, "below_probability"),
+        ({"batch_size": 512}, r"config.batch_size=512 is larger than the "
+         r"training split \(256 examples\); use at most 256\."),
     ],
 )
 def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
@@ -700,6 +785,26 @@ def test_evaluate_command_without_a_run_is_one_error_line(tmp_path, capsys):
   assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_a_damaged_config_json_is_one_error_line(straight_run, tmp_path,
+                                                 capsys):
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  (tmp_path / "config.json").write_text('{"model": ')
+  assert evaluate.main([str(tmp_path)]) == 1
+  assert re.match(rf"error: {tmp_path}/config.json is unreadable \(.*\)\.\n$",
+                  capsys.readouterr().err)
+
+
+def test_an_unreadable_workdir_file_is_one_error_line(tmp_path):
+  (tmp_path / metric_writers.METRICS_FILENAME).mkdir()
+  result = subprocess.run(_train_command(tmp_path), env=_cli_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if not re.match(r"[IWE]\d{4} ", line)]
+  assert errors == [f"error: {tmp_path}/metrics.jsonl: Is a directory"], (
+      result.stderr[-3000:])
+
+
 def test_load_variables_gives_what_the_model_needs(straight_run):
   variables = checkpoints.load_variables(str(straight_run))
   assert set(variables) == {"params", "batch_stats"}
@@ -748,6 +853,54 @@ def test_command_line_mistakes_are_one_error_line(tmp_path):
   assert result.stderr.startswith(
       "error: --config.optimizer.bogus=1: config.optimizer has no field")
   assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+# Runs the CLI with a write that finds the disk full: the checksums of the
+# second checkpoint (in Orbax's background thread), or the metrics of step 4.
+_DISK_FULL_SCRIPT = """
+import errno, os, sys
+from train import checkpoints, main, metric_writers
+def full(path):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+if "{where}" == "checkpoint":
+  write = checkpoints.write_checksums
+  saved = []
+  def write_checksums(step_dir):
+    saved.append(step_dir)
+    if len(saved) > 1:
+      full(os.path.join(step_dir, checkpoints.CHECKSUMS_FILENAME))
+    write(step_dir)
+  checkpoints.write_checksums = write_checksums
+else:
+  write = metric_writers.MetricWriter.write
+  def write_metrics(self, kind, step, metrics):
+    if step >= 4:
+      full(os.path.join(sys.argv[-1], metric_writers.METRICS_FILENAME))
+    write(self, kind, step, metrics)
+  metric_writers.MetricWriter.write = write_metrics
+main.run()
+"""
+
+
+@pytest.mark.parametrize("where, what", [
+    ("checkpoint", "the checkpoint of step 4"),
+    ("metrics", "{workdir}/metrics.jsonl")])
+def test_a_full_disk_is_one_error_line(tmp_path, where, what):
+  command = _train_command(tmp_path)
+  command[1:3] = ["-c", _DISK_FULL_SCRIPT.format(where=where)]
+  result = subprocess.run(command, env=_cli_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if not re.match(r"[IWE]\d{4} ", line)]
+  assert len(errors) == 1, result.stderr[-3000:]
+  what = what.format(workdir=tmp_path)
+  assert re.match(
+      rf"error: No space left on the device of {tmp_path} \(.* free\) while "
+      rf"writing {what}; the checkpoint of step 3 is intact\. Free some space "
+      r"and run the same command to resume\.$", errors[0]), errors[0]
+  assert checkpoints.verify_checksums(str(tmp_path / "checkpoints" / "3"))
 
 
 def test_jax_backend_probing_stays_out_of_the_log():

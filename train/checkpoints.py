@@ -9,13 +9,33 @@ arrays as they are: the training thread waits only for their copy to host
 memory, the files are written in the background. Each checkpoint is written
 into a temporary directory and renamed when complete, so a run killed while
 saving leaves the previous checkpoint usable.
+
+Each checkpoint also holds ``checksums.json``: the size and SHA-256 of every
+file of its items (``state/``, ``meta/``), computed in Orbax's background
+thread once the files are written and before the checkpoint is committed, so
+a committed checkpoint always has them (Orbax's own files at the top of the
+step directory, which it rewrites when it commits, are not covered).
+Restoring verifies them first. A checkpoint that fails, or that cannot be
+read, is moved into ``checkpoints/corrupt/`` and the next older one is
+tried; a checkpoint without checksums (written before they existed) is used
+with a warning. SHA-256 runs at 1.4 GB/s on a core with the SHA extensions
+(measured here, against 0.6 GB/s for BLAKE2b), releases the GIL while it
+hashes, and ``sha256sum`` can check a file by hand.
 """
 
+import errno
+import hashlib
+import json
 import os
+import re
+import shutil
+import tempfile
 from typing import Any
 
+from absl import logging
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -30,8 +50,134 @@ RESUME_INVARIANT_FIELDS = (
 )
 
 
+CHECKSUMS_FILENAME = "checksums.json"
+CHECKSUMS_FORMAT = "optax-lcam checkpoint checksums"
+CHECKSUMS_VERSION = 1
+CORRUPT_DIRNAME = "corrupt"
+# What Orbax adds to a checkpoint being written, until it commits it.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
 class IncompatibleCheckpointError(ValueError):
   """The workdir holds a checkpoint of a run with another config or data."""
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint fails its checksums or cannot be read."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _item_files(step_dir: str) -> list[str]:
+  """The files of a checkpoint's items, relative to its directory, sorted."""
+  files = []
+  for item in sorted(os.listdir(step_dir)):
+    if not os.path.isdir(os.path.join(step_dir, item)):
+      continue
+    for root, _, names in os.walk(os.path.join(step_dir, item)):
+      files += [os.path.relpath(os.path.join(root, name), step_dir)
+                for name in names]
+  return sorted(files)
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes ``text`` into a temporary file beside ``path``, then renames it."""
+  handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
+                                       prefix=".tmp-")
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def write_checksums(step_dir: str) -> None:
+  """Writes ``step_dir/checksums.json``: size and SHA-256 of each item file.
+
+  The format (``version`` 1)::
+
+    {"format": "optax-lcam checkpoint checksums", "version": 1,
+     "algorithm": "sha256",
+     "files": {"state/_METADATA": {"size": 23151, "sha256": "..."}, ...}}
+  """
+  files = {}
+  for name in _item_files(step_dir):
+    path = os.path.join(step_dir, name)
+    files[name] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+  _write_atomically(os.path.join(step_dir, CHECKSUMS_FILENAME), json.dumps(
+      {"format": CHECKSUMS_FORMAT, "version": CHECKSUMS_VERSION,
+       "algorithm": "sha256", "files": files}, indent=1))
+
+
+def verify_checksums(step_dir: str) -> bool:
+  """Checks a checkpoint's files against its ``checksums.json``.
+
+  Args:
+    step_dir: A checkpoint's directory, ``checkpoints/<step>``.
+
+  Returns:
+    True when every file matches; False when the checkpoint has no
+    checksums (it was written before they existed).
+
+  Raises:
+    DamagedCheckpointError: naming the first file that is missing, has
+      another size or another SHA-256, or a checksum file that cannot be
+      read.
+    IncompatibleCheckpointError: the checksum file has a newer format.
+  """
+  path = os.path.join(step_dir, CHECKSUMS_FILENAME)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path, encoding="utf-8") as f:
+      checksums = json.load(f)
+    version, files = checksums["version"], checksums["files"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DamagedCheckpointError(f"{path} is unreadable ({e})") from e
+  if (checksums.get("format") != CHECKSUMS_FORMAT
+      or version != CHECKSUMS_VERSION):
+    raise IncompatibleCheckpointError(
+        f"{path} has checksum format {checksums.get('format')!r} version "
+        f"{version!r}; this version of optax-lcam reads version "
+        f"{CHECKSUMS_VERSION}. Use a newer optax-lcam to resume this run.")
+  for name, expected in files.items():
+    file = os.path.join(step_dir, name)
+    try:
+      size = os.path.getsize(file)
+      if size != expected["size"]:
+        raise DamagedCheckpointError(
+            f"{file} has {size} bytes, its checksum file says "
+            f"{expected['size']}")
+      if _sha256(file) != expected["sha256"]:
+        raise DamagedCheckpointError(f"{file} fails its SHA-256 checksum")
+    except OSError as e:
+      raise DamagedCheckpointError(f"{file} is unreadable ({e})") from e
+  return True
+
+
+def set_aside(step_dir: str) -> str:
+  """Moves a damaged checkpoint into ``corrupt/`` beside it, under a name
+  that Orbax does not take for a step; returns where it went."""
+  corrupt = os.path.join(os.path.dirname(step_dir), CORRUPT_DIRNAME)
+  os.makedirs(corrupt, exist_ok=True)
+  name, number = os.path.basename(step_dir), 0
+  target = os.path.join(corrupt, name)
+  while os.path.exists(target):
+    number += 1
+    target = os.path.join(corrupt, f"{name}-{number}")
+  os.replace(step_dir, target)
+  return target
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any],
@@ -98,24 +244,41 @@ class Checkpointer:
                keep: int = 3, facts: dict[str, Any] | None = None):
     self._directory = os.path.abspath(directory)
     self._meta = {"config": config.to_dict(), **(facts or {})}
+    self._step_in_flight = None
     # One process writes every array whole: splitting replicated arrays
     # into slices for several processes to write costs a slice per device.
     arrays = ocp.type_handlers.ArrayHandler(
         use_replica_parallel=jax.process_count() > 1)
     self._manager = ocp.CheckpointManager(
         self._directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep or None, create=True),
+            max_to_keep=keep or None, create=True,
+            async_options=ocp.AsyncOptions(
+                post_finalization_callback=self._write_checksums)),
         item_handlers={
             "state": ocp.PyTreeCheckpointHandler(
                 type_handler_registry=ocp.type_handlers
                 .create_type_handler_registry((jax.Array, arrays))),
             "meta": ocp.JsonCheckpointHandler()})
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self._directory, str(step))
+
+  def _write_checksums(self) -> None:
+    """Orbax's background thread calls this (on the primary process) once
+    the files of the save in flight are written, before it commits them."""
+    step_dir = self._step_dir(self._step_in_flight)
+    uncommitted = step_dir + _TMP_SUFFIX
+    write_checksums(uncommitted if os.path.isdir(uncommitted) else step_dir)
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def restore_latest(self, state: Any) -> tuple[Any, dict[str, Any]]:
-    """The latest checkpoint's state and meta data, or ``(state, {})``.
+    """The latest intact checkpoint's state and meta data, or ``(state, {})``.
+
+    Checkpoints that fail their checksums or cannot be read are moved into
+    ``corrupt/`` once an older intact one is found (one warning line names
+    them and the one restored); when none is intact, none is moved.
 
     Args:
       state: A state of the right structure (a fresh one). Its arrays'
@@ -125,33 +288,93 @@ class Checkpointer:
       IncompatibleCheckpointError: the checkpoint's config differs in a field
         of `RESUME_INVARIANT_FIELDS`, its facts differ, or its arrays do not
         fit ``state``.
+      DamagedCheckpointError: no checkpoint is intact.
     """
-    step = self._manager.latest_step()
-    if step is None:
-      return state, {}
-    meta = self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    check_compatible(meta, self._meta, self._directory)
     target = abstract_state(state)
+    damaged = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored, meta, verified = self._restore(step, target)
+      except DamagedCheckpointError as e:
+        damaged.append((step, e))
+        continue
+      unverified = "" if verified else (
+          f"the checkpoint of step {step} in {self._directory} has no "
+          "checksums (it was written before they existed): resuming from "
+          "it unverified")
+      if damaged:
+        logging.warning("%s; resuming from step %d%s.",
+                        self._set_aside(damaged), step,
+                        f" ({unverified})" if unverified else "")
+      elif unverified:
+        logging.warning("The %s.", unverified.removeprefix("the "))
+      return restored, meta
+    if damaged:
+      raise DamagedCheckpointError(
+          f"No intact checkpoint in {self._directory}: " + "; ".join(
+              f"step {step}: {e}" for step, e in damaged) + ". Move the "
+          "checkpoints away to start the run again from step 0.")
+    return state, {}
+
+  def _restore(self, step: int, target: Any) -> tuple[Any, dict, bool]:
+    """One checkpoint's state and meta data, and whether it was verified.
+
+    Raises:
+      DamagedCheckpointError, IncompatibleCheckpointError.
+    """
+    verified = verify_checksums(self._step_dir(step))
+    try:
+      meta = self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f"its meta data is unreadable ({_summary(e)})") from e
+    check_compatible(meta, self._meta, self._directory)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
               target, restore_args=ocp.checkpoint_utils.construct_restore_args(
                   target))))["state"]
     except (ValueError, KeyError, TypeError) as e:
+      if _is_damage(e):
+        raise DamagedCheckpointError(
+            f"its state is unreadable ({_summary(e)})") from e
       raise IncompatibleCheckpointError(
-          f"The checkpoint of step {step} in {self._directory} does not fit "
-          f"this run's state ({e}). Use a new --workdir for a new run.") from e
-    return restored, meta
+          f"The checkpoint of step {step} in {self._directory} does not "
+          f"fit this run's state ({e}). Use a new --workdir for a new "
+          "run.") from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f"its state is unreadable ({_summary(e)})") from e
+    return restored, meta, verified
+
+  def _set_aside(self, damaged: list) -> str:
+    """Moves damaged checkpoints into ``corrupt/``; says what it did."""
+    if jax.process_count() > 1:  # Every process is done reading them.
+      multihost_utils.sync_global_devices("checkpoints: before set aside")
+    moved = []
+    for step, error in damaged:
+      where = (set_aside(self._step_dir(step)) if jax.process_index() == 0
+               else os.path.join(self._directory, CORRUPT_DIRNAME))
+      moved.append(f"step {step} ({error}) moved to {where}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints: after set aside")
+    self._manager.reload()
+    return (f"Damaged checkpoint{'s' if len(moved) > 1 else ''} in "
+            f"{self._directory}: " + "; ".join(moved))
 
   def save(self, step: int, state: Any, **meta: Any) -> None:
     """Starts saving ``state`` as the checkpoint of ``step`` (once per step).
 
     The call returns once the arrays are copied to host memory; the files
-    are written in the background. ``meta`` (JSON values) is saved beside.
+    are written, and their checksums computed, in the background. ``meta``
+    (JSON values) is saved beside.
     """
     if self._manager.latest_step() == step:
       return
+    # Orbax would wait here too: one save at a time.
+    self._manager.wait_until_finished()
+    self._step_in_flight = step
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(jax.tree.map(_global_array, state)),
         meta=ocp.args.JsonSave({"step": step, **self._meta, **meta})))
@@ -160,6 +383,74 @@ class Checkpointer:
     """Waits for the saves in flight and closes the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _is_damage(error: Exception) -> bool:
+  """Whether a ValueError of Orbax's reading says the bytes are bad (for
+  checkpoints without checksums), rather than that the state differs."""
+  return isinstance(error, UnicodeDecodeError) or "DATA_LOSS" in str(error)
+
+
+def _summary(error: Exception, length: int = 100) -> str:
+  """The start of an error's first line (TensorStore's run long)."""
+  lines = str(error).strip().splitlines()
+  text = (lines[0] if lines else type(error).__name__).split(" See full")[0]
+  return text if len(text) <= length else text[:length - 3] + "..."
+
+
+def committed_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in ``directory``, ascending."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit()
+                and os.path.isdir(os.path.join(directory, name)))
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  while error is not None:
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC
+        or "No space left on device" in str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_message(workdir: str, error: BaseException) -> str | None:
+  """What a full disk stopped, in one line; None if ``error`` is another.
+
+  Orbax raises a full disk as TensorStore's ``RESOURCE_EXHAUSTED``
+  ValueError, Python as an OSError of errno ENOSPC; either may be the cause
+  or context of what the run raised.
+
+  Args:
+    workdir: The run's directory.
+    error: What the run raised.
+  """
+  if not _is_disk_full(error):
+    return None
+  in_flight = re.search(r"checkpoints/(\d+)" + re.escape(_TMP_SUFFIX),
+                        str(error) + str(getattr(error, "filename", "")))
+  while error is not None and not getattr(error, "filename", None):
+    error = error.__cause__ or error.__context__
+  if in_flight:
+    what = f"the checkpoint of step {in_flight.group(1)}"
+  elif error is not None:
+    what = error.filename
+  else:
+    what = workdir
+  steps = committed_steps(os.path.join(workdir, "checkpoints"))
+  previous = (f"the checkpoint of step {steps[-1]} is intact" if steps else
+              "no checkpoint was saved before")
+  existing = workdir
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  free = shutil.disk_usage(existing).free
+  free = (f"{free / 2**20:.1f} MiB" if free >= 2**20 else
+          f"{free / 2**10:.0f} KiB")
+  return (f"No space left on the device of {workdir} ({free} free) while "
+          f"writing {what}; {previous}. Free some space and run the same "
+          "command to resume.")
 
 
 def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
@@ -173,6 +464,8 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
 
   Raises:
     FileNotFoundError: the workdir holds no checkpoint.
+    DamagedCheckpointError: the checkpoint fails its checksums or cannot be
+      read (it is left where it is).
   """
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   handlers = {"state": ocp.StandardCheckpointHandler(),
@@ -181,10 +474,23 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {directory}.")
-    metadata = manager.item_metadata(step)["state"]
-    as_numpy = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
-    return manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(as_numpy)))["state"]
+    step_dir = os.path.join(directory, str(step))
+    try:
+      if not verify_checksums(step_dir):
+        logging.warning("The checkpoint %s has no checksums (it was written "
+                        "before they existed): read unverified.", step_dir)
+      metadata = manager.item_metadata(step)["state"]
+      as_numpy = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), metadata)
+      return manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(as_numpy)))["state"]
+    except DamagedCheckpointError as e:
+      raise DamagedCheckpointError(
+          f"The checkpoint {step_dir} is damaged: {e}.") from e
+    except IncompatibleCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpointError(
+          f"The checkpoint {step_dir} is unreadable: {_summary(e)}.") from e
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
@@ -201,3 +507,4 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
   """
   state = load_state(workdir, step)
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
+

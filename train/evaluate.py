@@ -29,9 +29,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
   Fields added to the harness after the run was made keep their defaults
   (``train/configs/default.py``), which are what the run did without them.
+
+  Raises:
+    FileNotFoundError: the workdir has no ``config.json``.
+    train.ConfigError: it cannot be read.
   """
-  with open(os.path.join(workdir, "config.json")) as f:
-    saved = json.load(f)
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise
+  except (OSError, ValueError) as e:
+    raise train.ConfigError(f"{path} is unreadable ({e}).") from e
   config = default.get_config()
   config.update(saved)
   return config
@@ -73,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     train_main.use_host_devices(load_config(args.workdir))  # Before JAX starts.
     result = evaluate_checkpoint(args.workdir)
   except (FileNotFoundError, data.DataError, train.ConfigError,
-          checkpoints.IncompatibleCheckpointError) as e:
+          checkpoints.IncompatibleCheckpointError,
+          checkpoints.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"step {result['step']} (epoch {result['epoch']:g}): test_loss "

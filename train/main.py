@@ -4,6 +4,8 @@ Any config field can be overridden, e.g. `--config.optimizer.beta_below=0.93`
 or `--config.data.source=folder:/data/cifar10_jpeg.tar.gz`.
 """
 
+import atexit
+import logging as std_logging
 import os
 import runpy
 import signal
@@ -32,14 +34,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that come from the user's input: one line, no traceback.
 USER_ERRORS = (train.ConfigError, data.DataError, FileNotFoundError,
                checkpoints.IncompatibleCheckpointError,
+               checkpoints.DamagedCheckpointError,
                train.NonFiniteLossError, workdir_lock.WorkdirBusyError)
 
 
 def _quiet(record) -> bool:
   """Keeps INFO lines of Orbax (about every save) and of JAX's search for
-  accelerators (``Unable to initialize backend 'tpu'``) out of the log."""
-  return record.levelno > logging.converter.STANDARD_INFO or not (
-      "/orbax/" in record.pathname or record.name == "jax._src.xla_bridge")
+  accelerators (``Unable to initialize backend 'tpu'``) out of the log, and
+  Orbax's ERROR lines: it logs each failure of its background threads with a
+  traceback, then raises it on the training thread, where `main` reports
+  it."""
+  if "/orbax/" in record.pathname:
+    return record.levelno == logging.converter.STANDARD_WARNING
+  return (record.levelno > logging.converter.STANDARD_INFO
+          or record.name != "jax._src.xla_bridge")
 
 
 def host_device_count(batch_size: int, eval_batch_size: int,
@@ -147,9 +155,21 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _without_closed_event_loops(unraisablehook):
+  """``unraisablehook`` silent about TensorStore's callbacks into the event
+  loop of an Orbax operation that failed (and closed it): after a failed read
+  or write, each pending one prints a traceback of "Event loop is closed"."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      unraisablehook(unraisable)
+  return hook
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  sys.unraisablehook = _without_closed_event_loops(sys.unraisablehook)
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet)
@@ -164,10 +184,28 @@ def main(argv):
           "checkpoint, if any.", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
   except USER_ERRORS as e:
-    if FLAGS.verbosity >= logging.DEBUG:  # --verbosity=1: the traceback
+    _exit_with_error(str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    message = checkpoints.disk_full_message(FLAGS.workdir, e)
+    if message is None and isinstance(e, OSError) and e.filename:
+      message = f"{e.filename}: {e.strerror or e}"  # An unreadable file.
+    if message is None:
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _exit_with_error(message)
+
+
+def _exit_with_error(message: str) -> None:
+  """Prints ``error: message`` and exits with 1; the traceback instead with
+  ``--verbosity=1``."""
+  if FLAGS.verbosity >= logging.DEBUG:
+    raise  # pylint: disable=misplaced-bare-raise
+  print(f"error: {message}", file=sys.stderr)
+  std_logging.disable()  # asyncio's "exception was never retrieved", etc.
+  # A failed save leaves Orbax's coroutines pending; at exit Python would
+  # print each one's complaint ("Event loop is closed", "sys.meta_path is
+  # None"), after the error line.
+  atexit.register(setattr, sys, "unraisablehook", lambda _: None)
+  sys.exit(1)
 
 
 def run():

@@ -167,6 +167,24 @@ def check_batch_sizes(config: ml_collections.ConfigDict,
         f"({device_count}).")
 
 
+def check_batch_fits_split(batch_size: int, num_examples: int) -> None:
+  """Raises `ConfigError` when a batch holds more than the training split.
+
+  With ``drop_remainder=False`` such a batch is one step of mostly padding,
+  and its memory is spent on the padding.
+
+  Example:
+    >>> check_batch_fits_split(100000, 256)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    train.train.ConfigError: config.batch_size=100000 is larger than the ...
+  """
+  if batch_size > num_examples:
+    raise ConfigError(
+        f"config.batch_size={batch_size} is larger than the training split "
+        f"({num_examples} examples); use at most {num_examples}.")
+
+
 @contextlib.contextmanager
 def _config_errors(section: str):
   """Turns the ValueErrors and TypeErrors of a builder into `ConfigError`."""
@@ -775,7 +793,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
     has no checkpoint); the checkpoint's meta data (``{}`` without one).
 
   Raises:
-    ConfigError, data.DataError, checkpoints.IncompatibleCheckpointError.
+    ConfigError, data.DataError, checkpoints.IncompatibleCheckpointError,
+    checkpoints.DamagedCheckpointError.
   """
   load = functools.partial(data.load_split, config.data.source,
                            data_dir=config.data.data_dir,
@@ -785,6 +804,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   if config.data.validation_examples:
     train_split, validation_split = data.hold_out(
         train_split, config.data.validation_examples)
+  check_batch_fits_split(config.batch_size, train_split.num_examples)
   steps_per_epoch = data.steps_per_epoch(
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
   parallel, state = build_parallel(config, train_split, steps_per_epoch)

@@ -1,0 +1,208 @@
+"""Kills a tiny run at random moments, damages its checkpoints, resumes it.
+
+Each trial trains the tiny config (two epochs of WRN-10-1 on synthetic data)
+in a fresh workdir through the command line. It stops the run a few times,
+each with SIGKILL, SIGTERM or SIGINT at a random moment after it saves its
+first new checkpoint, and damages the newest checkpoint (64 bytes flipped in,
+or half cut off, its largest file) before half of the next attempts and
+before the last one. Then it lets the run finish and compares the final
+checkpoint with that of an uninterrupted run, bit for bit.
+
+A damaged checkpoint must be set aside with a fallback to an older one; when
+none is intact, the run must stop with one ``error:`` line (the trial then
+moves the checkpoints away, as that line says, and starts again). Every
+attempt must end in success, in a signal's exit code or in one ``error:``
+line, never in a traceback. Prints the counts and exits 1 on any mismatch.
+
+  python bench/chaos.py [--trials 5] [--stops 3] [--seed 0]
+"""
+
+import argparse
+import collections
+import os
+from pathlib import Path
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = Path(__file__).resolve().parents[1]
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+# Exit codes of a run stopped by each signal: killed (SIGTERM too, when it
+# comes before the loop's handler is set or after the loop), or saved and
+# exited.
+STOPPED = {-signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGTERM,
+           128 + signal.SIGINT}
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--trials", type=int, default=5)
+  parser.add_argument("--stops", type=int, default=3,
+                      help="interruptions per trial")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--max-delay", type=float, default=None,
+                      help="longest wait, in seconds after a run's first "
+                      "new checkpoint, before a signal (default: as long as "
+                      "an uninterrupted run trains after its first)")
+  return parser.parse_args(argv)
+
+
+def environment() -> dict[str, str]:
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+              XLA_FLAGS="--xla_force_host_platform_device_count=8",
+              JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+
+
+def train_command(workdir: Path) -> list[str]:
+  return [sys.executable, "-m", "train", "--config",
+          str(REPO / "train/configs/tiny.py"), "--workdir", str(workdir)]
+
+
+def _problems(returncode: int, stderr: str) -> list[str]:
+  """What is wrong with how an attempt ended (empty when nothing is)."""
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  problems = ["traceback"] if "Traceback" in stderr else []
+  if returncode == 1 and len(errors) != 1:
+    problems.append(f"{len(errors)} error lines")
+  if returncode not in STOPPED | {0, 1}:
+    problems.append(f"exit code {returncode}")
+  return problems
+
+
+def _steps(workdir: Path) -> set[int]:
+  directory = workdir / "checkpoints"
+  return {int(p.name) for p in directory.glob("*") if p.name.isdigit()}
+
+
+def attempt(workdir: Path, delay: float | None, signum: int | None):
+  """Runs the command; sends ``signum`` ``delay`` s after the run's first
+  new checkpoint.
+
+  Returns:
+    The exit code, the standard error and the seconds from the first new
+    checkpoint to the exit.
+  """
+  before = _steps(workdir)
+  process = subprocess.Popen(train_command(workdir), env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+  errors = []
+  reader = threading.Thread(target=lambda: errors.append(
+      process.stderr.read()))
+  reader.start()
+  while process.poll() is None and not _steps(workdir) - before:
+    time.sleep(0.05)
+  saved = time.monotonic()
+  if signum is not None and process.poll() is None:
+    time.sleep(delay)
+    if process.poll() is None:
+      process.send_signal(signum)
+  process.wait(timeout=600)
+  reader.join()
+  return process.returncode, "".join(errors), time.monotonic() - saved
+
+
+def damage(workdir: Path, rng: random.Random) -> str | None:
+  """Flips or cuts the largest file of the newest checkpoint; says which."""
+  steps = sorted(_steps(workdir))
+  if not steps:
+    return None
+  step_dir = workdir / "checkpoints" / str(steps[-1])
+  files = [f for f in step_dir.rglob("*") if f.is_file()
+           and f.parent.name == "d"]
+  if not files:
+    return None
+  target = max(files, key=lambda f: f.stat().st_size)
+  data = bytearray(target.read_bytes())
+  if rng.random() < 0.5:
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
+    kind = "flipped"
+  else:
+    data = data[:len(data) // 2]
+    kind = "truncated"
+  target.write_bytes(bytes(data))
+  return kind
+
+
+def final_arrays(workdir: Path) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from train import checkpoints  # pylint: disable=g-import-not-at-top
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      checkpoints.load_state(str(workdir)))
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+
+
+def same_arrays(a: dict, b: dict) -> bool:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return a.keys() == b.keys() and all(
+      np.array_equal(a[k], b[k]) for k in a)
+
+
+def trial(workdir: Path, reference: dict, stops: int, max_delay: float,
+          rng: random.Random, counts: collections.Counter) -> bool:
+  """One workdir stopped ``stops`` times, then finished; True if it ends
+  with the reference's arrays and every attempt ended cleanly."""
+  clean = True
+  for number in range(stops):
+    signum = rng.choice(SIGNALS)
+    returncode, stderr, _ = attempt(workdir, rng.uniform(0, max_delay),
+                                    signum)
+    counts[signal.Signals(signum).name] += 1
+    counts["set aside"] += stderr.count("Damaged checkpoint")
+    problems = _problems(returncode, stderr)
+    if problems:
+      print(f"  {signal.Signals(signum).name}: {problems}\n{stderr[-2000:]}")
+      clean = False
+    if "No intact checkpoint" in stderr:
+      counts["no intact checkpoint"] += 1
+      shutil.rmtree(workdir / "checkpoints")
+    last = number == stops - 1
+    if (rng.random() < 0.5 or last) and (kind := damage(workdir, rng)):
+      counts[f"checkpoint {kind}"] += 1
+  for _ in range(3):  # The last damage may leave no intact checkpoint.
+    returncode, stderr, _ = attempt(workdir, None, None)
+    counts["set aside"] += stderr.count("Damaged checkpoint")
+    if "No intact checkpoint" in stderr:
+      counts["no intact checkpoint"] += 1
+      shutil.rmtree(workdir / "checkpoints")
+      continue
+    break
+  if returncode != 0 or _problems(returncode, stderr):
+    print(f"  final attempt: exit {returncode}\n{stderr[-2000:]}")
+    return False
+  return clean and same_arrays(final_arrays(workdir), reference)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  os.environ.update(environment())
+  sys.path.insert(0, str(REPO))
+  rng = random.Random(args.seed)
+  counts = collections.Counter()
+  with tempfile.TemporaryDirectory() as root:
+    straight = Path(root, "straight")
+    returncode, stderr, duration = attempt(straight, None, None)
+    if returncode:
+      print(stderr[-3000:])
+      return 1
+    reference = final_arrays(straight)
+    max_delay = args.max_delay or duration
+    for number in range(args.trials):
+      workdir = Path(root, f"trial_{number}")
+      same = trial(workdir, reference, args.stops, max_delay, rng, counts)
+      counts["same as uninterrupted" if same else "DIFFERENT"] += 1
+      print(f"trial {number + 1} of {args.trials}: "
+            f"{'same' if same else 'DIFFERENT'}", flush=True)
+  print(", ".join(f"{name}: {n}" for name, n in sorted(counts.items())))
+  return 1 if counts["DIFFERENT"] else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
