@@ -13,9 +13,11 @@ The tree is a model's parameters (``--tree model``) or ``--leaves`` equal
 1-D leaves of about the same total size (``--tree equal``, ``--leaf-size`` to
 set their length). ``--seeds K`` runs K independent copies in one program
 (`jax.vmap` over a leading axis of the parameters, the state and the loss).
+``--schedule`` gives every optimizer a cosine learning-rate schedule instead
+of a constant learning rate.
 
   python bench/lcam_overhead.py [--tree model|equal] [--seeds 1]
-    [--repeats 15] [--steps 5] [--model wrn-28-10]
+    [--schedule] [--repeats 15] [--steps 5] [--model wrn-28-10]
 """
 
 import argparse
@@ -58,15 +60,18 @@ def random_tree(treedef, shapes):
       for k, shape in zip(keys, shapes)])
 
 
-def optimizers(steps_per_epoch: int) -> dict:
+def optimizers(steps_per_epoch: int,
+               learning_rate: optax.ScalarOrSchedule = 0.1) -> dict:
   """The optimizers compared, by the name of their row."""
   def with_decay(optimizer):
     return optax.chain(optax.add_decayed_weights(_WEIGHT_DECAY), optimizer)
-  injected_sgd = optax.inject_hyperparams(optax.sgd)(0.1, momentum=0.9)
+  injected_sgd = optax.inject_hyperparams(optax.sgd)(learning_rate,
+                                                     momentum=0.9)
   return {
-      "lcam": optax_lcam.lcam(0.1, 0.95, 0.9, weight_decay=_WEIGHT_DECAY,
+      "lcam": optax_lcam.lcam(learning_rate, 0.95, 0.9,
+                              weight_decay=_WEIGHT_DECAY,
                               steps_per_epoch=steps_per_epoch),
-      "sgd+momentum": with_decay(optax.sgd(0.1, momentum=0.9)),
+      "sgd+momentum": with_decay(optax.sgd(learning_rate, momentum=0.9)),
       "injected sgd": with_decay(injected_sgd),
       "loss_controlled": with_decay(optax_lcam.loss_controlled(
           injected_sgd, below={"momentum": 0.95}, above={"momentum": 0.9},
@@ -108,6 +113,8 @@ def main(argv=None):
                       "the model's parameter count / --leaves)")
   parser.add_argument("--seeds", type=int, default=1,
                       help="independent copies in one program (jax.vmap)")
+  parser.add_argument("--schedule", action="store_true",
+                      help="a cosine learning-rate schedule, not a constant")
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--steps", type=int, default=5,
                       help="steps timed together in each repeat")
@@ -128,7 +135,9 @@ def main(argv=None):
   grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
   num_params = sum(x.size for x in jax.tree.leaves(params))
   runs = {}
-  for name, optimizer in optimizers(steps_per_epoch=391).items():
+  learning_rate = (optax.cosine_decay_schedule(0.1, 100_000) if args.schedule
+                   else 0.1)
+  for name, optimizer in optimizers(391, learning_rate).items():
     p = jax.tree.map(jnp.copy, params)
     init = jax.vmap(optimizer.init) if args.seeds > 1 else optimizer.init
     state = init(p)
@@ -150,7 +159,8 @@ def main(argv=None):
   print(f"devices: {jax.devices()[0].platform} x {jax.device_count()}, "
         f"jax {jax.__version__}, optax {optax.__version__}")
   seeds = f", {args.seeds} seeds (vmap)" if args.seeds > 1 else ""
-  print(f"parameters: {tree_name}{seeds}, {num_params:,} float32 "
+  schedule = ", cosine learning-rate schedule" if args.schedule else ""
+  print(f"parameters: {tree_name}{seeds}{schedule}, {num_params:,} float32 "
         f"({tree_bytes(params) / 2**20:.1f} MiB)")
   medians = {name: statistics.median(run[3]) for name, run in runs.items()}
   for name, run in runs.items():

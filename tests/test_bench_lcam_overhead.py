@@ -22,12 +22,14 @@ bench = _load_bench()
 ROWS = ("lcam", "sgd+momentum", "injected sgd", "loss_controlled")
 
 
-@pytest.mark.parametrize("seeds", [1, 3])
-def test_equal_leaf_tree_prints_every_row(capsys, seeds):
+@pytest.mark.parametrize("seeds, schedule", [(1, []), (3, ["--schedule"])])
+def test_equal_leaf_tree_prints_every_row(capsys, seeds, schedule):
   bench.main(["--tree", "equal", "--leaves", "3", "--leaf-size", "5",
-              "--seeds", str(seeds), "--repeats", "1", "--steps", "2"])
+              "--seeds", str(seeds), "--repeats", "1", "--steps", "2",
+              *schedule])
   out = capsys.readouterr().out
   assert "3 equal leaves of 5" in out
+  assert ("learning-rate schedule" in out) == bool(schedule)
   assert f"{3 * 5 * seeds} float32" in out
   assert ("(vmap)" in out) == (seeds > 1)
   rows = [line.split(":")[0].strip() for line in out.splitlines()
