@@ -1,0 +1,51 @@
+"""bench/lcam_overhead.py runs on small trees: every row, the equal-leaf tree
+and the vmap case (several seeds in one program)."""
+
+import importlib.util
+from pathlib import Path
+import sys
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "lcam_overhead.py"
+
+
+def _load_bench():
+  spec = importlib.util.spec_from_file_location("lcam_overhead", BENCH)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load_bench()
+ROWS = ("lcam", "sgd+momentum", "injected sgd", "loss_controlled")
+
+
+@pytest.mark.parametrize("seeds, schedule", [(1, []), (3, ["--schedule"])])
+def test_equal_leaf_tree_prints_every_row(capsys, seeds, schedule):
+  bench.main(["--tree", "equal", "--leaves", "3", "--leaf-size", "5",
+              "--seeds", str(seeds), "--repeats", "1", "--steps", "2",
+              *schedule])
+  out = capsys.readouterr().out
+  assert "3 equal leaves of 5" in out
+  assert ("learning-rate schedule" in out) == bool(schedule)
+  assert f"{3 * 5 * seeds} float32" in out
+  assert ("(vmap)" in out) == (seeds > 1)
+  rows = [line.split(":")[0].strip() for line in out.splitlines()
+          if "median step" in line]
+  assert tuple(rows) == ROWS
+  assert "1.000 x sgd+momentum" in out
+
+
+def test_vmapped_seeds_follow_their_own_losses():
+  optimizer = bench.optimizers(steps_per_epoch=4)["lcam"]
+  params = bench.random_tree(*bench.equal_leaf_shapes(2, 3))
+  stacked = {k: bench.jnp.stack([v] * 2) for k, v in params.items()}
+  step = bench.make_step(optimizer, vmapped=True)
+  state = bench.jax.vmap(optimizer.init)(stacked)
+  grads = bench.jax.tree.map(bench.jnp.ones_like, stacked)
+  for i in range(3):
+    stacked, state = step(stacked, state, grads, bench.seed_losses(i, 2))
+  below = state[1].below_mean
+  assert below.shape == (2,) and bool(below[0]) != bool(below[1])
