@@ -14,7 +14,13 @@ moves the checkpoints away, as that line says, and starts again). Every
 attempt must end in success, in a signal's exit code or in one ``error:``
 line, never in a traceback. Prints the counts and exits 1 on any mismatch.
 
-  python bench/chaos.py [--trials 5] [--stops 3] [--seed 0]
+Then, where ``mount`` is allowed (root, or a container that permits it), it
+fills a small disk: a run whose workdir is on a 1.5 MiB tmpfs must stop with
+one ``error:`` line about the full disk, and the workdir, copied to a roomy
+disk, must resume to the uninterrupted run's arrays. Where ``mount`` is not
+allowed, it says so and skips that part (``--no-disk`` skips it always).
+
+  python bench/chaos.py [--trials 5] [--stops 3] [--seed 0] [--no-disk]
 """
 
 import argparse
@@ -45,6 +51,8 @@ def parse_args(argv=None):
   parser.add_argument("--stops", type=int, default=3,
                       help="interruptions per trial")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--no-disk", action="store_true",
+                      help="skip the full-disk part")
   parser.add_argument("--max-delay", type=float, default=None,
                       help="longest wait, in seconds after a run's first "
                       "new checkpoint, before a signal (default: as long as "
@@ -180,6 +188,42 @@ def trial(workdir: Path, reference: dict, stops: int, max_delay: float,
   return clean and same_arrays(final_arrays(workdir), reference)
 
 
+def full_disk(root: Path, reference: dict,
+              counts: collections.Counter) -> bool:
+  """A run on a 1.5 MiB tmpfs: one error line, then an exact resume.
+
+  Returns:
+    False on a failure; True when it passed or mount is not allowed here.
+  """
+  disk = root / "small_disk"
+  disk.mkdir()
+  mounted = subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(disk)],
+      capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    print("full disk: skipped, mount is not allowed here "
+          f"({(mounted.stderr or mounted.stdout).strip()})")
+    counts["full disk skipped"] += 1
+    return True
+  try:
+    returncode, stderr, _ = attempt(disk / "run", None, None)
+    errors = [line for line in stderr.splitlines()
+              if line.startswith("error:")]
+    clean = (returncode == 1 and len(errors) == 1
+             and "No space left" in errors[0] and not _problems(
+                 returncode, stderr))
+    print(f"full disk: exit {returncode}; {errors[0] if errors else stderr[-2000:]}")
+    shutil.copytree(disk / "run", root / "roomy")
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+  returncode, stderr, _ = attempt(root / "roomy", None, None)
+  same = returncode == 0 and same_arrays(final_arrays(root / "roomy"),
+                                         reference)
+  counts["full disk: one error line" if clean else "full disk: NOT CLEAN"] += 1
+  counts["full disk: resumed the same" if same else "full disk: DIFFERENT"] += 1
+  return clean and same
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.update(environment())
@@ -200,8 +244,9 @@ def main(argv=None) -> int:
       counts["same as uninterrupted" if same else "DIFFERENT"] += 1
       print(f"trial {number + 1} of {args.trials}: "
             f"{'same' if same else 'DIFFERENT'}", flush=True)
+    disk_ok = args.no_disk or full_disk(Path(root), reference, counts)
   print(", ".join(f"{name}: {n}" for name, n in sorted(counts.items())))
-  return 1 if counts["DIFFERENT"] else 0
+  return 1 if counts["DIFFERENT"] or not disk_ok else 0
 
 
 if __name__ == "__main__":

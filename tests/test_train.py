@@ -282,8 +282,10 @@ def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
   from test_data import _write_prepared_cifar10_metadata  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path / "tfds"
   _write_prepared_cifar10_metadata(data_dir)
+  # The mock dataset has 20 training examples: a batch of 16 fits.
   config = tiny_config(**{"data.source": "tfds:cifar10", "num_epochs": 1,
-                          "model.dtype": "bfloat16",
+                          "model.dtype": "bfloat16", "batch_size": 16,
+                          "eval_batch_size": 16,
                           "data.data_dir": str(data_dir)})
   with tfds.testing.mock_data(data_dir=str(data_dir),
                               policy=tfds.testing.MockPolicy.USE_FILES,
