@@ -36,7 +36,7 @@ DOCS_BUILD ?= docs/_build
 
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: run test package docs fuzz chaos venv wheelhouse clean
+.PHONY: run test campaigns package docs fuzz chaos venv wheelhouse clean
 
 venv: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)
+
+# The short versions of the campaigns: the optimizer's property tests (200
+# examples each), a short chaos run and random command-line overrides.
+campaigns: venv
+	$(PY) -m pytest -q -m campaign $(ARGS)
 
 # The release check: an sdist and a wheel, both passed by twine, the wheel
 # holding optax_lcam, py.typed and the license only, and mypy on optax_lcam.
@@ -81,7 +86,7 @@ docs: $(VENV)/.installed-docs
 
 fuzz: venv
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s \
-		tests/test_properties.py --hypothesis-profile=fuzz \
+		tests/test_properties.py -m campaign --hypothesis-profile=fuzz \
 		--hypothesis-show-statistics $(ARGS)
 
 chaos: venv

@@ -12,6 +12,9 @@ import sys
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+import pytest
+
+pytestmark = pytest.mark.campaign  # `make campaigns`; `make chaos` runs it long
 
 REPO = Path(__file__).resolve().parents[1]
 

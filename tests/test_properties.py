@@ -69,6 +69,8 @@ import pytest
 
 import optax_lcam
 
+pytestmark = pytest.mark.campaign  # `make campaigns`; `make fuzz` runs it long
+
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 UNDERFLOW_SLACK = 2.0 ** -120
 NUM_STEPS = 16

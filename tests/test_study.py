@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from train import metric_writers
 from train import study as study_lib
 from train import workdir_lock
 
@@ -706,3 +707,83 @@ def test_runs_of_a_killed_study_stop_and_save(tmp_path):
     while not os.path.exists(os.path.join(run, "saved")):
       assert time.time() < deadline
       time.sleep(0.05)
+
+
+def _run_in_process(study, workdir, arm, seed):
+  """One (arm, seed) of ``study`` trained here, as `run_study` would in a
+  child process (the runner's process handling is tested above)."""
+  from train import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(study_lib.run_config(study, arm, seed),
+                           study_lib.run_dir(str(workdir), arm, seed))
+
+
+@pytest.mark.campaign  # Eleven tiny runs: `make campaigns`, not `make test`.
+def test_a_tiny_two_stage_study_end_to_end(tmp_path):
+  """Stage 1 tunes on a validation split and names each family's winner;
+  stage 2 compares the winner with the placebo, with a margin, on the test
+  set, as `lcam_tuning` and `lcam_confirm` do at full size."""
+  data = "synthetic:num_train=192,num_test=64,num_classes=4"
+  common = {"data.source": data, "num_epochs": 1, "batch_size": 32,
+            "eval_batch_size": 32, "log_every_steps": 1}
+  tuning = _study(
+      overrides={**common, "data.validation_examples": 64,
+                 "data.eval_test": False},
+      arms={"sgd": {"optimizer.name": "sgd"},
+            "lcam": {"optimizer.name": "lcam"}},
+      seeds=[1000], baseline="sgd", metric="val_accuracy",
+      families={"sgd": ["sgd"], "lcam": ["lcam"]},
+      selection="the best final val_accuracy")
+  study_lib.check_statistics_fields(tuning)
+  stage1 = tmp_path / "tuning"
+  study_lib.save_study(tuning, str(stage1))
+  for arm in tuning.arms:
+    _run_in_process(tuning, stage1, arm, 1000)
+  summary1 = json.loads(study_lib.write_summary(str(stage1)) and (
+      stage1 / "summary.json").read_text())
+  assert summary1["metric"] == "val_accuracy"
+  assert summary1["selection"]["lcam"]["winner"] == "lcam"
+  assert summary1["selection"]["lcam"]["complete"]
+  assert "test acc." not in (stage1 / "summary.md").read_text()
+  lcam_run = metric_writers.read_metrics(
+      study_lib.run_dir(str(stage1), "lcam", 1000))
+  (epoch,) = lcam_run["epoch"]
+  assert "val_accuracy" in epoch and "test_accuracy" not in epoch
+  fraction = epoch["phase_below_fraction"]
+
+  confirm = _study(
+      overrides=common,
+      arms={"sgd": {"optimizer.name": "sgd"},
+            "lcam": {"optimizer.name": "lcam"},
+            "placebo": {"optimizer.name": "lcam",
+                        "optimizer.phases": "random",
+                        "optimizer.below_probability": (fraction,)}},
+      seeds=[0, 1, 2], baseline="sgd",
+      comparisons=[["lcam", "sgd"], ["lcam", "placebo"]],
+      equivalence_margin=0.5, primary_test="welch")
+  study_lib.check_statistics_fields(confirm)
+  stage2 = tmp_path / "confirm"
+  study_lib.save_study(confirm, str(stage2))
+  for seed in confirm.seeds:
+    for arm in confirm.arms:
+      _run_in_process(confirm, stage2, arm, seed)
+  summary2 = json.loads(study_lib.write_summary(str(stage2)) and (
+      stage2 / "summary.json").read_text())
+  primary, placebo = summary2["comparisons"]
+  assert (primary["arm"], primary["against"], primary["role"]) == (
+      "lcam", "sgd", "primary")
+  assert placebo["role"] == "secondary"
+  for comparison in (primary, placebo):
+    assert comparison["paired"]["n"] == 3 and comparison["welch"]["n"] == [3, 3]
+    assert comparison["equivalence"]["margin"] == 0.5
+    # Accuracies differ by far less than 50 points: equivalent at that margin.
+    assert comparison["equivalence"]["verdict"] == "equivalent"
+    assert comparison["verdict"] in ("better", "worse", "inconclusive",
+                                     "too few runs")
+  arms = summary2["arms"]
+  assert "loss_below_mean_fraction" in arms["placebo"]
+  assert arms["lcam"]["phase_below_fraction"]["mean"] == pytest.approx(
+      arms["lcam"]["loss_below_mean_fraction"]["mean"])
+  for arm in arms.values():
+    assert arm["n"] == 3
+    assert arm["provenance"]["restarts"] == [0, 0, 0]
+    assert arm["provenance"]["commits"]  # Each run recorded its checkout.
