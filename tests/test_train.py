@@ -254,12 +254,19 @@ def test_pmap_and_jit_agree(dropout_rate, tmp_path):
   pmap, jit = final_arrays(tmp_path / "pmap"), final_arrays(tmp_path / "jit")
   assert pmap.keys() == jit.keys()
   for key in pmap:
-    # The two sum the gradients over the devices in another order: single
-    # entries of a convolution's gradient, a sum with much cancellation,
-    # differ by ~1e-5 (the momentum), the parameters by float32 rounding.
-    atol = 5e-5 if "momentum" in key else 1e-6
-    np.testing.assert_allclose(pmap[key], jit[key], rtol=1e-5, atol=atol,
-                               err_msg=key)
+    # The two sum the gradients over the devices in another order. The
+    # gradient before BatchNorm is a sum with much cancellation, so single
+    # momentum entries differ by up to 1.4e-5 with jax 0.10 and by up to 20%
+    # of a small entry with jax 0.12 (whose pmap is jit with shard_map); the
+    # momentum is compared as a whole (1% of its norm: a wrong beta, batch or
+    # mask differs by all of it), the parameters entry by entry, to what
+    # three steps at lr 0.01 make of those differences (1e-5).
+    if "momentum" in key:
+      difference = np.linalg.norm(pmap[key] - jit[key])
+      assert difference <= 1e-2 * np.linalg.norm(jit[key]) + 5e-5, key
+    else:
+      np.testing.assert_allclose(pmap[key], jit[key], rtol=1e-5, atol=1e-5,
+                                 err_msg=key)
 
 
 @pytest.mark.parametrize("parallel", ["pmap", "jit"])
