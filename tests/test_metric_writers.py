@@ -5,6 +5,7 @@ import logging
 import os
 import struct
 import sys
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -146,3 +147,19 @@ def test_a_disabled_writer_creates_nothing(tmp_path):
   with metric_writers.MetricWriter(str(workdir), enabled=False) as writer:
     writer.write("train", 1, {"loss": 1.0})
   assert not workdir.exists()
+
+
+def test_close_on_a_full_disk_stops_tensorboards_thread(tmp_path,
+                                                        monkeypatch):
+  event_file_writer = pytest.importorskip("tensorboardX.event_file_writer")
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer.write("train", 1, {"loss": 1.0})
+
+  def full_disk(*unused_args):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(event_file_writer.EventsWriter, "flush", full_disk)
+  writer.close()  # Warns: metrics.jsonl, not TensorBoard, is the record.
+  assert not [t for t in threading.enumerate()
+              if isinstance(t, event_file_writer._EventLoggerThread)]
+  assert _lines(tmp_path) == [{"kind": "train", "step": 1, "loss": 1.0}]

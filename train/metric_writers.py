@@ -42,6 +42,24 @@ def _summary_writer(workdir: str, purge_step: int | None):
                                     purge_step=purge_step, flush_secs=30)
 
 
+def _close_summary(summary) -> None:
+  """Closes a tensorboardX writer; warns, not raises, when it cannot flush.
+
+  On a full disk tensorboardX's ``close`` raises in its final flush and
+  leaves its writer thread waiting on a queue that the interpreter closes at
+  exit, which prints a traceback; so that thread is stopped here too.
+  metrics.jsonl, not TensorBoard, is the run's record.
+  """
+  try:
+    summary.close()
+  except OSError as error:
+    logging.warning("TensorBoard events may be incomplete: %s", error)
+    for file_writer in summary.all_writers.values():
+      worker = getattr(file_writer.event_writer, "_worker", None)
+      if worker is not None and worker.is_alive():
+        worker.stop()
+
+
 class MetricWriter:
   """Appends records to ``workdir/metrics.jsonl`` and TensorBoard.
 
@@ -87,10 +105,15 @@ class MetricWriter:
         self._summary.add_scalar(f"{kind}/{name}", float(value), int(step))
 
   def close(self) -> None:
-    for output in (self._file, self._summary):
-      if output is not None:
-        output.close()
+    """Closes both outputs; TensorBoard's even when the file's close fails."""
+    file, summary = self._file, self._summary
     self._file = self._summary = None
+    try:
+      if file is not None:
+        file.close()
+    finally:
+      if summary is not None:
+        _close_summary(summary)
 
   def __enter__(self) -> "MetricWriter":
     return self
