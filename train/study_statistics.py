@@ -7,19 +7,16 @@ seeds (`scipy.stats.t`), paired t-tests over the seeds two arms share
 built from one-sided versions of the same tests, and the power of a t-test
 from the noncentral t (`scipy.stats.nct`). The compared metric is one where
 higher is better (an accuracy). `train.study` reads a study's runs and calls
-these.
+these; `train.plot`'s table shows the same `final_and_best` summary.
 """
 
-import json
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-from train import metric_writers
-from train import plot
+from train import runs as runs_lib
 
 TESTS = ("paired", "welch")
 MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
@@ -55,7 +52,7 @@ def _t_interval(values: np.ndarray, confidence: float) -> list[float]:
   return [float(low), float(high)]
 
 
-def epochs_to_target(runs: Sequence[plot.Run], target: float,
+def epochs_to_target(runs: Sequence[runs_lib.Run], target: float,
                      metric: str = "test_accuracy"):
   """The median first epoch at which a run's ``metric`` reaches ``target``.
 
@@ -72,17 +69,48 @@ def epochs_to_target(runs: Sequence[plot.Run], target: float,
           "reached": int(np.isfinite(firsts).sum()), "n": len(firsts)}
 
 
-def final(run: plot.Run, field: str) -> float:
-  """The last epoch's value of an epoch-record field (NaN without epochs)."""
+def final(run: runs_lib.Run, field: str) -> float:
+  """The last epoch's value of an epoch-record field (NaN without one).
+
+  This is "final" everywhere: in a study's summary and in ``train.plot``'s
+  table. A run whose last epoch record has no value of the field (it was
+  not evaluated then, or the value was NaN) has no final value, even if an
+  earlier epoch has one.
+  """
   _, values = run.curve(field)
   return float(values[-1]) if len(values) else math.nan
 
 
-def best(run: plot.Run, field: str) -> float:
+def best(run: runs_lib.Run, field: str) -> float:
   """The highest value of an epoch-record field (NaN without epochs)."""
   _, values = run.curve(field)
   values = values[np.isfinite(values)]
   return float(np.max(values)) if len(values) else math.nan
+
+
+def best_epoch(run: runs_lib.Run, field: str) -> float:
+  """The first epoch at the highest value of a field (NaN without values)."""
+  epochs, values = run.curve(field)
+  finite = np.isfinite(values)
+  return float(epochs[finite][np.argmax(values[finite])]) if finite.any() else (
+      math.nan)
+
+
+def final_and_best(runs: Sequence[runs_lib.Run],
+                   metric: str = "test_accuracy") -> dict[str, Any]:
+  """The `final` and `best` ``metric`` of the runs that have a final value.
+
+  Runs without a `final` value are left out (a study counts a finished one
+  as failed). ``final`` and ``best`` are `mean_std_ci` over the runs left;
+  ``last_epoch`` and ``best_epoch`` list, per run left, the epoch of its
+  final value and the first epoch at its best (`best_epoch`).
+  """
+  runs = [run for run in runs if np.isfinite(final(run, metric))]
+  return {"n": len(runs),
+          "final": mean_std_ci([final(run, metric) for run in runs]),
+          "best": mean_std_ci([best(run, metric) for run in runs]),
+          "last_epoch": [float(run.curve(metric)[0][-1]) for run in runs],
+          "best_epoch": [best_epoch(run, metric) for run in runs]}
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -90,35 +118,9 @@ def _finite_mean(values: np.ndarray) -> float:
   return float(np.mean(values)) if len(values) else math.nan
 
 
-def _wall_time_s(run: plot.Run) -> float:
-  records = metric_writers.read_metrics(run.path)
-  return float(sum(r.get("epoch_time_s") or 0.0 for r in records.get(
-      "epoch", [])) + sum(r.get("time_to_first_step_s") or 0.0
-                          for r in records.get("run", [])))
-
-
-def run_records(path: str) -> list[dict[str, Any]]:
-  """Every ``"kind": "run"`` record of a run's ``metrics.jsonl``, as written.
-
-  Each start of a run writes one. `metric_writers.read_metrics` keeps one
-  record per step, so it would count two starts from the same checkpoint
-  once; this reads the raw lines. Unreadable lines (a killed run's last) are
-  skipped; a missing file has no records.
-  """
-  records = []
-  try:
-    with open(os.path.join(path, metric_writers.METRICS_FILENAME),
-              encoding="utf-8", errors="replace") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and record.get("kind") == "run":
-          records.append(record)
-  except FileNotFoundError:
-    pass
-  return records
+def _wall_time_s(run: runs_lib.Run) -> float:
+  return float(sum(r.get("epoch_time_s") or 0.0 for r in run.epochs) + sum(
+      r.get("time_to_first_step_s") or 0.0 for r in run.records.get("run", [])))
 
 
 # Provenance key in the summary -> field of the "run" records.
@@ -138,7 +140,7 @@ def _distinct(values) -> list[Any]:
   return kept
 
 
-def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
+def provenance(runs: Sequence[runs_lib.Run]) -> dict[str, Any]:
   """Where an arm's runs came from, over every start of every run.
 
   Returns:
@@ -151,7 +153,7 @@ def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
     >>> provenance([])["restarts"]
     []
   """
-  records = [run_records(run.path) for run in runs]
+  records = [runs_lib.run_records(run.path) for run in runs]
   summary = {key: _distinct(record.get(field) for starts in records
                             for record in starts)
              for key, field in PROVENANCE_FIELDS.items()}
@@ -159,7 +161,7 @@ def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
   return summary
 
 
-def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
+def arm_statistics(runs: Sequence[runs_lib.Run], targets: Sequence[float],
                    metric: str = "test_accuracy") -> dict[str, Any]:
   """The statistics of one arm's finished runs, on the epoch field ``metric``.
 
@@ -169,11 +171,12 @@ def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
   (``loss_below_mean_fraction``): the same under the loss rule, different
   under ``phases="random"``.
   """
+  summary = final_and_best(runs, metric)
   statistics = {
       "n": len(runs),
       "seeds": [run.config.get("seed") for run in runs],
-      f"final_{metric}": mean_std_ci([final(r, metric) for r in runs]),
-      f"best_{metric}": mean_std_ci([best(r, metric) for r in runs]),
+      f"final_{metric}": summary["final"],
+      f"best_{metric}": summary["best"],
       "epochs_to_target": {str(t): epochs_to_target(runs, t, metric)
                            for t in targets},
       "final_train_loss": {
@@ -478,7 +481,15 @@ def _points(value) -> str:
   return "–" if value is None else f"{100 * value:+.2f}"
 
 
-def _mean_std_text(entry, scale=100.0, digits=2) -> str:
+def mean_std_text(entry: Mapping[str, Any], scale: float = 100.0,
+                  digits: int = 2) -> str:
+  """``mean ± std`` of a `mean_std_ci` entry, scaled; the mean alone without
+  a std, ``–`` without values.
+
+  Example:
+    >>> mean_std_text(mean_std_ci([0.8, 0.9]))
+    '85.00 ± 7.07'
+  """
   if entry["mean"] is None:
     return "–"
   text = f"{scale * entry['mean']:.{digits}f}"
@@ -530,12 +541,12 @@ def _arms_table(summary: dict[str, Any]) -> list[str]:
   for arm, s in summary["arms"].items():
     reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
     lines.append(
-        f"| {arm} | {s['n']} | {_mean_std_text(s[f'final_{metric}'])} | "
+        f"| {arm} | {s['n']} | {mean_std_text(s[f'final_{metric}'])} | "
         f"{_interval_text(s[f'final_{metric}']['ci95'])} | "
-        f"{_mean_std_text(s[f'best_{metric}'])} | "
+        f"{mean_std_text(s[f'best_{metric}'])} | "
         + "".join(f"{text} | " for text in reach)
-        + f"{_mean_std_text(s['final_train_loss'], 1.0, 4)} | "
-        + "".join(f"{_mean_std_text(s[f], 1.0, 3)} | " if s.get(f) else "– | "
+        + f"{mean_std_text(s['final_train_loss'], 1.0, 4)} | "
+        + "".join(f"{mean_std_text(s[f], 1.0, 3)} | " if s.get(f) else "– | "
                   for f in fractions)
         + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
            "– |"))
