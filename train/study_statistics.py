@@ -521,36 +521,39 @@ def _metric_label(metric: str) -> str:
   return metric.replace("_accuracy", " acc.").replace("_", " ")
 
 
+def _markdown_table(header: Sequence[str], aligns: str,
+                    rows: Sequence[Sequence[Any]]) -> list[str]:
+  """A Markdown table; ``aligns`` holds ``l`` or ``r`` for each column."""
+  def line(cells):
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+  rule = "|" + "|".join("---:" if a == "r" else "---" for a in aligns) + "|"
+  return [line(header), rule] + [line(row) for row in rows]
+
+
 def _arms_table(summary: dict[str, Any]) -> list[str]:
   metric, targets = summary["metric"], summary["targets"]
   label = _metric_label(metric)
   # Steps in the "below" phase; where recorded, also the steps whose loss was
   # below the running mean (they differ under phases="random").
-  fractions = ["phase_below_fraction"] + [
-      "loss_below_mean_fraction" for _ in range(1) if any(
-          "loss_below_mean_fraction" in s for s in summary["arms"].values())]
-  headers = {"phase_below_fraction": "steps in below phase",
-             "loss_below_mean_fraction": "loss below mean"}
-  lines = [
-      f"| arm | n | final {label} % (mean ± std) | 95% CI | best {label} %"
-      " | " + " | ".join(f"epochs to {_percent(t, 0)}%" for t in targets)
-      + " | final train loss | "
-      + "".join(f"{headers[f]} | " for f in fractions) + "wall time / run |",
-      "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|"
-      + "---:|" * len(fractions) + "---:|"]
+  fractions = {"phase_below_fraction": "steps in below phase"}
+  if any("loss_below_mean_fraction" in s for s in summary["arms"].values()):
+    fractions["loss_below_mean_fraction"] = "loss below mean"
+  header = ([
+      "arm", "n", f"final {label} % (mean ± std)", "95% CI",
+      f"best {label} %"] + [f"epochs to {_percent(t, 0)}%" for t in targets]
+            + ["final train loss", *fractions.values(), "wall time / run"])
+  rows = []
   for arm, s in summary["arms"].items():
-    reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
-    lines.append(
-        f"| {arm} | {s['n']} | {mean_std_text(s[f'final_{metric}'])} | "
-        f"{_interval_text(s[f'final_{metric}']['ci95'])} | "
-        f"{mean_std_text(s[f'best_{metric}'])} | "
-        + "".join(f"{text} | " for text in reach)
-        + f"{mean_std_text(s['final_train_loss'], 1.0, 4)} | "
-        + "".join(f"{mean_std_text(s[f], 1.0, 3)} | " if s.get(f) else "– | "
-                  for f in fractions)
-        + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
-           "– |"))
-  return lines
+    final_entry = s[f"final_{metric}"]
+    rows.append(
+        [arm, s["n"], mean_std_text(final_entry),
+         _interval_text(final_entry["ci95"]),
+         mean_std_text(s[f"best_{metric}"])]
+        + [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
+        + [mean_std_text(s["final_train_loss"], 1.0, 4)]
+        + [mean_std_text(s[f], 1.0, 3) if s.get(f) else "–" for f in fractions]
+        + [f"{s['wall_time_s'] / 60:.1f} min" if s["wall_time_s"] else "–"])
+  return _markdown_table(header, "l" + "r" * (len(header) - 1), rows)
 
 
 def _known(values, text=str) -> str:
@@ -565,22 +568,22 @@ def _versions_text(versions) -> str:
 
 
 def _provenance_table(summary: dict[str, Any]) -> list[str]:
-  lines = ["Where the runs came from (every start of every run; – where a "
-           "record does not say):", "",
-           "| arm | commits | uncommitted changes | restarts per seed | "
-           "devices | device kind | data | versions |",
-           "|---|---|---|---|---:|---|---|---|"]
+  rows = []
   for arm, s in summary["arms"].items():
     p = s["provenance"]
     restarts = ", ".join(f"{seed}: {count}" for seed, count in zip(
         s["seeds"], p["restarts"])) or "–"
-    lines.append(
-        f"| {arm} | {_known(p['commits'], lambda c: str(c)[:10])} | "
-        f"{_known(p['tracked_changes'], lambda c: 'yes' if c else 'no')} | "
-        f"{restarts} | {_known(p['devices'])} | {_known(p['device_kinds'])} | "
-        f"{_known(p['data_fingerprints'])} | "
-        f"{_known(p['versions'], _versions_text)} |")
-  return lines
+    rows.append([
+        arm, _known(p["commits"], lambda c: str(c)[:10]),
+        _known(p["tracked_changes"], lambda c: "yes" if c else "no"),
+        restarts, _known(p["devices"]), _known(p["device_kinds"]),
+        _known(p["data_fingerprints"]),
+        _known(p["versions"], _versions_text)])
+  return ["Where the runs came from (every start of every run; – where a "
+          "record does not say):", ""] + _markdown_table(
+              ["arm", "commits", "uncommitted changes", "restarts per seed",
+               "devices", "device kind", "data", "versions"], "llllrlll",
+              rows)
 
 
 def _comparisons_table(summary: dict[str, Any]) -> list[str]:
@@ -588,30 +591,29 @@ def _comparisons_table(summary: dict[str, Any]) -> list[str]:
   margin = summary["equivalence_margin"]
   equivalence = ("no equivalence margin declared" if margin is None else
                  f"equivalence: TOST at ±{100 * margin:.2f} points")
-  lines = [f"Comparisons of the final {_metric_label(summary['metric'])} "
-           f"(differences in points; primary test: "
-           f"{test_names[summary['primary_test']]}; {equivalence}):", "",
-           "| arm | against | role | pairs | paired diff. | paired 95% CI | "
-           "paired p | runs | Welch diff. | Welch 95% CI | Welch p | "
-           "TOST 90% CI | TOST p | equivalence | verdict | "
-           "seeds for 80% power |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-           "|---|---|---:|"]
+  rows = []
   for c in summary["comparisons"]:
     paired, welch = c["paired"], c["welch"]
     tost = c["equivalence"] or {"ci90": None, "p_value": None,
                                 "verdict": "–"}
     power = c["seeds_for_80pct_power"]
-    lines.append(
-        f"| {c['arm']} | {c['against']} | {c['role']} | {paired['n']} | "
-        f"{_points(paired['mean'])} | "
-        f"{_interval_text(paired['ci95'], True)} | "
-        f"{_p_text(paired['p_value'])} | {welch['n'][0]}+{welch['n'][1]} | "
-        f"{_points(welch['mean'])} | {_interval_text(welch['ci95'], True)} | "
-        f"{_p_text(welch['p_value'])} | {_interval_text(tost['ci90'], True)} "
-        f"| {_p_text(tost['p_value'])} | {tost['verdict']} | {c['verdict']} "
-        f"| {'–' if power is None else power} |")
-  return lines
+    rows.append([
+        c["arm"], c["against"], c["role"], paired["n"],
+        _points(paired["mean"]), _interval_text(paired["ci95"], True),
+        _p_text(paired["p_value"]), f"{welch['n'][0]}+{welch['n'][1]}",
+        _points(welch["mean"]), _interval_text(welch["ci95"], True),
+        _p_text(welch["p_value"]), _interval_text(tost["ci90"], True),
+        _p_text(tost["p_value"]), tost["verdict"], c["verdict"],
+        "–" if power is None else power])
+  return [f"Comparisons of the final {_metric_label(summary['metric'])} "
+          f"(differences in points; primary test: "
+          f"{test_names[summary['primary_test']]}; {equivalence}):",
+          ""] + _markdown_table(
+              ["arm", "against", "role", "pairs", "paired diff.",
+               "paired 95% CI", "paired p", "runs", "Welch diff.",
+               "Welch 95% CI", "Welch p", "TOST 90% CI", "TOST p",
+               "equivalence", "verdict", "seeds for 80% power"],
+              "lll" + "r" * 10 + "llr", rows)
 
 
 def select_winners(families: Mapping[str, Sequence[str]],
