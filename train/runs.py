@@ -2,8 +2,9 @@
 
 A training workdir holds ``config.json`` (the resolved config,
 `CONFIG_FILENAME`), ``metrics.jsonl`` (every record, written by
-`train.metric_writers`) and ``checkpoints/`` (`CHECKPOINTS_DIRNAME`). `load_run` reads one workdir as a
-`Run`; `load_runs` reads several for `train.plot` and `train.study`.
+`train.metric_writers`) and ``checkpoints/`` (`CHECKPOINTS_DIRNAME`).
+`load_run` reads one workdir as a `Run`; `load_runs` reads several for
+`train.plot` and `train.study`.
 """
 
 from __future__ import annotations

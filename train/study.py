@@ -56,6 +56,7 @@ import numpy as np
 from train import metric_writers
 from train import plot
 from train import runs as runs_lib
+from train import study_report
 from train import study_statistics as statistics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -767,7 +768,7 @@ def write_summary(workdir: str, baseline: str | None = None) -> str:
             encoding="utf-8") as f:
     json.dump(summary, f, indent=2, allow_nan=False)
     f.write("\n")
-  markdown = statistics.summary_markdown(summary)
+  markdown = study_report.summary_markdown(summary)
   with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
     f.write(markdown)
   groups = [plot.RunGroup(label=arm, runs=runs)
@@ -888,7 +889,7 @@ def _print_post_hoc(args) -> None:
                          args.margin)
   print("Post hoc: comparisons chosen on the command line, not the study's "
         "pre-registered ones; nothing was written.\n")
-  print(statistics.summary_markdown(statistics.json_safe(summary)), end="")
+  print(study_report.summary_markdown(statistics.json_safe(summary)), end="")
 
 
 def _split(text: str | None, cast=str):
