@@ -1,7 +1,6 @@
 """Plots and tabulates runs: ``python -m train.plot RUN_DIR... -o FILE.png``.
 
-Reads each run's ``config.json`` and ``metrics.jsonl`` (see
-:mod:`train.metric_writers`). Runs whose configs differ only in their seed
+Reads each run's ``config.json`` and ``metrics.jsonl`` with `train.runs`. Runs whose configs differ only in their seed
 (and in paths, logging, checkpoints, devices or evaluation, see
 `is_ignored_config_key`) are grouped: a group is drawn as the mean over its
 runs with a min-max band, and labelled by the config fields that tell the
@@ -11,7 +10,8 @@ list of workdirs, with labels of the caller's choice if given.
 The figure has three panels against epochs: test error (%), mean training
 loss (log scale), and the fraction of each epoch's steps whose loss was below
 the epoch's running mean (LCAM's "below" phase). ``--table`` prints the final
-and best test accuracy of each group (mean ± std over seeds).
+and best test accuracy of each group (mean ± std over seeds), as
+`train.study_statistics.final_and_best` defines them.
 """
 
 from __future__ import annotations
