@@ -2,9 +2,10 @@
 
 Reads each run's ``config.json`` and ``metrics.jsonl`` with `train.runs`.
 Runs whose configs differ only in their seed (and in paths, logging,
-checkpoints, devices or evaluation, see `is_ignored_config_key`) are grouped: a group is drawn as the mean over its
-runs with a min-max band, and labelled by the config fields that tell the
-groups apart (e.g. ``lcam 0.95/0.9``). `plot_run_dirs` draws the figure of a
+checkpoints, devices or evaluation, see `is_ignored_config_key`) are
+grouped: a group is drawn as the mean over its runs with a min-max band, and
+labelled by the config fields that tell the groups apart (e.g.
+``lcam 0.95/0.9``). `plot_run_dirs` draws the figure of a
 list of workdirs, with labels of the caller's choice if given.
 
 The figure has three panels against epochs: test error (%), mean training
