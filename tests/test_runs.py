@@ -79,5 +79,5 @@ def test_run_records_counts_every_start(tmp_path):
   with open(workdir / metric_writers.METRICS_FILENAME, "a") as f:
     f.write('{"kind": "run", "ste')  # A killed run's last line.
   assert runs.run_records(workdir) == [start, start]
-  assert len(runs.load_run(workdir).records["run"]) == 1  # One per step.
+  assert len(runs.load_run(workdir).starts) == 1  # One per step.
   assert runs.run_records(tmp_path / "missing") == []

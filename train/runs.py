@@ -36,19 +36,15 @@ class Run:
     path: the workdir.
     name: the workdir's base name.
     config: the run's config as a nested dict (empty without config.json).
-    records: ``{kind: [record, ...]}`` as `train.metric_writers.read_metrics`
-      returns them (the last record of each step, or of each epoch).
+    epochs: the epoch records, one per epoch (the last one logged), sorted.
+    starts: the ``"kind": "run"`` records, one per step the run started
+      from (the last one logged); `run_records` has every start.
   """
   path: str
   name: str
   config: Mapping[str, Any]
-  records: Mapping[str, Sequence[Mapping[str, Any]]] = dataclasses.field(
-      default_factory=dict)
-
-  @property
-  def epochs(self) -> Sequence[Mapping[str, Any]]:
-    """The epoch records, one per epoch, sorted by epoch."""
-    return tuple(self.records.get("epoch", ()))
+  epochs: Sequence[Mapping[str, Any]] = ()
+  starts: Sequence[Mapping[str, Any]] = ()
 
   def curve(self, field: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)`` of an epoch-record field; NaN where missing."""
@@ -93,8 +89,10 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         f"has no {metric_writers.METRICS_FILENAME}")
     raise NotARunError(f"{path} {what}: it is not a training workdir")
   name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+  records = metric_writers.read_metrics(metrics_file)
   return Run(path=path, name=name, config=read_config(path),
-             records=metric_writers.read_metrics(metrics_file))
+             epochs=tuple(records.get("epoch", ())),
+             starts=tuple(records.get("run", ())))
 
 
 def load_runs(

@@ -120,7 +120,7 @@ def _finite_mean(values: np.ndarray) -> float:
 
 def _wall_time_s(run: runs_lib.Run) -> float:
   return float(sum(r.get("epoch_time_s") or 0.0 for r in run.epochs) + sum(
-      r.get("time_to_first_step_s") or 0.0 for r in run.records.get("run", [])))
+      r.get("time_to_first_step_s") or 0.0 for r in run.starts))
 
 
 # Provenance key in the summary -> field of the "run" records.
