@@ -116,11 +116,13 @@ def test_group_curve_aligns_runs_of_different_lengths(tmp_path):
   runs = [runs_lib.load_run(_make_run(tmp_path, "a", {"seed": 0}, [0.2, 0.4])),
           runs_lib.load_run(_make_run(tmp_path, "b", {"seed": 1}, [0.4]))]
   (group,) = plot.group_runs(runs)
-  curve = plot.group_curve(group, "test_accuracy")
-  np.testing.assert_array_equal(curve.epochs, [1, 2])
-  np.testing.assert_allclose(curve.mean, [0.3, 0.4])
-  np.testing.assert_allclose(curve.low, [0.2, 0.4])
-  np.testing.assert_allclose(curve.high, [0.4, 0.4])
+  epochs, mean, low, high = plot.group_curve(group, "test_accuracy")
+  np.testing.assert_array_equal(epochs, [1, 2])
+  np.testing.assert_allclose(mean, [0.3, 0.4])
+  np.testing.assert_allclose(low, [0.2, 0.4])
+  np.testing.assert_allclose(high, [0.4, 0.4])
+  _, mean, low, high = plot.group_curve(group, "no_such_field")
+  assert np.isnan(np.concatenate([mean, low, high])).all()
 
 
 def _table_row(table, label):

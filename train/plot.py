@@ -253,46 +253,23 @@ def _make_labels_unique(groups: list[RunGroup]) -> list[RunGroup]:
   ]
 
 
-@dataclasses.dataclass(frozen=True)
-class GroupCurve:
-  """A field of a group's epoch records, aligned by epoch over the seeds.
+def group_curve(group: RunGroup, field: str) -> tuple[np.ndarray, ...]:
+  """One field of a group's epoch records over its seeds, aligned by epoch.
 
-  ``mean``, ``low`` and ``high`` reduce over the runs ignoring NaN; they are
-  NaN at an epoch where no run has a value.
-
-  Attributes:
-    epochs: the epochs any run reached, sorted.
-    values: ``[num_runs, num_epochs]``, NaN where a run has no value.
+  Returns:
+    ``(epochs, mean, low, high)``: the epochs any run reached, sorted, and
+    the mean, lowest and highest value over the runs that have one there
+    (NaN where none has).
   """
-  epochs: np.ndarray
-  values: np.ndarray
-
-  def _over_runs(self, reduce) -> np.ndarray:
-    with warnings.catch_warnings():  # An epoch where every run is NaN.
-      warnings.simplefilter("ignore", RuntimeWarning)
-      return reduce(self.values, axis=0)
-
-  @property
-  def mean(self) -> np.ndarray:
-    return self._over_runs(np.nanmean)
-
-  @property
-  def low(self) -> np.ndarray:
-    return self._over_runs(np.nanmin)
-
-  @property
-  def high(self) -> np.ndarray:
-    return self._over_runs(np.nanmax)
-
-
-def group_curve(group: RunGroup, field: str) -> GroupCurve:
-  """Aligns one epoch-record field of a group's runs by epoch."""
   curves = [run.curve(field) for run in group.runs]
   epochs = np.unique(np.concatenate([e for e, _ in curves] + [np.zeros(0)]))
   values = np.full((len(curves), len(epochs)), np.nan)
   for row, (run_epochs, run_values) in enumerate(curves):
     values[row, np.searchsorted(epochs, run_epochs)] = run_values
-  return GroupCurve(epochs=epochs, values=values)
+  with warnings.catch_warnings():  # An epoch where every run is NaN.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return (epochs, *[reduce(values, axis=0)
+                      for reduce in (np.nanmean, np.nanmin, np.nanmax)])
 
 
 def _epoch_range(epochs: Sequence[float]) -> str:
@@ -416,17 +393,17 @@ def _draw_group(axes, group: RunGroup, color: str):
   """Draws one group in every panel; its first line (None if nothing drawn)."""
   group_line = None
   for panel, (field, _, _, transform, log_scale) in zip(axes, _PANELS):
-    curve = group_curve(group, field)
-    mean = transform(curve.mean)
+    epochs, mean, low, high = group_curve(group, field)
+    mean = transform(mean)
     drawn = ~np.isnan(mean) & ((mean > 0) | (not log_scale))
     if not drawn.any():
       continue
-    (line,) = panel.plot(curve.epochs[drawn], mean[drawn], color=color,
+    (line,) = panel.plot(epochs[drawn], mean[drawn], color=color,
                          linewidth=1.4)
     group_line = group_line or line
     if len(group.runs) > 1:
-      panel.fill_between(curve.epochs[drawn], transform(curve.low)[drawn],
-                         transform(curve.high)[drawn], color=color, alpha=0.2,
+      panel.fill_between(epochs[drawn], transform(low)[drawn],
+                         transform(high)[drawn], color=color, alpha=0.2,
                          linewidth=0)
   return group_line
 
