@@ -45,6 +45,7 @@ from train import data
 from train import metric_writers
 from train import periodic
 from train import provenance
+from train import runs
 from train import schedules
 from train import workdir_lock
 
@@ -809,7 +810,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
   parallel, state = build_parallel(config, train_split, steps_per_epoch)
   checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config,
+      os.path.join(workdir, runs.CHECKPOINTS_DIRNAME), config,
       keep=config.keep_checkpoints,
       facts={"steps_per_epoch": steps_per_epoch,
              "num_train_examples": train_split.num_examples})
@@ -902,7 +903,7 @@ def _train(run: Run, state: TrainState, meta: dict,
     return state
   if run.is_chief:
     os.makedirs(run.workdir, exist_ok=True)
-    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+    with open(os.path.join(run.workdir, runs.CONFIG_FILENAME), "w") as f:
       f.write(run.config.to_json(indent=2))
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
                  "Resuming" if step else "Starting", step, run.total_steps,
