@@ -355,3 +355,19 @@ def test_plot_run_dirs_draws_given_groups(runs, tmp_path):
   assert [len(g.runs) for g in groups] == [2, 1]
   with pytest.raises(ValueError, match="labels"):
     plot.plot_run_dirs(run_dirs, output, labels=["A"])
+
+
+def test_runs_that_never_test_plot_their_validation_error(tmp_path):
+  workdir = _make_run(tmp_path, "run", {"seed": 0}, [0.5, 0.6, 0.7])
+  lines = [json.loads(line)
+           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for line in lines:
+    if "test_accuracy" in line:
+      line["val_accuracy"] = line.pop("test_accuracy")
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(line) + "\n" for line in lines))
+  figure = plot.plot_runs(plot.group_runs([runs_lib.load_run(workdir)]),
+                          tmp_path / "curves.png")
+  error_axis = figure.axes[0]
+  assert error_axis.get_title() == "Validation error"
+  np.testing.assert_allclose(error_axis.lines[0].get_ydata(), [50, 40, 30])

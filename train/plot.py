@@ -345,6 +345,19 @@ _PANELS = (
     ("phase_below_fraction", "Steps in the below phase",
      "fraction of steps per epoch", lambda fraction: fraction, False),
 )
+_VALIDATION_ERROR_PANEL = (
+    "val_accuracy", "Validation error", "validation error (%)",
+    _PANELS[0][3], False)
+
+
+def _panels(groups: Sequence[RunGroup]) -> tuple[tuple, ...]:
+  """The panels: validation error first for runs that never test."""
+  def logged(field):
+    return any(record.get(field) is not None for group in groups
+               for run in group.runs for record in run.epochs)
+  if logged("test_accuracy") or not logged("val_accuracy"):
+    return _PANELS
+  return (_VALIDATION_ERROR_PANEL, *_PANELS[1:])
 
 
 def plot_runs(
@@ -352,7 +365,8 @@ def plot_runs(
 ):
   """Draws the groups' curves against epochs and saves the figure.
 
-  Three panels: test error in %, mean training loss (log scale) and the
+  Three panels: test error in % (validation error for runs that never
+  evaluate the test set), mean training loss (log scale) and the
   fraction of steps in the below-mean phase. Each group is a line (the mean
   over seeds) with a band from the lowest to the highest seed. The x axis
   shows whole epochs, the y axes round values with plain decimal labels.
@@ -369,17 +383,18 @@ def plot_runs(
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   figure = Figure(figsize=(16, 4.8), layout="constrained")
-  axes = figure.subplots(1, len(_PANELS), sharex=True)
+  panels = _panels(groups)
+  axes = figure.subplots(1, len(panels), sharex=True)
   legend_lines, legend_labels = [], []
   for index, group in enumerate(groups):
-    group_line = _draw_group(axes, group, f"C{index % 10}")
+    group_line = _draw_group(axes, panels, group, f"C{index % 10}")
     if group_line is not None:
       runs = describe_runs(group.runs)
       legend_lines.append(group_line)
       legend_labels.append(
           f"{group.label} ({runs}, min-max)" if len(group.runs) > 1
           else f"{group.label} ({runs})")
-  _style_panels(axes)
+  _style_panels(axes, panels)
   if legend_lines:
     figure.legend(legend_lines, legend_labels, loc="outside lower center",
                   ncol=min(len(legend_lines), 4), frameon=False)
@@ -389,10 +404,10 @@ def plot_runs(
   return figure
 
 
-def _draw_group(axes, group: RunGroup, color: str):
+def _draw_group(axes, panels, group: RunGroup, color: str):
   """Draws one group in every panel; its first line (None if nothing drawn)."""
   group_line = None
-  for panel, (field, _, _, transform, log_scale) in zip(axes, _PANELS):
+  for panel, (field, _, _, transform, log_scale) in zip(axes, panels):
     epochs, mean, low, high = group_curve(group, field)
     mean = transform(mean)
     drawn = ~np.isnan(mean) & ((mean > 0) | (not log_scale))
@@ -408,11 +423,11 @@ def _draw_group(axes, group: RunGroup, color: str):
   return group_line
 
 
-def _style_panels(axes) -> None:
+def _style_panels(axes, panels) -> None:
   """Titles, labels, grids; round values in plain decimals, whole epochs."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
-  for panel, (_, title, ylabel, _, log_scale) in zip(axes, _PANELS):
+  for panel, (_, title, ylabel, _, log_scale) in zip(axes, panels):
     panel.set(title=title, xlabel="epoch", ylabel=ylabel)
     panel.grid(True, which="major", alpha=0.3)
     if log_scale:
