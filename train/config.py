@@ -1,20 +1,15 @@
-"""Training configs: loading, overriding, checking, and the fields that matter.
+"""Training configs: loading, overriding and checking them, and their fields.
 
-A config is an `ml_collections.ConfigDict` made by the ``get_config()`` of a
-file in ``train/configs/`` (``train/configs/default.py`` has every field, with
-comments). This module is the one place that
-
-* loads a file ``path.py[:ARG]`` (`load`; the command line, the study runner
-  and the study files all use it),
-* sets dotted fields, an unknown one naming the valid ones (`override`),
-* reads the config a run saved in its workdir (`load_run_config`),
-* checks a config before anything is built (`validate`), and
-* names the fields that do not tell experiments apart
-  (`NON_EXPERIMENT_FIELDS`) and those a resumed run may not change
-  (`RESUME_INVARIANT_FIELDS`).
+A config is the `ml_collections.ConfigDict` of a file's ``get_config()``
+(``train/configs/default.py`` has every field, with comments). The command
+line and the study runner load files with `load` and set dotted fields with
+`override`; `validate` checks a config; `load_run_config` reads the one a run
+saved. `NON_EXPERIMENT_FIELDS` and `RESUME_INVARIANT_FIELDS` name the fields
+that do not tell experiments apart and those a resumed run may not change.
 """
 
 import contextlib
+import glob
 import json
 import os
 import runpy
@@ -53,16 +48,13 @@ NON_EXPERIMENT_FIELDS = (
     "seed", "optimizer.phase_seed", "data.data_dir", "data.cache_dir",
     "eval_batch_size", "eval_every_epochs", "log_every_steps",
     "checkpoint_every_steps", "keep_checkpoints", "stop_after_steps",
-    "progress", "host_devices", "parallel", "distributed",
-)
+    "progress", "host_devices", "parallel", "distributed")
 # Fields a run cannot change when it resumes: they change the shapes of the
 # state or which batches the remaining steps see (`train.checkpoints`).
 RESUME_INVARIANT_FIELDS = (
     "seed", "data.source", "data.drop_remainder", "data.validation_examples",
-    "batch_size", "model.name",
-    "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
-    "optimizer.phases",
-)
+    "batch_size", "model.name", "optimizer.name", "optimizer.averaging",
+    "optimizer.loss_control", "optimizer.phases")
 
 
 class ConfigError(ValueError):
@@ -70,20 +62,15 @@ class ConfigError(ValueError):
 
 
 def identifies_experiment(field: str) -> bool:
-  """Whether a dotted config field can tell two experiments apart.
+  """Whether a dotted config field can tell two experiments apart: it is not
+  in `NON_EXPERIMENT_FIELDS`, nor is its section.
 
   Example:
     >>> [identifies_experiment(f) for f in ("optimizer.beta_below", "seed",
     ...                                     "distributed.process_id")]
     [True, False, False]
   """
-  section = field.split(".", 1)[0]
-  return field not in NON_EXPERIMENT_FIELDS and (
-      section not in NON_EXPERIMENT_FIELDS)
-
-
-# -----------------------------------------------------------------------------
-# Loading and overriding.
+  return not {field, field.split(".")[0]} & set(NON_EXPERIMENT_FIELDS)
 
 
 def load(spec: str, function: str = "get_config") -> Any:
@@ -100,8 +87,8 @@ def load(spec: str, function: str = "get_config") -> Any:
   path, _, argument = spec.partition(":")
   if not os.path.isfile(path):
     folder = os.path.dirname(path) or "."
-    beside = sorted(f for f in os.listdir(folder) if f.endswith(".py")
-                    and not f.startswith("_")) if os.path.isdir(folder) else []
+    beside = sorted(os.path.basename(file)
+                    for file in glob.glob(os.path.join(folder, "[!_]*.py")))
     raise ConfigError("no such file." + (
         f" The files in {folder} are: {', '.join(beside)}." if beside else ""))
   try:
@@ -126,7 +113,8 @@ def check_field(config: ml_collections.ConfigDict, field: str) -> None:
   for depth, name in enumerate(names):
     if not isinstance(node, ml_collections.ConfigDict) or name not in node:
       where = ".".join(["config"] + names[:depth])
-      valid = sorted(node) if isinstance(node, ml_collections.ConfigDict) else []
+      valid = (sorted(node) if isinstance(node, ml_collections.ConfigDict)
+               else [])
       raise ConfigError(f"{where} has no field {name!r}; its fields are: "
                         f"{', '.join(valid) or 'none (it is a value)'}.")
     node = node[name]
@@ -134,7 +122,7 @@ def check_field(config: ml_collections.ConfigDict, field: str) -> None:
 
 def override(config: ml_collections.ConfigDict,
              overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Sets dotted fields of ``config`` in place, e.g. ``{"optimizer.lag": False}``.
+  """Sets dotted fields of ``config``, e.g. ``{"optimizer.lag": False}``.
 
   Returns:
     ``config``.
@@ -175,25 +163,30 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-# -----------------------------------------------------------------------------
-# Checking.
-
-
 def validate(config: ml_collections.ConfigDict,
-             device_count: int | None = None) -> None:
-  """Checks the config's choices and counts before any data is loaded.
+             device_count: int | None = None,
+             train_examples: int | None = None) -> None:
+  """Checks a config's choices and counts, and its batch sizes when given.
 
   The model, schedule and optimizer check their own arguments when they are
-  built (see `as_config_errors`), and the batch size is checked against the
-  training split once it is loaded (`check_batch_fits_split`).
+  built (`as_config_errors`).
 
   Args:
     config: A training config.
     device_count: If given, the number of devices, which must divide both
       batch sizes.
+    train_examples: If given, the size of the training split, which must
+      hold a batch: with ``drop_remainder=False`` a larger batch is one step
+      of mostly padding, and its memory is spent on the padding.
 
   Raises:
     ConfigError: naming the field, the bad value and what would do.
+
+  Example:
+    >>> validate(default.get_config(), train_examples=100)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    train.config.ConfigError: config.batch_size=128 is larger than the ...
   """
   flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
   for field, valid in CHOICES.items():
@@ -202,38 +195,21 @@ def validate(config: ml_collections.ConfigDict,
                         f"{valid}.")
   for field in _POSITIVE_FIELDS:
     if flat[field] <= 0:
-      raise ConfigError(f"config.{field} must be positive, got "
-                        f"{flat[field]}.")
+      raise ConfigError(f"config.{field} must be positive, got {flat[field]}.")
   for field in _NON_NEGATIVE_FIELDS:
     if flat[field] < 0:
       raise ConfigError(f"config.{field} must be >= 0, got {flat[field]}.")
-  if device_count is None:
-    return
   indivisible = [f"config.{field} ({config[field]})"
                  for field in ("batch_size", "eval_batch_size")
-                 if config[field] % device_count]
+                 if device_count and config[field] % device_count]
   if indivisible:
     raise ConfigError(
         f"{' and '.join(indivisible)} must be divisible by the number of "
         f"devices ({device_count}).")
-
-
-def check_batch_fits_split(batch_size: int, num_examples: int) -> None:
-  """Raises `ConfigError` when a batch holds more than the training split.
-
-  With ``drop_remainder=False`` such a batch is one step of mostly padding,
-  and its memory is spent on the padding.
-
-  Example:
-    >>> check_batch_fits_split(100000, 256)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    train.config.ConfigError: config.batch_size=100000 is larger than the ...
-  """
-  if batch_size > num_examples:
+  if train_examples is not None and config.batch_size > train_examples:
     raise ConfigError(
-        f"config.batch_size={batch_size} is larger than the training split "
-        f"({num_examples} examples); use at most {num_examples}.")
+        f"config.batch_size={config.batch_size} is larger than the training "
+        f"split ({train_examples} examples); use at most {train_examples}.")
 
 
 @contextlib.contextmanager
@@ -275,13 +251,9 @@ def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
           for name, (below, above) in parsed.items()}
 
 
-# -----------------------------------------------------------------------------
-# Devices of a CPU host.
-
-
 def host_device_count(batch_size: int, eval_batch_size: int,
                       cpu_count: int) -> int:
-  """How many XLA devices to split a CPU host into, when there is no accelerator.
+  """How many XLA devices to split a CPU host without an accelerator into.
 
   XLA runs the convolutions of one CPU device's step mostly one after another,
   so on a host without an accelerator the loop is faster with the host split

@@ -60,7 +60,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       for where in [flag for flag in argv if flag.startswith("--config.")]:
         config_lib.check_field(
             config, where.removeprefix("--config.").split("=")[0])
-      config_flags.DEFINE_config_dict("config", config, "--config PATH.py[:ARG]",
+      config_flags.DEFINE_config_dict("config", config, "PATH.py[:ARG]",
                                       sys_argv=argv)
     rest = FLAGS(argv)  # Prints the help for --help.
     if spec.config is None:

@@ -696,8 +696,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str, *,
   if config.data.validation_examples:
     train_split, validation_split = data.hold_out(
         train_split, config.data.validation_examples)
-  config_lib.check_batch_fits_split(config.batch_size,
-                                    train_split.num_examples)
+  config_lib.validate(config, train_examples=train_split.num_examples)
   steps_per_epoch = data.steps_per_epoch(
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
   parallel, state = build_parallel(config, train_split, steps_per_epoch)
