@@ -86,7 +86,8 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
   """
   name, colon, argument = spec.partition(":")
   if os.sep not in name and not name.endswith(".py"):
-    spec = os.path.join(STUDIES_DIR, name + ".py") + colon + argument
+    name = os.path.join(STUDIES_DIR, name)
+  spec = name.removesuffix(".py") + ".py" + colon + argument
   try:
     study = config_lib.load(os.path.join(REPO_ROOT, spec), "get_study")
   except config_lib.ConfigError as e:
