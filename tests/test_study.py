@@ -16,6 +16,8 @@ from scipy import stats
 
 from train import metric_writers
 from train import study as study_lib
+from train import study_report
+from train import study_runner
 from train import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +126,7 @@ def test_commands_lists_exactly_the_pending_runs(tmp_path):
   study = _study()
   _fake_run(tmp_path, "base", 0, [0.5, 0.6])  # finished
   _fake_run(tmp_path, "b", 1, [0.5], num_epochs=2)  # half-way
-  commands = study_lib.pending_commands(study, str(tmp_path))
+  commands = study_runner.pending_commands(study, str(tmp_path))
   pending = {(arm, seed) for arm in ("base", "b") for seed in (0, 1, 2)}
   pending.remove(("base", 0))
   assert len(commands) == len(pending)
@@ -142,18 +144,18 @@ def test_eta_is_remaining_epochs_times_median_epoch_time(tmp_path):
   runs = study_lib.study_runs(study, str(tmp_path))
   remaining_epochs = 4 * 2 + 1  # four runs not started, one half-way
   for workers in (1, 3):
-    progress = study_lib.StudyProgress(workers, {"base": 2, "b": 2})
+    progress = study_runner.StudyProgress(workers, {"base": 2, "b": 2})
     assert progress.eta_seconds(runs) == pytest.approx(
         remaining_epochs * 10.0 / workers)
-  assert study_lib.StudyProgress(1, {"base": 2, "b": 2}).eta_seconds(
+  assert study_runner.StudyProgress(1, {"base": 2, "b": 2}).eta_seconds(
       study_lib.study_runs(study, str(tmp_path / "empty"))) is None
 
 
 def test_worker_shares_split_cores_or_gpus():
-  assert study_lib.worker_shares(1, [0, 1], gpus=[]) == [{"cores": [0, 1]}]
-  assert study_lib.worker_shares(2, [0, 1], gpus=[]) == [
+  assert study_runner.worker_shares(1, [0, 1], gpus=[]) == [{"cores": [0, 1]}]
+  assert study_runner.worker_shares(2, [0, 1], gpus=[]) == [
       {"cores": [0]}, {"cores": [1]}]
-  assert study_lib.worker_shares(2, [0, 1], gpus=["0", "1", "2", "3"]) == [
+  assert study_runner.worker_shares(2, [0, 1], gpus=["0", "1", "2", "3"]) == [
       {"gpu": "0"}, {"gpu": "1"}]
 
 
@@ -161,9 +163,9 @@ def test_worker_shares_split_cores_or_gpus():
     ("2,3", ["2", "3"]), ("-1", []), ("", []), ("3,-1,1", ["3"]),
     ("MIG-1a2b, GPU-9f", ["MIG-1a2b", "GPU-9f"])])
 def test_gpu_shares_are_the_parents_visible_gpus(visible, gpus):
-  assert study_lib.visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
-  shares = study_lib.worker_shares(len(gpus) or 1, [0, 1], gpus=gpus)
-  children = [study_lib.child_environment(share, {"CUDA_VISIBLE_DEVICES":
+  assert study_runner.visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
+  shares = study_runner.worker_shares(len(gpus) or 1, [0, 1], gpus=gpus)
+  children = [study_runner.child_environment(share, {"CUDA_VISIBLE_DEVICES":
                                                   visible})
               for share in shares]
   if gpus:
@@ -173,19 +175,19 @@ def test_gpu_shares_are_the_parents_visible_gpus(visible, gpus):
 
 
 def test_runs_that_share_a_gpu_share_its_memory():
-  shares = study_lib.worker_shares(5, [0], gpus=["2", "3"],
+  shares = study_runner.worker_shares(5, [0], gpus=["2", "3"],
                                    memory_fraction=0.9)
   assert [s["gpu"] for s in shares] == ["2", "3", "2", "3", "2"]
-  fractions = [float(study_lib.child_environment(s, {}).get(
+  fractions = [float(study_runner.child_environment(s, {}).get(
       "XLA_PYTHON_CLIENT_MEM_FRACTION", "nan")) for s in shares]
   np.testing.assert_allclose(fractions, [0.3, 0.45, 0.3, 0.45, 0.3])
-  alone = study_lib.worker_shares(2, [0], gpus=["2", "3"])
+  alone = study_runner.worker_shares(2, [0], gpus=["2", "3"])
   assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in
-             study_lib.child_environment(s, {}) for s in alone)
+             study_runner.child_environment(s, {}) for s in alone)
 
 
 def test_a_tpu_host_runs_one_run_at_a_time(monkeypatch):
-  assert study_lib.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
+  assert study_runner.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
       {"cores": [0, 1, 2]}]
   # The TPU is found as JAX finds it (a JAX upgrade that moves this fails).
   from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
@@ -193,7 +195,7 @@ def test_a_tpu_host_runs_one_run_at_a_time(monkeypatch):
     monkeypatch.setattr(hardware_utils,
                         "num_available_tpu_chips_and_device_id",
                         lambda chips=chips: (chips, None))
-    assert study_lib.host_has_tpu() is has_tpu
+    assert study_runner.host_has_tpu() is has_tpu
 
 
 def test_statistics_equal_scipy(tmp_path):
@@ -207,7 +209,7 @@ def test_statistics_equal_scipy(tmp_path):
   study = _study(arms={arm: {} for arm in finals}, seeds=[0, 1, 2, 3],
                  targets=[0.6])
   study_lib.save_study(study, str(tmp_path))
-  summary, _ = study_lib.summarize(str(tmp_path))
+  summary, _ = study_report.summarize(str(tmp_path))
 
   b = np.array(list(finals["b"].values()))
   got = summary["arms"]["b"]["final_test_accuracy"]
@@ -253,14 +255,14 @@ def test_statistics_equal_scipy(tmp_path):
       "median": 2.0, "reached": 4, "n": 4}
 
   # Another baseline: b pairs with itself no more, base pairs with b.
-  against_b, _ = study_lib.summarize(str(tmp_path), baseline="b")
+  against_b, _ = study_report.summarize(str(tmp_path), baseline="b")
   assert against_b["baseline"] == "b"
   assert [(c["arm"], c["against"]) for c in against_b["comparisons"]] == [
       ("base", "b"), ("single", "b")]
   np.testing.assert_allclose(against_b["comparisons"][0]["paired"]["mean"],
                              -differences.mean())
   with pytest.raises(study_lib.StudyError, match=r"Unknown baseline 'nope'"):
-    study_lib.summarize(str(tmp_path), baseline="nope")
+    study_report.summarize(str(tmp_path), baseline="nope")
 
 
 def _two_arm_study(tmp_path, finals, **fields):
@@ -281,7 +283,7 @@ def test_declared_comparisons_tests_and_margin(tmp_path):
             "c": {0: 0.70, 1: 0.71, 2: 0.72, 3: 0.69}}
   _two_arm_study(tmp_path, finals, comparisons=[["b", "base"], ["b", "c"]],
                  primary_test="welch", equivalence_margin=0.02)
-  summary = json.loads(study_lib.write_summary(str(tmp_path)) and (
+  summary = json.loads(study_report.write_summary(str(tmp_path)) and (
       tmp_path / "summary.json").read_text())
   assert summary["primary_test"] == "welch"
   assert summary["equivalence_margin"] == 0.02
@@ -305,7 +307,7 @@ def test_declared_comparisons_tests_and_margin(tmp_path):
   assert "| b | base | primary | 4 |" in markdown
   assert "| equivalent | inconclusive |" in markdown
   # --baseline overrides the declared comparisons.
-  against_c, _ = study_lib.summarize(str(tmp_path), baseline="c")
+  against_c, _ = study_report.summarize(str(tmp_path), baseline="c")
   assert {(c["arm"], c["against"]) for c in against_c["comparisons"]} == {
       ("base", "c"), ("b", "c")}
 
@@ -315,7 +317,7 @@ def test_equal_differences_are_too_few_runs_never_better(tmp_path):
   base = {0: 0.6, 1: 0.7, 2: 0.8}
   _two_arm_study(tmp_path, {"base": base,
                             "b": {s: v + 0.1 for s, v in base.items()}})
-  summary, _ = study_lib.summarize(str(tmp_path))
+  summary, _ = study_report.summarize(str(tmp_path))
   comparison = summary["comparisons"][0]
   assert comparison["verdict"] == "too few runs"
   assert comparison["paired"]["p_value"] is None
@@ -332,7 +334,7 @@ def test_bad_final_values_are_failed_runs_and_json_is_strict(tmp_path):
     f.write(json.dumps({"kind": "epoch", "step": 20, "epoch": 2,
                         "test_accuracy": 0.7, "train_loss": None}) + "\n")
   study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
-  study_lib.write_summary(str(tmp_path))
+  study_report.write_summary(str(tmp_path))
 
   def no_constants(name):
     raise AssertionError(f"summary.json holds {name}")
@@ -355,7 +357,7 @@ def test_validation_metric_shows_no_test_accuracy(tmp_path):
                 metric="val_accuracy")
   study_lib.save_study(_study(metric="val_accuracy", targets=[0.45]),
                        str(tmp_path))
-  markdown = study_lib.write_summary(str(tmp_path))
+  markdown = study_report.write_summary(str(tmp_path))
   text = (tmp_path / "summary.json").read_text()
   summary = json.loads(text)
   assert summary["metric"] == "val_accuracy"
@@ -373,7 +375,7 @@ def test_every_loss_controlled_arm_reports_phase_fractions(tmp_path):
     _fake_run(tmp_path, "b", seed, [0.5], optimizer="adamw",
               loss_control='{"b1": [0.95, 0.9]}')
   study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
-  summary, _ = study_lib.summarize(str(tmp_path))
+  summary, _ = study_report.summarize(str(tmp_path))
   assert summary["arms"]["b"]["phase_below_fraction"]["mean"] == 0.5
   assert "phase_below_fraction" not in summary["arms"]["base"]
 
@@ -397,7 +399,7 @@ def test_provenance_per_arm(tmp_path):
             run_lines=['{"devices": 2, "processes": 1}'])
   _fake_run(tmp_path, "base", 1, [0.5], run_lines=[])
   study_lib.save_study(_study(seeds=[0, 1]), str(tmp_path))
-  markdown = study_lib.write_summary(str(tmp_path))
+  markdown = study_report.write_summary(str(tmp_path))
   summary = json.loads((tmp_path / "summary.json").read_text())
   b = summary["arms"]["b"]["provenance"]
   assert b["restarts"] == [2, 0]
@@ -537,7 +539,7 @@ def test_families_select_their_winner_by_the_rule(tmp_path):
                  families={"sgd": ["sgd-a", "sgd-b"],
                            "lcam": ["lcam-b", "lcam-a"]},
                  selection="the best final accuracy; ties: the first listed")
-  markdown = study_lib.write_summary(str(tmp_path))
+  markdown = study_report.write_summary(str(tmp_path))
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["selection"]["sgd"]["winner"] == "sgd-b"
   assert summary["selection"]["lcam"] == {"winner": "lcam-b", "value": 0.64,
@@ -559,8 +561,8 @@ def test_power_plan_pools_the_spread_and_takes_the_larger_count(tmp_path,
   sd = math.sqrt((2 * np.var([0.6, 0.61, 0.605], ddof=1)
                   + 3 * np.var([0.7, 0.69, 0.695, 0.7], ddof=1)) / 5)
   assert f"pooled sd: {sd:.5f} (5 degrees of freedom)" in out
-  tost = study_lib.statistics.seeds_for_equivalence(0.01 / sd, "welch")
-  detect = study_lib.statistics.seeds_for_power(0.01 / sd, "welch")
+  tost = study_report.statistics.seeds_for_equivalence(0.01 / sd, "welch")
+  detect = study_report.statistics.seeds_for_power(0.01 / sd, "welch")
   assert f"needs {max(tost, detect)} seeds per arm" in out
   assert study_lib.main(["power", str(tmp_path), "--margin", "0.01",
                          "--arms", "nope"]) == 1
@@ -575,7 +577,7 @@ def test_placebo_arms_show_draws_and_loss_fractions_apart(tmp_path):
   study_lib.save_study(_study(arms={"lcam": {}, "placebo": {}},
                               seeds=[0, 1, 2], baseline="lcam"),
                        str(tmp_path))
-  markdown = study_lib.write_summary(str(tmp_path))
+  markdown = study_report.write_summary(str(tmp_path))
   summary = json.loads((tmp_path / "summary.json").read_text())
   placebo = summary["arms"]["placebo"]
   assert placebo["phase_below_fraction"]["mean"] == pytest.approx(0.3)
@@ -617,13 +619,14 @@ STUDY_DRIVER = """
 import sys
 import ml_collections
 from train import study
+from train import study_runner
 fake_run, save_s, workdir = sys.argv[1:]
 study.train_command = lambda s, w, arm, seed: [
     sys.executable, fake_run, study.run_dir(w, arm, seed), save_s]
 definition = ml_collections.ConfigDict({
     "config": "train/configs/tiny.py", "arms": {"a": {}, "b": {}},
     "seeds": [0], "baseline": "a"})
-study.run_study(definition, workdir, workers=2, poll_s=0.2)
+study_runner.run_study(definition, workdir, workers=2, poll_s=0.2)
 """
 
 
@@ -739,7 +742,7 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
   study_lib.save_study(tuning, str(stage1))
   for arm in tuning.arms:
     _run_in_process(tuning, stage1, arm, 1000)
-  summary1 = json.loads(study_lib.write_summary(str(stage1)) and (
+  summary1 = json.loads(study_report.write_summary(str(stage1)) and (
       stage1 / "summary.json").read_text())
   assert summary1["metric"] == "val_accuracy"
   assert summary1["selection"]["lcam"]["winner"] == "lcam"
@@ -767,7 +770,7 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
   for seed in confirm.seeds:
     for arm in confirm.arms:
       _run_in_process(confirm, stage2, arm, seed)
-  summary2 = json.loads(study_lib.write_summary(str(stage2)) and (
+  summary2 = json.loads(study_report.write_summary(str(stage2)) and (
       stage2 / "summary.json").read_text())
   primary, placebo = summary2["comparisons"]
   assert (primary["arm"], primary["against"], primary["role"]) == (

@@ -1,14 +1,26 @@
-"""``summary.md``: a study's summary as Markdown tables.
+"""A study's summary: ``summary.json``, ``summary.md`` and ``curves.png``.
 
-`summary_markdown` renders the summary that `train.study.summarize` builds
-(the contents of ``summary.json``, numbers from `train.study_statistics`):
-the arms, where their runs came from, the selection of winners, the
-comparisons, and the unfinished and failed runs. Accuracies show in %,
-differences in points.
+`summarize` reads a study directory's runs and computes, with
+`train.study_statistics`, each arm's statistics and provenance, the
+comparisons, the selection of winners, and the unfinished and failed runs
+(the contents of ``summary.json``); `summary_markdown` renders them as
+Markdown tables (accuracies in %, differences in points); `write_summary`
+writes both and the curves. `power_plan` sizes a next study from a finished
+one's spread.
 """
 
+from __future__ import annotations
+
+import json
+import os
 from typing import Any, Mapping, Sequence
 
+import ml_collections
+import numpy as np
+
+from train import plot
+from train import runs as runs_lib
+from train import study as study_lib
 from train import study_statistics as statistics
 
 def _percent(value, digits=2) -> str:
@@ -163,3 +175,198 @@ def summary_markdown(summary: dict[str, Any]) -> str:
           + (f" ({r['reason']})" if r.get("reason") else "")
           for r in summary[kind]) + "."]
   return "\n".join(lines) + "\n"
+
+
+def comparison_pairs(study: ml_collections.ConfigDict,
+                     baseline: str | None = None) -> list[tuple[str, str]]:
+  """The ``(arm, against)`` pairs to compare, the primary one first.
+
+  The study's ``comparisons``, or every arm against its ``baseline``; a
+  ``baseline`` given here overrides both (every arm against it).
+
+  Raises:
+    study_lib.StudyError: for an unknown ``baseline``.
+  """
+  if baseline is not None and baseline not in study.arms:
+    raise study_lib.StudyError(f"Unknown baseline {baseline!r}: the study "
+                               f"has {list(study.arms)}.")
+  if baseline is None and study.get("comparisons") is not None:
+    return [(arm, against) for arm, against in study.comparisons]
+  baseline = study.baseline if baseline is None else baseline
+  return [(arm, baseline) for arm in study.arms if arm != baseline]
+
+
+def _failure_reason(log_tail: str) -> str:
+  return (log_tail.splitlines() or ["failed"])[0].rstrip(":")
+
+
+def summarize(workdir: str, baseline: str | None = None,
+              compare: Sequence[tuple[str, str]] | None = None,
+              margin: float | None = None):
+  """The statistics of a study directory.
+
+  A finished run whose final metric is null or NaN is failed, not averaged.
+
+  Args:
+    workdir: the study directory.
+    baseline: compare every arm with this one instead of the study's
+      ``comparisons`` (or ``baseline``).
+    compare: ``(arm, against)`` pairs to compare instead, the first primary.
+    margin: an equivalence margin instead of the study's.
+
+  Returns:
+    ``(summary, finished)``: the contents of ``summary.json`` (per arm its
+    statistics and provenance, the comparisons of `comparison_pairs`, the
+    unfinished and failed runs) and, per arm, its finished runs as
+    `train.runs.Run`.
+
+  Raises:
+    study_lib.StudyError: for a directory without a study or with bad statistics
+      fields, or an unknown ``baseline``.
+  """
+  study = study_lib.read_study(workdir)
+  if compare is not None:
+    study.comparisons = [list(pair) for pair in compare]
+  if margin is not None:
+    study.equivalence_margin = margin
+  study_lib.check_statistics_fields(study)
+  pairs = comparison_pairs(study, baseline)
+  metric = study.get("metric", study_lib.DEFAULT_METRIC)
+  primary_test = study.get("primary_test", study_lib.DEFAULT_PRIMARY_TEST)
+  margin = study.get("equivalence_margin")
+  statuses = study_lib.study_runs(study, workdir)
+  finished = {arm: [] for arm in study.arms}
+  failed = [{"arm": s.arm, "seed": s.seed,
+             "reason": _failure_reason(s.failure), "log_tail": s.failure}
+            for s in statuses if not s.finished and s.failure]
+  for status in statuses:
+    if status.finished:
+      run = runs_lib.load_run(status.path)
+      if np.isfinite(statistics.final(run, metric)):
+        finished[status.arm].append(run)
+      else:
+        failed.append({"arm": status.arm, "seed": status.seed,
+                       "reason": f"final {metric} is null or NaN",
+                       "log_tail": None})
+  targets = list(study.get("targets", ()))
+  final_by_seed = {arm: {r.config["seed"]: statistics.final(r, metric)
+                         for r in runs} for arm, runs in finished.items()}
+  comparisons = [
+      {"arm": arm, "against": against,
+       "role": "primary" if index == 0 else "secondary",
+       **statistics.compare(final_by_seed[arm], final_by_seed[against],
+                            primary_test=primary_test, margin=margin)}
+      for index, (arm, against) in enumerate(pairs)]
+  arms = {arm: statistics.arm_statistics(runs, targets, metric)
+          for arm, runs in finished.items()}
+  selection = {}
+  if study.get("families"):
+    selection = statistics.select_winners(
+        study.families, {arm: arms[arm][f"final_{metric}"]["mean"]
+                         for arm in arms})
+  return {
+      "metric": metric,
+      "selection": selection,
+      "selection_rule": study.get("selection"),
+      "primary_test": primary_test,
+      "equivalence_margin": margin,
+      "baseline": study.baseline if baseline is None else baseline,
+      "targets": targets,
+      "arms": arms,
+      "comparisons": comparisons,
+      "unfinished": [
+          {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,
+           "num_epochs": s.num_epochs} for s in statuses
+          if not s.finished and s.failure is None],
+      "failed": failed,
+  }, finished
+
+
+def write_summary(workdir: str, baseline: str | None = None) -> str:
+  """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
+
+  Returns:
+    The contents of ``summary.md``.
+  """
+  summary, finished = summarize(workdir, baseline)
+  summary = statistics.json_safe(summary)
+  with open(os.path.join(workdir, "summary.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(summary, f, indent=2, allow_nan=False)
+    f.write("\n")
+  markdown = summary_markdown(summary)
+  with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(markdown)
+  groups = [plot.RunGroup(label=arm, runs=runs)
+            for arm, runs in finished.items() if runs]
+  if groups:
+    plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+  return markdown
+
+
+def power_plan(workdir: str, margin: float, test: str,
+               arms: Sequence[str] | None = None) -> str:
+  """The seeds per arm a study at ``margin`` needs, from ``workdir``'s spread.
+
+  The spread is the pooled standard deviation of the arms' final metric
+  (each arm's variance weighted by its degrees of freedom). For ``paired``,
+  the spread of a difference is taken as that of two independent runs
+  (``√2`` times it), which is what pairing gives when it removes no noise.
+  Two figures: the seeds for 80% power of the TOST at ``±margin`` when the
+  true difference is zero, and of the two-sided 5% test to detect a true
+  difference of ``margin``; a study needs the larger.
+  """
+  summary, _ = summarize(workdir)
+  metric = summary["metric"]
+  arms = list(summary["arms"]) if arms is None else list(arms)
+  unknown = [arm for arm in arms if arm not in summary["arms"]]
+  if unknown:
+    raise study_lib.StudyError(f"Unknown arm(s) {unknown}: the study has "
+                               f"{list(summary['arms'])}.")
+  if not margin > 0:
+    raise study_lib.StudyError(f"--margin must be above 0, got {margin}.")
+  lines, squares, dfs = [], 0.0, 0
+  for arm in arms:
+    entry = summary["arms"][arm][f"final_{metric}"]
+    n = summary["arms"][arm]["n"]
+    if entry["std"] is None:
+      continue
+    squares += (n - 1) * entry["std"] ** 2
+    dfs += n - 1
+    lines.append(f"  {arm}: n {n}, sd {entry['std']:.5f}")
+  if not dfs:
+    raise study_lib.StudyError(f"No arm of {workdir} has two finished runs to "
+                               "measure a spread from.")
+  sd = (squares / dfs) ** 0.5
+  scale = sd * (2 ** 0.5 if test == "paired" else 1.0)
+  tost = statistics.seeds_for_equivalence(margin / scale, test)
+  detect = statistics.seeds_for_power(margin / scale, test)
+  return "\n".join(
+      [f"final {metric} of {workdir}, per arm:"] + lines + [
+          f"pooled sd: {sd:.5f} ({dfs} degrees of freedom); margin "
+          f"{margin:g} = {margin / sd:.3f} sd",
+          f"seeds per arm for 80% power, {test} test:",
+          f"  TOST at ±{margin:g}, true difference 0: {tost}",
+          f"  a true difference of {margin:g}, two-sided 5%: {detect}",
+          f"a study at this margin needs {max(tost or 0, detect or 0)} "
+          "seeds per arm"]) + "\n"
+
+
+def _pairs(texts: Sequence[str] | None) -> list[tuple[str, str]] | None:
+  """``["a:b"]`` -> ``[("a", "b")]``; arm names may not hold a colon."""
+  if texts is None:
+    return None
+  pairs = [tuple(text.split(":")) for text in texts]
+  bad = [text for text, pair in zip(texts, pairs) if len(pair) != 2]
+  if bad:
+    raise study_lib.StudyError(f"--compare takes ARM:AGAINST, got {bad[0]!r}.")
+  return pairs
+
+
+def print_post_hoc(args) -> None:
+  """The summary with the command line's comparisons; no file is written."""
+  summary, _ = summarize(args.workdir, args.baseline, _pairs(args.compare),
+                         args.margin)
+  print("Post hoc: comparisons chosen on the command line, not the study's "
+        "pre-registered ones; nothing was written.\n")
+  print(summary_markdown(statistics.json_safe(summary)), end="")

@@ -1,0 +1,373 @@
+"""Runs a study's (arm, seed) runs on this host, N at a time.
+
+`run_study` keeps up to ``workers`` runs going, each an ordinary
+``python -m train`` process in its own session and workdir (`train.study`
+names them), with its share of the host: a GPU of ``CUDA_VISIBLE_DEVICES``
+(and a part of its memory when runs share it), else a part of the cores; a
+TPU host runs one at a time. A failed run is retried from its checkpoint;
+Ctrl-C or SIGTERM makes every run save and stop. `pending_commands` prints
+the same runs as shell commands for any other scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from train import metric_writers
+from train import study as study_lib
+
+
+def visible_gpus(environ=os.environ) -> list[str]:
+  """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` names them.
+
+  Without ``CUDA_VISIBLE_DEVICES``, ``"0"`` to ``"n-1"`` for the n GPUs that
+  ``nvidia-smi`` lists (none without it). With it, its entries as CUDA reads
+  them: up to the first invalid one (``"-1"`` hides every GPU). A child given
+  one of these entries gets that GPU, so a parent limited to ``"2,3"`` puts
+  its runs on GPUs 2 and 3. JAX is not started: it would take the GPUs.
+
+  Example:
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"})
+    ['2', '3']
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+    []
+    >>> visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f2e, 1, -1, 2"})
+    ['GPU-8f2e', '1']
+  """
+  visible = environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is None:
+    try:
+      listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                              text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+      return []
+    return [str(i) for i in range(sum(
+        line.startswith("GPU ") for line in listed.splitlines()))]
+  gpus = []
+  for entry in (e.strip() for e in visible.split(",")):
+    if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+      break
+    gpus.append(entry)
+  return gpus
+
+
+def host_has_tpu() -> bool:
+  """Whether this host has TPU chips, found as JAX finds them (PCI ids).
+
+  JAX is not started: a TPU serves one process at a time.
+  """
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except (ImportError, AttributeError, OSError):
+    return False
+
+
+# What JAX preallocates of a GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
+JAX_MEMORY_FRACTION = 0.75
+
+
+def worker_shares(workers: int, cores: Sequence[int], gpus: Sequence[str],
+                  *, tpu: bool = False,
+                  memory_fraction: float = JAX_MEMORY_FRACTION
+                  ) -> list[dict[str, Any]]:
+  """What each concurrent run may use, and how many run at once.
+
+  Args:
+    workers: The runs asked for at once.
+    cores: The cores this process may use.
+    gpus: The GPUs this process may use (`visible_gpus`).
+    tpu: Whether the host has a TPU, which one process at a time can use.
+    memory_fraction: The fraction of a GPU's memory that one run alone
+      preallocates.
+
+  Returns:
+    One dict per run at once: ``{"gpu": name}`` on a host with GPUs (run
+    ``i`` on ``gpus[i mod len(gpus)]``), with ``"memory_fraction"``, the
+    share of ``memory_fraction`` when k runs share the GPU; else
+    ``{"cores": [...]}``, the cores split into near-equal parts (one worker
+    keeps them all). A TPU host runs one at a time.
+
+  Example:
+    >>> worker_shares(2, [0, 1, 2], gpus=[])
+    [{'cores': [0, 1]}, {'cores': [2]}]
+    >>> worker_shares(3, [0, 1], gpus=["2", "3"])[:2]
+    [{'gpu': '2', 'memory_fraction': 0.375}, {'gpu': '3'}]
+    >>> worker_shares(4, [0, 1], gpus=[], tpu=True)
+    [{'cores': [0, 1]}]
+  """
+  if tpu:
+    workers = 1
+  if gpus:
+    shares = [{"gpu": gpus[i % len(gpus)]} for i in range(workers)]
+    for share in shares:
+      sharing = sum(s["gpu"] == share["gpu"] for s in shares)
+      if sharing > 1:
+        share["memory_fraction"] = memory_fraction / sharing
+    return shares
+  parts = np.array_split(np.asarray(cores), min(workers, len(cores)))
+  return [{"cores": [int(c) for c in parts[i % len(parts)]]}
+          for i in range(workers)]
+
+
+def child_environment(share: dict[str, Any],
+                      environ=os.environ) -> dict[str, str]:
+  """The environment of a run with ``share`` (see `worker_shares`).
+
+  Example:
+    >>> env = child_environment({"gpu": "3", "memory_fraction": 0.375}, {})
+    >>> env["CUDA_VISIBLE_DEVICES"], env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
+    ('3', '0.375')
+  """
+  env = dict(environ)
+  if "gpu" in share:
+    env["CUDA_VISIBLE_DEVICES"] = share["gpu"]
+  if "memory_fraction" in share:
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{share['memory_fraction']:.4g}"
+  return env
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+  """In a child before it runs: SIGTERM when the study ends, however it ends.
+
+  A run outlives a study that is killed (its own session keeps it from the
+  study's process group), and would then hold its workdir against the next
+  study; SIGTERM makes it save and stop. Linux only (``PR_SET_PDEATHSIG``).
+  """
+  if sys.platform != "linux":
+    return
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+  if os.getppid() != parent_pid:  # The study ended before the call.
+    os._exit(128 + signal.SIGTERM)  # pylint: disable=protected-access
+
+
+def _start_run(command: list[str], path: str,
+               share: dict[str, Any]) -> subprocess.Popen:
+  """Starts a run in its own session, so that the terminal's Ctrl-C reaches
+  only the study, which asks each run once to stop (`_Pool.stop`)."""
+  os.makedirs(path, exist_ok=True)
+  cores, parent_pid = share.get("cores"), os.getpid()
+
+  def before_run():
+    _stop_with_parent(parent_pid)
+    if cores:
+      os.sched_setaffinity(0, cores)
+
+  log = open(os.path.join(path, study_lib.LOG_FILENAME), "a", encoding="utf-8")
+  with log:
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT,
+        env=child_environment(share), cwd=study_lib.REPO_ROOT,
+        start_new_session=True,
+        preexec_fn=before_run)
+
+
+def _record_outcome(path: str, returncode: int) -> None:
+  failure_file = os.path.join(path, study_lib.FAILURE_FILENAME)
+  if returncode == 0:
+    if os.path.exists(failure_file):
+      os.remove(failure_file)
+    return
+  with open(os.path.join(path, study_lib.LOG_FILENAME), encoding="utf-8",
+            errors="replace") as f:
+    tail = f.readlines()[-study_lib.LOG_TAIL_LINES:]
+  with open(failure_file, "w", encoding="utf-8") as f:
+    f.write(f"exit status {returncode}; the end of {study_lib.LOG_FILENAME}:\n"
+            + "".join(tail))
+
+
+class StudyProgress:
+  """One line for the study: done, running, failed, pending, and an ETA."""
+
+  def __init__(self, workers: int, planned_epochs: dict[str, int],
+               stream=sys.stderr):
+    """``planned_epochs``: each arm's number of epochs."""
+    self._workers = workers
+    self._planned_epochs = planned_epochs
+    self._stream = stream
+    self._last = None
+
+  def update(self, runs: Sequence[study_lib.RunStatus],
+             running: set[str]) -> None:
+    """Prints the line when it changed; ``running`` holds the runs' paths."""
+    done = sum(r.finished for r in runs)
+    active = sum(r.path in running and not r.finished for r in runs)
+    failed = sum(r.failure is not None and not r.finished
+                 and r.path not in running for r in runs)
+    pending = len(runs) - done - active - failed
+    line = (f"study: {done} done, {active} running, {failed} failed, "
+            f"{pending} pending")
+    eta = self.eta_seconds(runs)
+    if eta is not None:
+      line += f"; ETA {metric_writers.format_duration(eta)}"
+    if line != self._last:
+      print(line, file=self._stream, flush=True)
+      self._last = line
+
+  def eta_seconds(self, runs: Sequence[study_lib.RunStatus]) -> float | None:
+    """Remaining epochs x median epoch time so far / workers.
+
+    The median, not the mean: each run's first epoch includes compiling, and
+    epochs timed while the machine had other work would otherwise pull the
+    estimate up long after the machine is quiet again.
+    """
+    times = []
+    for run in runs:
+      if run.epochs_done:
+        epochs = metric_writers.read_metrics(run.path).get("epoch", [])
+        times += [r["epoch_time_s"] for r in epochs if r.get("epoch_time_s")]
+    if not times:
+      return None
+    remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)
+                    for r in runs if not r.finished)
+    return remaining * float(np.median(times)) / self._workers
+
+
+class _Pool:
+  """Up to ``len(shares)`` runs of a study at once, each with its share.
+
+  Each run is a single process: it gets ``distributed.initialize=no``, for a
+  study inside a SLURM allocation passes the allocation's variables on, and
+  the runs must not take them for one distributed job.
+  """
+
+  def __init__(self, study, workdir: str, shares: list[dict[str, Any]],
+               retries: int):
+    self.study, self.workdir = study, workdir
+    self.shares, self.retries = shares, retries
+    self.running: dict[int, tuple[subprocess.Popen, study_lib.RunStatus]] = {}
+    self.failures: dict[str, int] = {}
+    self._asked_to_stop: set[int] = set()  # the pids sent SIGTERM
+
+  def start(self, queue: list[study_lib.RunStatus]) -> None:
+    """Starts queued runs in the free slots."""
+    for slot in range(len(self.shares)):
+      if queue and slot not in self.running:
+        run = queue.pop(0)
+        command = study_lib.train_command(self.study, self.workdir, run.arm,
+                                          run.seed)
+        command.append("--config.distributed.initialize=no")
+        self.running[slot] = (
+            _start_run(command, run.path, self.shares[slot]), run)
+
+  def stop(self) -> None:
+    """Asks each run once to stop: it saves a checkpoint (see `train.main`).
+
+    A run asked before is not asked again, so calling this again only
+    reaches runs started since.
+    """
+    for process, _ in list(self.running.values()):
+      if process.pid not in self._asked_to_stop:
+        self._asked_to_stop.add(process.pid)
+        process.send_signal(signal.SIGTERM)
+
+  def kill(self) -> None:
+    """Kills every run at once (each in its own process group)."""
+    for process, _ in list(self.running.values()):
+      if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+          os.killpg(process.pid, signal.SIGKILL)
+
+  def reap(self, queue: list[study_lib.RunStatus], stopping: bool) -> None:
+    """Records the runs that ended; queues failed ones again while allowed."""
+    for slot, (process, run) in list(self.running.items()):
+      if process.poll() is None:
+        continue
+      del self.running[slot]
+      if stopping:  # A stopped run has not failed.
+        continue
+      _record_outcome(run.path, process.returncode)
+      if process.returncode:
+        self.failures[run.path] = self.failures.get(run.path, 0) + 1
+        if self.failures[run.path] <= self.retries:
+          queue.append(run)
+
+  def running_paths(self) -> set[str]:
+    return {run.path for _, run in self.running.values()}
+
+
+def run_study(study: ml_collections.ConfigDict, workdir: str, *,
+              workers: int = 1, retries: int = 1, arms=None, seeds=None,
+              poll_s: float = 5.0) -> list[study_lib.RunStatus]:
+  """Runs every unfinished (arm, seed), ``workers`` at a time.
+
+  A failed run is recorded (``failure.txt`` with the tail of its log) and the
+  others go on; it is tried again, from its last checkpoint, up to
+  ``retries`` times at the end of the queue, and by the next `run_study`.
+
+  Each run has its own session, so a Ctrl-C at the terminal reaches only
+  this process. SIGINT or SIGTERM sends one SIGTERM to each run and waits
+  for every run to save its checkpoint and exit; a second SIGINT (Ctrl-C
+  again) kills the runs at once, which then resume from their latest
+  complete checkpoint.
+
+  Returns:
+    The status of every run afterwards.
+  """
+  # Unknown arms are errors before anything is written.
+  queue = [r for r in study_lib.study_runs(study, workdir, arms, seeds)
+           if not r.finished]
+  study_lib.save_study(study, workdir)
+  shares = worker_shares(
+      workers, sorted(os.sched_getaffinity(0)), visible_gpus(),
+      tpu=host_has_tpu(), memory_fraction=float(os.environ.get(
+          "XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEMORY_FRACTION)))
+  if len(shares) < workers:
+    print("study: this host's TPU serves one process at a time: one run at "
+          "a time.", file=sys.stderr, flush=True)
+  pool = _Pool(study, workdir, shares, retries)
+  progress = StudyProgress(len(shares), {
+      arm: study_lib.run_config(study, arm, study.seeds[0]).num_epochs
+      for arm in study.arms})
+  signals = []
+
+  def on_signal(signum, frame):
+    del frame
+    signals.append(signum)
+    queue.clear()
+    if len(signals) == 1:
+      print("study: stopping; each run saves a checkpoint (Ctrl-C again "
+            "kills them).", file=sys.stderr, flush=True)
+      pool.stop()
+    elif signum == signal.SIGINT:
+      print("study: killing the runs; each resumes from its latest complete "
+            "checkpoint.", file=sys.stderr, flush=True)
+      pool.kill()
+
+  previous_handlers = {sig: signal.signal(sig, on_signal)
+                       for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    while queue or pool.running:
+      if signals:
+        queue.clear()
+        pool.stop()  # Runs started while the signal came, if any.
+      pool.start(queue)
+      pool.reap(queue, stopping=bool(signals))
+      progress.update(study_lib.study_runs(study, workdir, arms, seeds),
+                      pool.running_paths())
+      if pool.running:
+        time.sleep(poll_s)
+  finally:
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+  return study_lib.study_runs(study, workdir, arms, seeds)
+
+
+def pending_commands(study: ml_collections.ConfigDict,
+                     workdir: str) -> list[str]:
+  """One shell command per unfinished run, for any scheduler."""
+  return [f"cd {shlex.quote(study_lib.REPO_ROOT)} && "
+          + shlex.join(study_lib.train_command(study, workdir, r.arm, r.seed))
+          for r in study_lib.study_runs(study, workdir) if not r.finished]
