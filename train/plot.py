@@ -4,12 +4,13 @@ Reads each run's ``config.json`` and ``metrics.jsonl`` with `train.runs`.
 Runs whose configs differ only in their seed (and in logging, checkpoints,
 devices or evaluation: `train.config.NON_EXPERIMENT_FIELDS`) are grouped: a
 group is drawn as the mean over its runs with a min-max band, and labelled by
-the config fields that tell the groups apart (e.g. ``lcam 0.95/0.9``). `plot_run_dirs` draws the
-figure of a list of workdirs, with labels of the caller's choice if given.
+the config fields that tell the groups apart (e.g. ``lcam 0.95/0.9``).
+`plot_run_dirs` draws the figure of a list of workdirs, with labels of the
+caller's choice if given.
 
-The figure has three panels against epochs: test (or validation) error (%), mean training
-loss (log scale), and the fraction of each epoch's steps whose loss was below
-the epoch's running mean (LCAM's "below" phase). ``--table`` prints the final
+The figure has three panels against epochs: test (or validation) error (%),
+mean training loss (log scale), and the fraction of each epoch's steps whose
+loss was below the epoch's running mean (LCAM's "below" phase). ``--table`` prints the final
 and best test accuracy of each group (mean ± std over seeds), as
 `train.study_statistics.final_and_best` defines them.
 """
@@ -27,6 +28,7 @@ import sys
 from typing import Any
 import warnings
 
+from flax import traverse_util
 import numpy as np
 
 from train import config as config_lib
@@ -49,22 +51,8 @@ class RunGroup:
   runs: Sequence[runs_lib.Run]
 
 
-def flatten_config(
-    config: Mapping[str, Any], prefix: str = ""
-) -> dict[str, Any]:
-  """Flattens a nested config into dotted keys.
-
-  >>> flatten_config({"seed": 0, "optimizer": {"name": "lcam", "lr": 0.1}})
-  {'seed': 0, 'optimizer.name': 'lcam', 'optimizer.lr': 0.1}
-  """
-  flat = {}
-  for key, value in config.items():
-    dotted = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      flat.update(flatten_config(value, prefix=f"{dotted}."))
-    else:
-      flat[dotted] = value
-  return flat
+def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
+  return traverse_util.flatten_dict(config, sep=".")
 
 
 def experiment_key(run: runs_lib.Run) -> str:
@@ -74,7 +62,7 @@ def experiment_key(run: runs_lib.Run) -> str:
   """
   if not run.config:
     return "path:" + os.path.abspath(run.path)
-  fields = {key: value for key, value in flatten_config(run.config).items()
+  fields = {key: value for key, value in _flat(run.config).items()
             if config_lib.identifies_experiment(key)}
   return json.dumps(fields, sort_keys=True, default=str)
 
@@ -105,7 +93,7 @@ def group_runs(
   members = {}
   for run in runs:
     members.setdefault(experiment_key(run), []).append(run)
-  configs = [flatten_config(group[0].config) for group in members.values()]
+  configs = [_flat(group[0].config) for group in members.values()]
   differing = differing_config_keys(configs)
   groups = []
   for members_of_group, config in zip(members.values(), configs):

@@ -152,3 +152,41 @@ def run_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
   except FileNotFoundError:
     pass
   return records
+
+
+# Provenance key in the summary -> field of the "run" records.
+PROVENANCE_FIELDS = {
+    "commits": "commit", "tracked_changes": "tracked_changes",
+    "versions": "versions", "data_fingerprints": "data_fingerprint",
+    "device_kinds": "device_kind", "devices": "devices",
+    "processes": "processes"}
+
+
+def _distinct(values) -> list[Any]:
+  """The distinct values in order of first appearance (dicts by content)."""
+  kept = []
+  for value in values:
+    if value not in kept:
+      kept.append(value)
+  return kept
+
+
+def provenance(runs: Sequence[Run]) -> dict[str, Any]:
+  """Where an arm's runs came from, over every start of every run.
+
+  Returns:
+    For each key of `PROVENANCE_FIELDS`, the distinct values of that field
+    in the runs' ``"kind": "run"`` records (None for a record without it, as
+    written before the field existed); and ``restarts``: per run, in the
+    order of the runs, its starts after the first.
+
+  Example:
+    >>> provenance([])["restarts"]
+    []
+  """
+  records = [run_records(run.path) for run in runs]
+  summary = {key: _distinct(record.get(field) for starts in records
+                            for record in starts)
+             for key, field in PROVENANCE_FIELDS.items()}
+  summary["restarts"] = [max(len(starts) - 1, 0) for starts in records]
+  return summary

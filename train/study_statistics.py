@@ -123,44 +123,6 @@ def _wall_time_s(run: runs_lib.Run) -> float:
       r.get("time_to_first_step_s") or 0.0 for r in run.starts))
 
 
-# Provenance key in the summary -> field of the "run" records.
-PROVENANCE_FIELDS = {
-    "commits": "commit", "tracked_changes": "tracked_changes",
-    "versions": "versions", "data_fingerprints": "data_fingerprint",
-    "device_kinds": "device_kind", "devices": "devices",
-    "processes": "processes"}
-
-
-def _distinct(values) -> list[Any]:
-  """The distinct values in order of first appearance (dicts by content)."""
-  kept = []
-  for value in values:
-    if value not in kept:
-      kept.append(value)
-  return kept
-
-
-def provenance(runs: Sequence[runs_lib.Run]) -> dict[str, Any]:
-  """Where an arm's runs came from, over every start of every run.
-
-  Returns:
-    For each key of `PROVENANCE_FIELDS`, the distinct values of that field
-    in the runs' ``"kind": "run"`` records (None for a record without it, as
-    written before the field existed); and ``restarts``: per run, in the
-    order of the runs, its starts after the first.
-
-  Example:
-    >>> provenance([])["restarts"]
-    []
-  """
-  records = [runs_lib.run_records(run.path) for run in runs]
-  summary = {key: _distinct(record.get(field) for starts in records
-                            for record in starts)
-             for key, field in PROVENANCE_FIELDS.items()}
-  summary["restarts"] = [max(len(starts) - 1, 0) for starts in records]
-  return summary
-
-
 def arm_statistics(runs: Sequence[runs_lib.Run], targets: Sequence[float],
                    metric: str = "test_accuracy") -> dict[str, Any]:
   """The statistics of one arm's finished runs, on the epoch field ``metric``.
@@ -191,7 +153,7 @@ def arm_statistics(runs: Sequence[runs_lib.Run], targets: Sequence[float],
     if runs and np.isfinite(fractions).all():
       statistics[field] = {
           k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
-  statistics["provenance"] = provenance(runs)
+  statistics["provenance"] = runs_lib.provenance(runs)
   return statistics
 
 
