@@ -26,11 +26,14 @@ import models
 import optax_lcam
 from train import checkpoints
 from train import data
+from train import distributed
 from train import evaluate
 from train import main
 from train import metric_writers
+from train import optimizers
 from train import plot
 from train import provenance
+from train import steps
 from train import train
 from train import workdir_lock
 from train.configs import tiny
@@ -274,11 +277,11 @@ def test_the_train_step_donates_the_state(parallel):
   # The new state takes the old one's buffers: a device holds it once.
   config = tiny_config(parallel=parallel)
   split = data.load_split(config.data.source, "train")
-  steps, state = train.build_parallel(config, split, 4)
-  state = steps.put_state(state)
-  batch = steps.put_batch(next(data.train_batches(split, config.batch_size,
-                                                  seed=0, epoch=0)))
-  new_state, _ = steps.train_step(state, batch)
+  wrapped, state = train.create_steps_and_state(config, split, 4)
+  state = wrapped.put_state(state)
+  batch = wrapped.put_batch(next(data.train_batches(split, config.batch_size,
+                                                 seed=0, epoch=0)))
+  new_state, _ = wrapped.train_step(state, batch)
   assert all(x.is_deleted() for x in jax.tree.leaves(state))
   assert not any(x.is_deleted() for x in jax.tree.leaves(new_state))
 
@@ -311,7 +314,8 @@ def test_evaluation_is_exact(parallel):
   config = tiny_config(parallel=parallel)
   test_split = data.load_split(config.data.source, "test")
   train_split = data.load_split(config.data.source, "train")
-  parallel_steps, state = train.build_parallel(config, train_split, 4)
+  parallel_steps, state = train.create_steps_and_state(config, train_split,
+                                                       4)
   state = parallel_steps.put_state(state)
   result = train.evaluate(parallel_steps, state, test_split, 64)
 
@@ -487,11 +491,11 @@ def test_jax_cluster_detection_is_asked(monkeypatch):
   for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID",
                "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
     monkeypatch.delenv(name, raising=False)
-  assert train.detected_cluster() is None
+  assert distributed.detected_cluster() is None
   for name, value in dict(_SLURM_STEP, SLURM_JOB_ID="7", SLURM_PROCID="1",
                           SLURM_LOCALID="1").items():
     monkeypatch.setenv(name, value)
-  assert train.detected_cluster() == ("slurm", 2)
+  assert distributed.detected_cluster() == ("slurm", 2)
 
 
 def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
@@ -510,7 +514,7 @@ def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
       raise RuntimeError("no Job")
 
   assert clusters.ClusterEnv._cluster_types == [HalfThere]
-  assert train.detected_cluster() is None
+  assert distributed.detected_cluster() is None
 
 
 def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
@@ -543,18 +547,17 @@ def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
 
 
 def _scalar_train_state(optimizer_config, steps_per_epoch):
-  tx = train.create_optimizer(optimizer_config, 0.1, steps_per_epoch)
-  return train.TrainState.create(
+  tx = optimizers.create_optimizer(optimizer_config, 0.1, steps_per_epoch)
+  return steps.TrainState.create(
       apply_fn=None, params={"w": jnp.ones(2)}, tx=tx,
-      batch_stats={"mean": jnp.zeros(2)}, rng=jnp.zeros(2, jnp.uint32),
-      epoch_sums={})
+      batch_stats={"mean": jnp.zeros(2)}, rng=jnp.zeros(2, jnp.uint32))
 
 
 def _step_with_loss(state, loss, grad):
   new_state = state.apply_gradients(
       grads={"w": jnp.full(2, grad)}, value=jnp.float32(loss),
       batch_stats={"mean": state.batch_stats["mean"] + grad})
-  return train._drop_update_unless(jnp.isfinite(loss), new_state, state)
+  return steps._drop_update_unless(jnp.isfinite(loss), new_state, state)
 
 
 def test_skipping_a_nan_keeps_lcam_loss_statistics_of_the_new_epoch():
@@ -647,15 +650,15 @@ def _flat_momentum() -> optax.GradientTransformationExtraArgs:
 @pytest.mark.parametrize("tx", [optax.adabelief(0.1), _flat_momentum()],
                          ids=["adabelief", "flat_momentum"])
 def test_skipping_a_nan_keeps_any_optimizer_state_finite(tx):
-  state = train.TrainState.create(
+  state = steps.TrainState.create(
       apply_fn=None, params={"w": jnp.ones(2), "b": jnp.ones(3)}, tx=tx,
-      batch_stats={}, rng=jnp.zeros(2, jnp.uint32), epoch_sums={})
+      batch_stats={}, rng=jnp.zeros(2, jnp.uint32))
 
   def step(state, grad):
     new_state = state.apply_gradients(
         grads=jax.tree.map(lambda p: jnp.full_like(p, grad), state.params),
         value=jnp.float32(grad))
-    return train._drop_update_unless(jnp.isfinite(grad), new_state, state)
+    return steps._drop_update_unless(jnp.isfinite(grad), new_state, state)
 
   before_nan = step(state, 1.0)
   after_nan = step(before_nan, float("nan"))

@@ -238,12 +238,17 @@ class Checkpointer:
     keep: How many of the latest checkpoints to keep; 0 keeps all.
     facts: What else the run depends on (e.g. ``steps_per_epoch``), saved
       and compared likewise.
+    moved_to_meta: Entries of the state that older checkpoints hold and
+      this run keeps in the meta data instead: such a checkpoint's entries
+      are restored into its meta data, as numpy arrays.
   """
 
   def __init__(self, directory: str, config: ml_collections.ConfigDict, *,
-               keep: int = 3, facts: dict[str, Any] | None = None):
+               keep: int = 3, facts: dict[str, Any] | None = None,
+               moved_to_meta: tuple[str, ...] = ()):
     self._directory = os.path.abspath(directory)
     self._meta = {"config": config.to_dict(), **(facts or {})}
+    self._moved_to_meta = moved_to_meta
     self._step_in_flight = None
     # One process writes every array whole: splitting replicated arrays
     # into slices for several processes to write costs a slice per device.
@@ -331,10 +336,13 @@ class Checkpointer:
           f"its meta data is unreadable ({_summary(e)})") from e
     check_compatible(meta, self._meta, self._directory)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-              target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-                  target))))["state"]
+      moved = self._moved_entries(step)
+      restored = self._read_state(
+          step, target, ocp.checkpoint_utils.construct_restore_args(target),
+          partial=bool(moved))
+      meta.update(self._read_state(step, moved, jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), moved),
+                                   partial=True) if moved else {})
     except (ValueError, KeyError, TypeError) as e:
       if _is_damage(e):
         raise DamagedCheckpointError(
@@ -347,6 +355,22 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"its state is unreadable ({_summary(e)})") from e
     return restored, meta, verified
+
+  def _read_state(self, step: int, item: Any, restore_args: Any,
+                  partial: bool) -> Any:
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item, restore_args=restore_args,
+                                     partial_restore=partial)))["state"]
+
+  def _moved_entries(self, step: int) -> dict[str, Any]:
+    """The entries of ``moved_to_meta`` that the checkpoint's state holds
+    (it is older), as numpy arrays of their shapes to read them into."""
+    if not self._moved_to_meta:
+      return {}
+    saved = self._manager.item_metadata(step)["state"]
+    return {name: jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
+                               saved[name])
+            for name in self._moved_to_meta if name in saved}
 
   def _set_aside(self, damaged: list) -> str:
     """Moves damaged checkpoints into ``corrupt/``; says what it did."""

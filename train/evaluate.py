@@ -61,7 +61,7 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   train.validate_config(config)
   train.check_batch_sizes(config, jax.device_count())
-  run, state, _ = train.build_run(config, workdir, test_split=True)
+  run, state, _ = train.set_up_training(config, workdir, test_split=True)
   run.checkpointer.close()
   step = int(state.step)
   if not step:
