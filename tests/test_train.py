@@ -246,6 +246,33 @@ def test_a_newer_checksum_format_is_not_taken_for_damage(straight_run,
     checkpoints.verify_checksums(str(tmp_path / "8"))
 
 
+def test_a_checkpoint_with_the_epoch_sums_in_its_state_resumes(straight_run,
+                                                               tmp_path):
+  # Before the host kept them, the train state held the epoch's sums (float32
+  # arrays) and the meta data did not: such a checkpoint inside an epoch.
+  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  state = checkpoints.load_state(str(tmp_path))
+  meta = _checkpoint_meta(tmp_path, 6)
+  sums = {name: np.float32(value)
+          for name, value in meta.pop("epoch_sums").items()
+          if name != "loss_below_mean"}
+  assert sums["steps"] == 2
+  directory = (tmp_path / "checkpoints").resolve()
+  shutil.rmtree(directory)
+  with ocp.CheckpointManager(directory) as manager:
+    manager.save(6, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(jax.tree.map(
+            jnp.asarray, {**state, "epoch_sums": sums})),
+        meta=ocp.args.JsonSave(meta)))
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
+  epochs = metric_writers.read_metrics(tmp_path)["epoch"]
+  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
+  for resumed, straight in zip(epochs, straight_epochs, strict=True):
+    for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
+      assert resumed[key] == straight[key], key
+
+
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
 def test_pmap_and_jit_agree(dropout_rate, tmp_path):
   # With dropout both draw the same mask for each example.

@@ -340,9 +340,9 @@ class Checkpointer:
       restored = self._read_state(
           step, target, ocp.checkpoint_utils.construct_restore_args(target),
           partial=bool(moved))
-      meta.update(self._read_state(step, moved, jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), moved),
-                                   partial=True) if moved else {})
+      meta.update(jax.device_get(self._read_state(
+          step, moved, ocp.checkpoint_utils.construct_restore_args(moved),
+          partial=True)) if moved else {})
     except (ValueError, KeyError, TypeError) as e:
       if _is_damage(e):
         raise DamagedCheckpointError(
@@ -364,13 +364,15 @@ class Checkpointer:
 
   def _moved_entries(self, step: int) -> dict[str, Any]:
     """The entries of ``moved_to_meta`` that the checkpoint's state holds
-    (it is older), as numpy arrays of their shapes to read them into."""
+    (it is older), as arrays on this process's first device to read them
+    into."""
     if not self._moved_to_meta:
       return {}
     saved = self._manager.item_metadata(step)["state"]
-    return {name: jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
-                               saved[name])
-            for name in self._moved_to_meta if name in saved}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return {name: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        saved[name]) for name in self._moved_to_meta if name in saved}
 
   def _set_aside(self, damaged: list) -> str:
     """Moves damaged checkpoints into ``corrupt/``; says what it did."""
