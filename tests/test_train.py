@@ -25,6 +25,7 @@ from PIL import Image
 import models
 import optax_lcam
 from train import checkpoints
+from train import checksums
 from train import data
 from train import distributed
 from train import evaluate
@@ -182,7 +183,7 @@ def _truncate(path: Path) -> None:
 
 def test_checksums_cover_every_file_of_the_items(straight_run):
   step_dir = straight_run / "checkpoints" / "8"
-  listed = json.loads((step_dir / checkpoints.CHECKSUMS_FILENAME).read_text())
+  listed = json.loads((step_dir / checksums.FILENAME).read_text())
   assert listed["version"] == 1 and listed["algorithm"] == "sha256"
   item_files = {str(f.relative_to(step_dir)) for item in ("state", "meta")
                 for f in (step_dir / item).rglob("*") if f.is_file()}
@@ -227,7 +228,7 @@ def test_a_checkpoint_without_checksums_is_used_with_a_warning(
     straight_run, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   for step_dir in (tmp_path / "checkpoints").iterdir():
-    (step_dir / checkpoints.CHECKSUMS_FILENAME).unlink()
+    (step_dir / checksums.FILENAME).unlink()
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
@@ -240,7 +241,7 @@ def test_a_checkpoint_without_checksums_is_used_with_a_warning(
 def test_a_newer_checksum_format_is_not_taken_for_damage(straight_run,
                                                          tmp_path):
   shutil.copytree(straight_run / "checkpoints" / "8", tmp_path / "8")
-  path = tmp_path / "8" / checkpoints.CHECKSUMS_FILENAME
+  path = tmp_path / "8" / checksums.FILENAME
   path.write_text(json.dumps({**json.loads(path.read_text()), "version": 2}))
   with pytest.raises(checkpoints.IncompatibleCheckpointError, match="version 2"):
     checkpoints.verify_checksums(str(tmp_path / "8"))
@@ -898,18 +899,18 @@ def test_command_line_mistakes_are_one_error_line(tmp_path):
 # second checkpoint (in Orbax's background thread), or the metrics of step 4.
 _DISK_FULL_SCRIPT = """
 import errno, os, sys
-from train import checkpoints, main, metric_writers
+from train import checksums, main, metric_writers
 def full(path):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 if "{where}" == "checkpoint":
-  write = checkpoints.write_checksums
+  write = checksums.write
   saved = []
   def write_checksums(step_dir):
     saved.append(step_dir)
     if len(saved) > 1:
-      full(os.path.join(step_dir, checkpoints.CHECKSUMS_FILENAME))
+      full(os.path.join(step_dir, checksums.FILENAME))
     write(step_dir)
-  checkpoints.write_checksums = write_checksums
+  checksums.write = write_checksums
 else:
   write = metric_writers.MetricWriter.write
   def write_metrics(self, kind, step, metrics):
