@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       flush=True,
   )
   print(
-      "the harness's train step (train.train.create_steps_and_state): augmentation "
-      "+ forward + backward + BN update + weight decay + LCAM; FLOPs as "
-      "counted by XLA for the compiled step",
+      "the harness's train step (train.train.create_steps_and_state): "
+      "augmentation + forward + backward + BN update + weight decay + LCAM; "
+      "FLOPs as counted by XLA for the compiled step",
       flush=True,
   )
   print(HEADER, flush=True)

@@ -1,8 +1,9 @@
 """Device memory of the harness's train step, with and without donation.
 
-Compiles the step that `python -m train` runs (`train.train.create_steps_and_state`
-from the reference config, LCAM, float32) twice: once donating the train state
-it is given (what training does) and once not, and prints XLA's memory
+Compiles the step that `python -m train` runs
+(`train.train.create_steps_and_state` from the reference config, LCAM,
+float32) twice: once donating the train state it is given (what training
+does) and once not, and prints XLA's memory
 analysis of each, per device: arguments, outputs, the part of the outputs
 that reuses donated arguments, temporaries, and the peak estimate
 arguments + outputs - aliased + temporaries. Without donation the new state
