@@ -28,6 +28,7 @@ from train import data
 
 AXIS_NAME = "batch"
 
+
 class TrainState(train_state.TrainState):
   """A Flax train state whose optimizer sees the loss (``value=``) of each step.
 

@@ -168,7 +168,6 @@ def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
           for name, (below, above) in parsed.items()}
 
 
-
 def create_steps_and_state(config: ml_collections.ConfigDict,
                            train_split: data.Split, steps_per_epoch: int, *,
                            donate_state: bool = True
@@ -181,7 +180,7 @@ def create_steps_and_state(config: ml_collections.ConfigDict,
       ``normalization="dataset"``, the statistics).
     steps_per_epoch: Optimizer steps per epoch.
     donate_state: Whether the train step donates the state it is given (see
-      `wrap_steps`).
+      `steps.wrap_steps`).
 
   Returns:
     The steps wrapped for ``config.parallel``, and the initial train state on
@@ -402,7 +401,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
                  setup.total_steps, spe, jax.device_count())
   progress = periodic.Progress(spe, enabled=setup.is_chief and config.progress)
   # Inside an epoch: its sums and time before the checkpoint.
-  sums = epoch_sums(meta.get("epoch_sums"))
+  sums = _epoch_sums(meta.get("epoch_sums"))
   epoch_start = time.perf_counter() - meta.get("epoch_elapsed_s", 0.0)
   pending, clock = [], None
   with metric_writers.MetricWriter(setup.workdir, enabled=setup.is_chief,
@@ -411,7 +410,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
       for step, batch in zip(range(start + 1, setup.stop_step + 1),
                              setup.batches(start)):
         if (step - 1) % spe == 0:  # An epoch starts.
-          sums, epoch_start = epoch_sums(), time.perf_counter()
+          sums, epoch_start = _epoch_sums(), time.perf_counter()
         if (step - 1) % spe == 0 or step == start + 1:
           progress.start_epoch((step - 1) // spe + 1, (step - 1) % spe)
           clock = None
@@ -516,14 +515,14 @@ def _train_record(step: int, values: dict, steps_per_epoch: int,
   return record
 
 
-def epoch_sums(saved: dict | None = None) -> dict[str, Any]:
+def _epoch_sums(saved: dict | None = None) -> dict[str, Any]:
   """The sums over an epoch's finite steps: zero, or as a checkpoint saved them.
 
-  The loss is summed in float32, in the order of the steps, as the train
-  step summed it on the devices before; the rest are counts of steps.
-  Checkpoints of that time hold the sums as float32 arrays (with
-  ``loss_below_mean`` only for ``phases="random"``; otherwise it is
-  ``below_mean``).
+  The loss is summed in float32, step after step: the additions the train
+  step made on the devices when it kept the sums, so ``train_loss`` is the
+  same to the bit. The rest count steps. Older checkpoints hold the sums in
+  their state as float32 arrays, with ``loss_below_mean`` only for
+  ``phases="random"`` (otherwise it equals ``below_mean``).
   """
   saved = saved or {}
   counts = {name: int(saved.get(name, 0))
