@@ -142,7 +142,7 @@ class Checkpointer:
       and compared likewise.
     moved_to_meta: Entries of the state that older checkpoints hold and
       this run keeps in the meta data instead: such a checkpoint's entries
-      are restored into its meta data, as numpy arrays.
+      are read into its meta data, as numpy arrays.
   """
 
   def __init__(self, directory: str, config: ml_collections.ConfigDict, *,
@@ -239,12 +239,10 @@ class Checkpointer:
     check_compatible(meta, self._meta, self._directory)
     try:
       moved = self._moved_entries(step)
-      restored = self._read_state(
-          step, target, ocp.checkpoint_utils.construct_restore_args(target),
-          partial=bool(moved))
-      meta.update(jax.device_get(self._read_state(
-          step, moved, ocp.checkpoint_utils.construct_restore_args(moved),
-          partial=True)) if moved else {})
+      restored = self._read_state(step, target, partial=bool(moved))
+      if moved:
+        meta.update(jax.device_get(self._read_state(step, moved,
+                                                    partial=True)))
     except (ValueError, KeyError, TypeError) as e:
       if _is_damage(e):
         raise DamagedCheckpointError(
@@ -258,11 +256,13 @@ class Checkpointer:
           f"its state is unreadable ({_summary(e)})") from e
     return restored, meta, verified
 
-  def _read_state(self, step: int, item: Any, restore_args: Any,
-                  partial: bool) -> Any:
+  def _read_state(self, step: int, target: Any, partial: bool) -> Any:
+    """The arrays of ``target`` (all of the state, unless ``partial``)."""
     return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item, restore_args=restore_args,
-                                     partial_restore=partial)))["state"]
+        state=ocp.args.PyTreeRestore(
+            target, partial_restore=partial,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                target))))["state"]
 
   def _moved_entries(self, step: int) -> dict[str, Any]:
     """The entries of ``moved_to_meta`` that the checkpoint's state holds
