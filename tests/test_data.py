@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from train import data
+from train.data import cache
 from train.data import folder_source
 from train.data import tfds_source
 
@@ -710,3 +711,17 @@ def test_channel_statistics_and_normalization_stats():
   assert data.normalization_stats("dataset", split) == (mean, std)
   with pytest.raises(data.DataError, match="Unknown normalization 'cifar'"):
     data.normalization_stats("cifar", split)
+
+
+def test_digest_of_file_is_computed_once_and_follows_changes(tmp_path,
+                                                            monkeypatch):
+  path = tmp_path / "archive.tar.gz"
+  path.write_bytes(b"first")
+  first = cache.digest_of_file(path)
+  opened = []
+  monkeypatch.setattr(cache, "open", lambda *a: opened.append(a) or open(*a),
+                      raising=False)
+  assert cache.digest_of_file(path) == first and not opened
+  path.write_bytes(b"second")
+  os.utime(path, ns=(1, 1))  # A new modification time, whatever the clock.
+  assert cache.digest_of_file(path) != first and opened

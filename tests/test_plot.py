@@ -1,12 +1,12 @@
 """Tests for train.plot: loading, grouping, the table, the figure, the CLI."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
 from train import plot
+from train import runs as runs_lib
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _NUM_EPOCHS = 6
@@ -75,28 +75,9 @@ def runs_fixture(tmp_path):
   return dirs, accuracies
 
 
-def test_load_run_reads_config_and_deduplicated_epochs(tmp_path):
-  resumed = [{"kind": "epoch", "epoch": 2, "step": 20, "train_loss": 0.1,
-              "test_accuracy": 0.99}]
-  workdir = _make_run(tmp_path, "run", {"seed": 3}, [0.5, 0.6, 0.7],
-                      extra_lines=resumed)
-  run = plot.load_run(workdir)
-  assert run.name == "run" and run.config == {"seed": 3}
-  epochs, accuracy = run.curve("test_accuracy")
-  np.testing.assert_array_equal(epochs, [1, 2, 3])
-  np.testing.assert_allclose(accuracy, [0.5, 0.99, 0.7])
-  _, missing = run.curve("no_such_field")
-  assert np.all(np.isnan(missing))
-
-
-def test_load_run_rejects_a_directory_without_metrics(tmp_path):
-  with pytest.raises(plot.NotARunError, match="not a training workdir"):
-    plot.load_run(tmp_path)
-
-
 def test_group_runs_groups_seeds_and_labels_by_differing_fields(runs):
   dirs, _ = runs
-  groups = plot.group_runs(plot.load_run(d) for d in dirs.values())
+  groups = plot.group_runs(runs_lib.load_run(d) for d in dirs.values())
   assert [(g.label, [r.name for r in g.runs]) for g in groups] == [
       ("lcam 0.95/0.9", ["lcam_a_s0", "lcam_a_s1"]),
       ("lcam 0.9/0.9", ["sgd_s0", "sgd_s1"]),
@@ -107,15 +88,15 @@ def test_group_runs_groups_seeds_and_labels_by_differing_fields(runs):
 def test_group_labels_fall_back_to_directory_names(tmp_path):
   same = _config(0, 0.9, 0.9, "x")
   runs = [
-      plot.load_run(_make_run(tmp_path, "base_seed0", same, [0.5])),
-      plot.load_run(_make_run(tmp_path, "base_seed1", dict(same, seed=1),
+      runs_lib.load_run(_make_run(tmp_path, "base_seed0", same, [0.5])),
+      runs_lib.load_run(_make_run(tmp_path, "base_seed1", dict(same, seed=1),
                               [0.6])),
   ]
   (group,) = plot.group_runs(runs)
   assert group.label == "base" and len(group.runs) == 2
 
   # Runs without a config are never grouped together.
-  bare = [plot.load_run(_make_run(tmp_path, n, None, [0.5]))
+  bare = [runs_lib.load_run(_make_run(tmp_path, n, None, [0.5]))
           for n in ("bare_a", "bare_b")]
   assert [g.label for g in plot.group_runs(bare)] == ["bare_a", "bare_b"]
 
@@ -132,14 +113,16 @@ def test_labels_name_other_differing_fields():
 
 
 def test_group_curve_aligns_runs_of_different_lengths(tmp_path):
-  runs = [plot.load_run(_make_run(tmp_path, "a", {"seed": 0}, [0.2, 0.4])),
-          plot.load_run(_make_run(tmp_path, "b", {"seed": 1}, [0.4]))]
+  runs = [runs_lib.load_run(_make_run(tmp_path, "a", {"seed": 0}, [0.2, 0.4])),
+          runs_lib.load_run(_make_run(tmp_path, "b", {"seed": 1}, [0.4]))]
   (group,) = plot.group_runs(runs)
-  curve = plot.group_curve(group, "test_accuracy")
-  np.testing.assert_array_equal(curve.epochs, [1, 2])
-  np.testing.assert_allclose(curve.mean, [0.3, 0.4])
-  np.testing.assert_allclose(curve.low, [0.2, 0.4])
-  np.testing.assert_allclose(curve.high, [0.4, 0.4])
+  epochs, mean, low, high = plot.group_curve(group, "test_accuracy")
+  np.testing.assert_array_equal(epochs, [1, 2])
+  np.testing.assert_allclose(mean, [0.3, 0.4])
+  np.testing.assert_allclose(low, [0.2, 0.4])
+  np.testing.assert_allclose(high, [0.4, 0.4])
+  _, mean, low, high = plot.group_curve(group, "no_such_field")
+  assert np.isnan(np.concatenate([mean, low, high])).all()
 
 
 def _table_row(table, label):
@@ -149,7 +132,7 @@ def _table_row(table, label):
 
 def test_summary_table_reports_final_and_best_accuracy(runs):
   dirs, accuracies = runs
-  groups = plot.group_runs(plot.load_run(d) for d in dirs.values())
+  groups = plot.group_runs(runs_lib.load_run(d) for d in dirs.values())
   table = plot.summary_table(groups)
 
   final = 100 * np.array([accuracies["lcam_a_s0"][-1],
@@ -174,8 +157,22 @@ def test_summary_table_handles_runs_without_test_accuracy(tmp_path):
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text(json.dumps(
       {"kind": "epoch", "epoch": 1, "step": 10, "train_loss": 1.0}) + "\n")
-  table = plot.summary_table(plot.group_runs([plot.load_run(workdir)]))
+  table = plot.summary_table(plot.group_runs([runs_lib.load_run(workdir)]))
   assert _table_row(table, "no_eval").split()[1:] == ["0"] + ["n/a"] * 4
+
+
+def test_summary_table_final_is_the_last_epochs_accuracy(tmp_path):
+  # Evaluated at epochs 1 and 2 only: epoch 3 has no final accuracy, as in a
+  # study's summary, so the run is left out of the table's accuracies.
+  unevaluated = [{"kind": "epoch", "epoch": 3, "step": 30, "train_loss": 0.5}]
+  _make_run(tmp_path, "late", {"seed": 0}, [0.5, 0.6], extra_lines=unevaluated)
+  _make_run(tmp_path, "done", {"seed": 1}, [0.5, 0.6])
+  table = plot.summary_table(plot.group_runs(
+      [runs_lib.load_run(tmp_path / name) for name in ("late", "done")],
+      labels=["late", "done"]))
+  assert _table_row(table, "late").split()[1:] == ["0"] + ["n/a"] * 4
+  assert _table_row(table, "done").split()[1:] == ["1", "2", "60.00", "60.00",
+                                                    "2"]
 
 
 def test_main_writes_a_png_and_prints_the_table(runs, tmp_path, capsys):
@@ -223,7 +220,6 @@ def test_is_ignored_config_key():
   assert plot.is_ignored_config_key("data.shuffle_seed")
   assert plot.is_ignored_config_key("checkpoint_dir")
   assert not plot.is_ignored_config_key("optimizer.beta_below")
-  assert os.path.basename(plot.CONFIG_FILENAME) == "config.json"
 
 
 def _loss_run(root, name, seed, losses, **config_fields):
@@ -241,8 +237,14 @@ def _loss_run(root, name, seed, losses, **config_fields):
   return workdir
 
 
-def _y_tick_labels(axis):
-  return [label.get_text() for label in axis.get_yticklabels()]
+def _shown_y_ticks(axis):
+  """``(value, label)`` of the y ticks inside the axis's limits."""
+  figure = axis.get_figure()
+  figure.canvas.draw()
+  low, high = axis.get_ylim()
+  return [(tick.get_loc(), tick.label1.get_text())
+          for tick in axis.yaxis.get_major_ticks()
+          if low <= tick.get_loc() <= high]
 
 
 def _is_plain_decimal(text):
@@ -257,40 +259,49 @@ def _is_plain_decimal(text):
     [1.63, 1.21, 1.02, 0.91, 0.83],  # 0.83-1.63: two log labels before
     [2.3178, 2.3176, 2.3174, 2.3172],  # narrow: 2.3175x10^0 before
     [2.3, 0.9, 0.2, 0.04],  # almost two decades
+    [3e-6, 1e-3, 2.0],  # six decades
 ])
-def test_loss_axis_has_readable_plain_decimal_ticks(tmp_path, losses):
+def test_loss_axis_shows_the_data_with_readable_plain_decimal_ticks(
+    tmp_path, losses):
   workdir = _loss_run(tmp_path, "run", 0, losses)
-  figure = plot.plot_runs(plot.group_runs([plot.load_run(workdir)]),
+  figure = plot.plot_runs(plot.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   loss_axis = figure.axes[1]
   assert loss_axis.get_yscale() == "log"
-  labels = _y_tick_labels(loss_axis)
-  assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
-  assert all(_is_plain_decimal(text) for text in labels), labels
   low, high = loss_axis.get_ylim()
-  ticks = loss_axis.get_yticks()
-  assert all(low <= t <= high for t in ticks)
-  np.testing.assert_allclose([float(text) for text in labels], ticks,
-                             rtol=1e-9)
-  assert not loss_axis.yaxis.get_minorticklabels() or not any(
-      label.get_text() for label in loss_axis.yaxis.get_minorticklabels())
+  assert low < min(losses) and max(losses) < high
+  # The data fill the axis: the margins are a small part of it (log scale).
+  span = np.log(max(losses) / min(losses))
+  assert np.log(high / low) < 1.2 * span
+  shown = _shown_y_ticks(loss_axis)
+  labels = [label for _, label in shown]
+  assert 3 <= len(labels) <= 12 and len(set(labels)) == len(labels), labels
+  assert all(_is_plain_decimal(text) for text in labels), labels
+  np.testing.assert_allclose([float(label) for label in labels],
+                             [value for value, _ in shown], rtol=1e-9)
+  assert not any(label.get_text()
+                 for label in loss_axis.yaxis.get_minorticklabels())
 
 
-def test_tick_values_and_labels():
-  assert plot.tick_labels(plot.tick_values(0.83, 1.63, log_scale=True)) == [
-      "1.0", "1.2", "1.4", "1.6"]
-  narrow = plot.tick_values(2.31715, 2.31785, log_scale=True)
-  assert len(narrow) >= 3
-  assert plot.tick_labels(narrow)[0].startswith("2.317")
-  assert plot.tick_values(0.05, 2.3, log_scale=True) == [
-      0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
-  assert len(plot.tick_values(1e-6, 10.0, log_scale=True)) <= 6
-  assert plot.tick_values(3.0, 3.0, log_scale=True) == [3.0]
+def test_error_axis_labels_are_plain_decimals_without_an_offset(tmp_path):
+  accuracies = [0.72351, 0.72352, 0.72354]  # errors 27.649-27.646 %
+  workdir = _make_run(tmp_path, "run", {"seed": 0}, accuracies)
+  figure = plot.plot_runs(plot.group_runs([runs_lib.load_run(workdir)]),
+                          tmp_path / "curves.png")
+  error_axis = figure.axes[0]
+  low, high = error_axis.get_ylim()
+  errors = [100 * (1 - a) for a in accuracies]
+  assert low < min(errors) and max(errors) < high
+  shown = _shown_y_ticks(error_axis)
+  assert len(shown) >= 3 and all(_is_plain_decimal(l) for _, l in shown)
+  np.testing.assert_allclose([float(label) for _, label in shown],
+                             [value for value, _ in shown], rtol=1e-9)
+  assert not error_axis.yaxis.get_offset_text().get_text()
 
 
 def test_epoch_axis_shows_whole_epochs(tmp_path):
   workdir = _loss_run(tmp_path, "run", 0, [1.5, 1.2, 1.1])
-  figure = plot.plot_runs(plot.group_runs([plot.load_run(workdir)]),
+  figure = plot.plot_runs(plot.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   low, high = figure.axes[0].get_xlim()
   ticks = [t for t in figure.axes[0].get_xticks() if low <= t <= high]
@@ -306,7 +317,7 @@ def test_legend_counts_distinct_seeds(tmp_path):
   same_seed = [_loss_run(tmp_path, f"same{i}", 0, [1.5, 1.2]) for i in range(3)]
   seeds = [_loss_run(tmp_path, f"seed{i}", i, [1.4, 1.1], num_epochs=99)
            for i in range(3)]
-  groups = plot.group_runs(plot.load_run(d) for d in same_seed + seeds)
+  groups = plot.group_runs(runs_lib.load_run(d) for d in same_seed + seeds)
   figure = plot.plot_runs(groups, tmp_path / "curves.png")
   texts = _legend_texts(figure)
   assert len(texts) == 2
@@ -327,7 +338,7 @@ def test_logging_and_device_fields_do_not_split_or_label_groups(tmp_path):
                 schedule={"name": "cosine"},
                 data={"source": "cifar10", "cache_dir": "/tmp/x"}),
   ]
-  groups = plot.group_runs(plot.load_run(d) for d in dirs)
+  groups = plot.group_runs(runs_lib.load_run(d) for d in dirs)
   assert [(g.label, len(g.runs)) for g in groups] == [("step", 2),
                                                       ("cosine", 1)]
 
@@ -344,3 +355,19 @@ def test_plot_run_dirs_draws_given_groups(runs, tmp_path):
   assert [len(g.runs) for g in groups] == [2, 1]
   with pytest.raises(ValueError, match="labels"):
     plot.plot_run_dirs(run_dirs, output, labels=["A"])
+
+
+def test_runs_that_never_test_plot_their_validation_error(tmp_path):
+  workdir = _make_run(tmp_path, "run", {"seed": 0}, [0.5, 0.6, 0.7])
+  lines = [json.loads(line)
+           for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for line in lines:
+    if "test_accuracy" in line:
+      line["val_accuracy"] = line.pop("test_accuracy")
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(line) + "\n" for line in lines))
+  figure = plot.plot_runs(plot.group_runs([runs_lib.load_run(workdir)]),
+                          tmp_path / "curves.png")
+  error_axis = figure.axes[0]
+  assert error_axis.get_title() == "Validation error"
+  np.testing.assert_allclose(error_axis.lines[0].get_ydata(), [50, 40, 30])

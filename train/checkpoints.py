@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from train import checksums
+from train import runs
 
 # Config fields a run cannot change when it resumes: they change the shapes of
 # the state or which batches the remaining steps see.
@@ -367,7 +368,7 @@ def disk_full_message(workdir: str, error: BaseException) -> str | None:
     what = error.filename
   else:
     what = workdir
-  steps = committed_steps(os.path.join(workdir, "checkpoints"))
+  steps = committed_steps(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME))
   previous = (f"the checkpoint of step {steps[-1]} is intact" if steps else
               "no checkpoint was saved before")
   existing = workdir
@@ -395,7 +396,8 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
     DamagedCheckpointError: the checkpoint fails its checksums or cannot be
       read (it is left where it is).
   """
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = os.path.abspath(
+      os.path.join(workdir, runs.CHECKPOINTS_DIRNAME))
   handlers = {"state": ocp.StandardCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:

@@ -20,6 +20,7 @@ import ml_collections
 from train import checkpoints
 from train import data
 from train import main as train_main
+from train import runs
 from train import train
 from train.configs import default
 
@@ -34,7 +35,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     FileNotFoundError: the workdir has no ``config.json``.
     train.ConfigError: it cannot be read.
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, runs.CONFIG_FILENAME)
   try:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
@@ -57,7 +58,7 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
   """
   config = load_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not os.path.isdir(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME)):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   train.validate_config(config)
   train.check_batch_sizes(config, jax.device_count())

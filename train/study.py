@@ -55,6 +55,8 @@ import numpy as np
 
 from train import metric_writers
 from train import plot
+from train import runs as runs_lib
+from train import study_report
 from train import study_statistics as statistics
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,15 +252,15 @@ class RunStatus:
 
 
 def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
+  """Reads the state of one (arm, seed) of the study in ``workdir``."""
   path = run_dir(workdir, arm, seed)
-  num_epochs, epochs_done, failure = None, 0, None
-  config_file = os.path.join(path, plot.CONFIG_FILENAME)
-  if os.path.isfile(config_file):
-    with open(config_file, encoding="utf-8") as f:
-      num_epochs = json.load(f).get("num_epochs")
-  if os.path.isfile(os.path.join(path, metric_writers.METRICS_FILENAME)):
-    epochs = metric_writers.read_metrics(path).get("epoch", [])
-    epochs_done = max((int(r["epoch"]) for r in epochs), default=0)
+  num_epochs = runs_lib.read_config(path).get("num_epochs")
+  try:
+    epochs = runs_lib.load_run(path).epochs
+  except runs_lib.NotARunError:
+    epochs = ()
+  epochs_done = max((int(r["epoch"]) for r in epochs), default=0)
+  failure = None
   failure_file = os.path.join(path, FAILURE_FILENAME)
   if os.path.isfile(failure_file):
     with open(failure_file, encoding="utf-8") as f:
@@ -690,7 +692,7 @@ def summarize(workdir: str, baseline: str | None = None,
     ``(summary, finished)``: the contents of ``summary.json`` (per arm its
     statistics and provenance, the comparisons of `comparison_pairs`, the
     unfinished and failed runs) and, per arm, its finished runs as
-    `train.plot.Run`.
+    `train.runs.Run`.
 
   Raises:
     StudyError: for a directory without a study or with bad statistics
@@ -713,7 +715,7 @@ def summarize(workdir: str, baseline: str | None = None,
             for s in statuses if not s.finished and s.failure]
   for status in statuses:
     if status.finished:
-      run = plot.load_run(status.path)
+      run = runs_lib.load_run(status.path)
       if np.isfinite(statistics.final(run, metric)):
         finished[status.arm].append(run)
       else:
@@ -766,7 +768,7 @@ def write_summary(workdir: str, baseline: str | None = None) -> str:
             encoding="utf-8") as f:
     json.dump(summary, f, indent=2, allow_nan=False)
     f.write("\n")
-  markdown = statistics.summary_markdown(summary)
+  markdown = study_report.summary_markdown(summary)
   with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
     f.write(markdown)
   groups = [plot.RunGroup(label=arm, runs=runs)
@@ -887,7 +889,7 @@ def _print_post_hoc(args) -> None:
                          args.margin)
   print("Post hoc: comparisons chosen on the command line, not the study's "
         "pre-registered ones; nothing was written.\n")
-  print(statistics.summary_markdown(statistics.json_safe(summary)), end="")
+  print(study_report.summary_markdown(statistics.json_safe(summary)), end="")
 
 
 def _split(text: str | None, cast=str):

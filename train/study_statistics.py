@@ -7,19 +7,16 @@ seeds (`scipy.stats.t`), paired t-tests over the seeds two arms share
 built from one-sided versions of the same tests, and the power of a t-test
 from the noncentral t (`scipy.stats.nct`). The compared metric is one where
 higher is better (an accuracy). `train.study` reads a study's runs and calls
-these.
+these; `train.plot`'s table shows the same `final_and_best` summary.
 """
 
-import json
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
-from train import metric_writers
-from train import plot
+from train import runs as runs_lib
 
 TESTS = ("paired", "welch")
 MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
@@ -55,7 +52,7 @@ def _t_interval(values: np.ndarray, confidence: float) -> list[float]:
   return [float(low), float(high)]
 
 
-def epochs_to_target(runs: Sequence[plot.Run], target: float,
+def epochs_to_target(runs: Sequence[runs_lib.Run], target: float,
                      metric: str = "test_accuracy"):
   """The median first epoch at which a run's ``metric`` reaches ``target``.
 
@@ -72,17 +69,48 @@ def epochs_to_target(runs: Sequence[plot.Run], target: float,
           "reached": int(np.isfinite(firsts).sum()), "n": len(firsts)}
 
 
-def final(run: plot.Run, field: str) -> float:
-  """The last epoch's value of an epoch-record field (NaN without epochs)."""
+def final(run: runs_lib.Run, field: str) -> float:
+  """The last epoch's value of an epoch-record field (NaN without one).
+
+  This is "final" everywhere: in a study's summary and in ``train.plot``'s
+  table. A run whose last epoch record has no value of the field (it was
+  not evaluated then, or the value was NaN) has no final value, even if an
+  earlier epoch has one.
+  """
   _, values = run.curve(field)
   return float(values[-1]) if len(values) else math.nan
 
 
-def best(run: plot.Run, field: str) -> float:
+def best(run: runs_lib.Run, field: str) -> float:
   """The highest value of an epoch-record field (NaN without epochs)."""
   _, values = run.curve(field)
   values = values[np.isfinite(values)]
   return float(np.max(values)) if len(values) else math.nan
+
+
+def best_epoch(run: runs_lib.Run, field: str) -> float:
+  """The first epoch at the highest value of a field (NaN without values)."""
+  epochs, values = run.curve(field)
+  finite = np.isfinite(values)
+  return float(epochs[finite][np.argmax(values[finite])]) if finite.any() else (
+      math.nan)
+
+
+def final_and_best(runs: Sequence[runs_lib.Run],
+                   metric: str = "test_accuracy") -> dict[str, Any]:
+  """The `final` and `best` ``metric`` of the runs that have a final value.
+
+  Runs without a `final` value are left out (a study counts a finished one
+  as failed). ``final`` and ``best`` are `mean_std_ci` over the runs left;
+  ``last_epoch`` and ``best_epoch`` list, per run left, the epoch of its
+  final value and the first epoch at its best (`best_epoch`).
+  """
+  runs = [run for run in runs if np.isfinite(final(run, metric))]
+  return {"n": len(runs),
+          "final": mean_std_ci([final(run, metric) for run in runs]),
+          "best": mean_std_ci([best(run, metric) for run in runs]),
+          "last_epoch": [float(run.curve(metric)[0][-1]) for run in runs],
+          "best_epoch": [best_epoch(run, metric) for run in runs]}
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -90,35 +118,9 @@ def _finite_mean(values: np.ndarray) -> float:
   return float(np.mean(values)) if len(values) else math.nan
 
 
-def _wall_time_s(run: plot.Run) -> float:
-  records = metric_writers.read_metrics(run.path)
-  return float(sum(r.get("epoch_time_s") or 0.0 for r in records.get(
-      "epoch", [])) + sum(r.get("time_to_first_step_s") or 0.0
-                          for r in records.get("run", [])))
-
-
-def run_records(path: str) -> list[dict[str, Any]]:
-  """Every ``"kind": "run"`` record of a run's ``metrics.jsonl``, as written.
-
-  Each start of a run writes one. `metric_writers.read_metrics` keeps one
-  record per step, so it would count two starts from the same checkpoint
-  once; this reads the raw lines. Unreadable lines (a killed run's last) are
-  skipped; a missing file has no records.
-  """
-  records = []
-  try:
-    with open(os.path.join(path, metric_writers.METRICS_FILENAME),
-              encoding="utf-8", errors="replace") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and record.get("kind") == "run":
-          records.append(record)
-  except FileNotFoundError:
-    pass
-  return records
+def _wall_time_s(run: runs_lib.Run) -> float:
+  return float(sum(r.get("epoch_time_s") or 0.0 for r in run.epochs) + sum(
+      r.get("time_to_first_step_s") or 0.0 for r in run.starts))
 
 
 # Provenance key in the summary -> field of the "run" records.
@@ -138,7 +140,7 @@ def _distinct(values) -> list[Any]:
   return kept
 
 
-def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
+def provenance(runs: Sequence[runs_lib.Run]) -> dict[str, Any]:
   """Where an arm's runs came from, over every start of every run.
 
   Returns:
@@ -151,7 +153,7 @@ def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
     >>> provenance([])["restarts"]
     []
   """
-  records = [run_records(run.path) for run in runs]
+  records = [runs_lib.run_records(run.path) for run in runs]
   summary = {key: _distinct(record.get(field) for starts in records
                             for record in starts)
              for key, field in PROVENANCE_FIELDS.items()}
@@ -159,7 +161,7 @@ def provenance(runs: Sequence[plot.Run]) -> dict[str, Any]:
   return summary
 
 
-def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
+def arm_statistics(runs: Sequence[runs_lib.Run], targets: Sequence[float],
                    metric: str = "test_accuracy") -> dict[str, Any]:
   """The statistics of one arm's finished runs, on the epoch field ``metric``.
 
@@ -169,11 +171,12 @@ def arm_statistics(runs: Sequence[plot.Run], targets: Sequence[float],
   (``loss_below_mean_fraction``): the same under the loss rule, different
   under ``phases="random"``.
   """
+  summary = final_and_best(runs, metric)
   statistics = {
       "n": len(runs),
       "seeds": [run.config.get("seed") for run in runs],
-      f"final_{metric}": mean_std_ci([final(r, metric) for r in runs]),
-      f"best_{metric}": mean_std_ci([best(r, metric) for r in runs]),
+      f"final_{metric}": summary["final"],
+      f"best_{metric}": summary["best"],
       "epochs_to_target": {str(t): epochs_to_target(runs, t, metric)
                            for t in targets},
       "final_train_loss": {
@@ -466,141 +469,21 @@ def json_safe(tree: Any) -> Any:
   return tree
 
 
-# -----------------------------------------------------------------------------
-# summary.md
+def mean_std_text(entry: Mapping[str, Any], scale: float = 100.0,
+                  digits: int = 2) -> str:
+  """``mean ± std`` of a `mean_std_ci` entry, scaled; the mean alone without
+  a std, ``–`` without values.
 
-
-def _percent(value, digits=2) -> str:
-  return "–" if value is None else f"{100 * value:.{digits}f}"
-
-
-def _points(value) -> str:
-  return "–" if value is None else f"{100 * value:+.2f}"
-
-
-def _mean_std_text(entry, scale=100.0, digits=2) -> str:
+  Example:
+    >>> mean_std_text(mean_std_ci([0.8, 0.9]))
+    '85.00 ± 7.07'
+  """
   if entry["mean"] is None:
     return "–"
   text = f"{scale * entry['mean']:.{digits}f}"
   if entry["std"] is not None:
     text += f" ± {scale * entry['std']:.{digits}f}"
   return text
-
-
-def _interval_text(interval, points=False) -> str:
-  if interval is None:
-    return "–"
-  low, high = interval
-  if points:
-    return f"[{_points(low)}, {_points(high)}]"
-  return f"[{_percent(low)}, {_percent(high)}]"
-
-
-def _p_text(p_value) -> str:
-  return "–" if p_value is None else f"{p_value:.3f}"
-
-
-def _reach_text(entry) -> str:
-  median = "–" if entry["median"] is None else f"{entry['median']:g}"
-  return f"{median} ({entry['reached']}/{entry['n']})"
-
-
-def _metric_label(metric: str) -> str:
-  """``test_accuracy`` -> ``test acc.``"""
-  return metric.replace("_accuracy", " acc.").replace("_", " ")
-
-
-def _arms_table(summary: dict[str, Any]) -> list[str]:
-  metric, targets = summary["metric"], summary["targets"]
-  label = _metric_label(metric)
-  # Steps in the "below" phase; where recorded, also the steps whose loss was
-  # below the running mean (they differ under phases="random").
-  fractions = ["phase_below_fraction"] + [
-      "loss_below_mean_fraction" for _ in range(1) if any(
-          "loss_below_mean_fraction" in s for s in summary["arms"].values())]
-  headers = {"phase_below_fraction": "steps in below phase",
-             "loss_below_mean_fraction": "loss below mean"}
-  lines = [
-      f"| arm | n | final {label} % (mean ± std) | 95% CI | best {label} %"
-      " | " + " | ".join(f"epochs to {_percent(t, 0)}%" for t in targets)
-      + " | final train loss | "
-      + "".join(f"{headers[f]} | " for f in fractions) + "wall time / run |",
-      "|---|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|"
-      + "---:|" * len(fractions) + "---:|"]
-  for arm, s in summary["arms"].items():
-    reach = [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
-    lines.append(
-        f"| {arm} | {s['n']} | {_mean_std_text(s[f'final_{metric}'])} | "
-        f"{_interval_text(s[f'final_{metric}']['ci95'])} | "
-        f"{_mean_std_text(s[f'best_{metric}'])} | "
-        + "".join(f"{text} | " for text in reach)
-        + f"{_mean_std_text(s['final_train_loss'], 1.0, 4)} | "
-        + "".join(f"{_mean_std_text(s[f], 1.0, 3)} | " if s.get(f) else "– | "
-                  for f in fractions)
-        + (f"{s['wall_time_s'] / 60:.1f} min |" if s["wall_time_s"] else
-           "– |"))
-  return lines
-
-
-def _known(values, text=str) -> str:
-  """Distinct values, ``–`` for an unknown one."""
-  return ", ".join("–" if v is None else text(v) for v in values) or "–"
-
-
-def _versions_text(versions) -> str:
-  if not isinstance(versions, Mapping):
-    return str(versions)
-  return " ".join(f"{name} {version}" for name, version in versions.items())
-
-
-def _provenance_table(summary: dict[str, Any]) -> list[str]:
-  lines = ["Where the runs came from (every start of every run; – where a "
-           "record does not say):", "",
-           "| arm | commits | uncommitted changes | restarts per seed | "
-           "devices | device kind | data | versions |",
-           "|---|---|---|---|---:|---|---|---|"]
-  for arm, s in summary["arms"].items():
-    p = s["provenance"]
-    restarts = ", ".join(f"{seed}: {count}" for seed, count in zip(
-        s["seeds"], p["restarts"])) or "–"
-    lines.append(
-        f"| {arm} | {_known(p['commits'], lambda c: str(c)[:10])} | "
-        f"{_known(p['tracked_changes'], lambda c: 'yes' if c else 'no')} | "
-        f"{restarts} | {_known(p['devices'])} | {_known(p['device_kinds'])} | "
-        f"{_known(p['data_fingerprints'])} | "
-        f"{_known(p['versions'], _versions_text)} |")
-  return lines
-
-
-def _comparisons_table(summary: dict[str, Any]) -> list[str]:
-  test_names = {"paired": "paired t-test", "welch": "Welch t-test"}
-  margin = summary["equivalence_margin"]
-  equivalence = ("no equivalence margin declared" if margin is None else
-                 f"equivalence: TOST at ±{100 * margin:.2f} points")
-  lines = [f"Comparisons of the final {_metric_label(summary['metric'])} "
-           f"(differences in points; primary test: "
-           f"{test_names[summary['primary_test']]}; {equivalence}):", "",
-           "| arm | against | role | pairs | paired diff. | paired 95% CI | "
-           "paired p | runs | Welch diff. | Welch 95% CI | Welch p | "
-           "TOST 90% CI | TOST p | equivalence | verdict | "
-           "seeds for 80% power |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-           "|---|---|---:|"]
-  for c in summary["comparisons"]:
-    paired, welch = c["paired"], c["welch"]
-    tost = c["equivalence"] or {"ci90": None, "p_value": None,
-                                "verdict": "–"}
-    power = c["seeds_for_80pct_power"]
-    lines.append(
-        f"| {c['arm']} | {c['against']} | {c['role']} | {paired['n']} | "
-        f"{_points(paired['mean'])} | "
-        f"{_interval_text(paired['ci95'], True)} | "
-        f"{_p_text(paired['p_value'])} | {welch['n'][0]}+{welch['n'][1]} | "
-        f"{_points(welch['mean'])} | {_interval_text(welch['ci95'], True)} | "
-        f"{_p_text(welch['p_value'])} | {_interval_text(tost['ci90'], True)} "
-        f"| {_p_text(tost['p_value'])} | {tost['verdict']} | {c['verdict']} "
-        f"| {'–' if power is None else power} |")
-  return lines
 
 
 def select_winners(families: Mapping[str, Sequence[str]],
@@ -633,31 +516,3 @@ def select_winners(families: Mapping[str, Sequence[str]],
     selection[family] = {"winner": winner, "value": best_value,
                          "complete": len(known) == len(arms)}
   return selection
-
-
-def _selection_lines(summary: dict[str, Any]) -> list[str]:
-  label = _metric_label(summary["metric"])
-  lines = [f"Selection (the study's rule: {summary['selection_rule']}):", ""]
-  for family, chosen in summary["selection"].items():
-    value = ("–" if chosen["value"] is None
-             else f"{_percent(chosen['value'])} %")
-    lines.append(f"- {family}: {chosen['winner'] or '–'} ({label} {value})"
-                 + ("" if chosen["complete"] else
-                    "; not final: some arms have no finished run"))
-  return lines
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-  """``summary.md``: the same numbers as ``summary.json``, as tables."""
-  lines = _arms_table(summary) + [""] + _provenance_table(summary)
-  if summary.get("selection"):
-    lines += [""] + _selection_lines(summary)
-  if summary["comparisons"]:
-    lines += [""] + _comparisons_table(summary)
-  for kind in ("unfinished", "failed"):
-    if summary[kind]:
-      lines += ["", f"{kind.capitalize()} runs (not averaged): " + "; ".join(
-          f"{r['arm']} seed {r['seed']}"
-          + (f" ({r['reason']})" if r.get("reason") else "")
-          for r in summary[kind]) + "."]
-  return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from train import metric_writers
 from train import optimizers
 from train import periodic
 from train import provenance
+from train import runs
 from train import schedules
 from train import steps
 
@@ -320,7 +321,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
   parallel, state = create_steps_and_state(config, train_split,
                                            steps_per_epoch)
   checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config,
+      os.path.join(workdir, runs.CHECKPOINTS_DIRNAME), config,
       keep=config.keep_checkpoints,
       facts={"steps_per_epoch": steps_per_epoch,
              "num_train_examples": train_split.num_examples},
@@ -394,7 +395,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
     return state
   if setup.is_chief:
     os.makedirs(setup.workdir, exist_ok=True)
-    with open(os.path.join(setup.workdir, "config.json"), "w") as f:
+    with open(os.path.join(setup.workdir, runs.CONFIG_FILENAME), "w") as f:
       f.write(config.to_json(indent=2))
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
                  "Resuming" if start else "Starting", start,

@@ -7,6 +7,7 @@ changed input is decoded again, and it is written to a temporary file first and
 renamed into place, so an interrupted run never leaves a corrupt cache file.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -41,11 +42,22 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
   return Path(cache_dir).expanduser()
 
 
-def digest_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
-  """The sha256 hex digest of a file's contents."""
+def digest_of_file(path: Path) -> str:
+  """The sha256 hex digest of a file's contents.
+
+  Computed once per process for a file of the same path, size and
+  modification time: a run's start asks twice (cache key and provenance).
+  """
+  stat = os.stat(path)
+  return _digest_of_file(os.path.abspath(path), stat.st_size,
+                         stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of_file(path: str, unused_size: int, unused_mtime_ns: int) -> str:
   sha = hashlib.sha256()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(chunk_size), b""):
+    for chunk in iter(lambda: f.read(1 << 20), b""):
       sha.update(chunk)
   return sha.hexdigest()
 
