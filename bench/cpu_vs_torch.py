@@ -12,7 +12,7 @@ both alike. Prints both rates (median images/s) and their ratio.
       [--channels-last]
 
 `--devices` splits the CPU into N XLA devices (default: what `python -m train`
-chooses, see `train.main.host_device_count`). Needs PyTorch:
+chooses, see `train.config.host_device_count`). Needs PyTorch:
 `pip install -e '.[bench]'`.
 """
 
@@ -46,7 +46,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from bench import torch_wrn  # pylint: disable=g-import-not-at-top
-  from train import main as train_main  # pylint: disable=g-import-not-at-top
+  from train import config as config_lib  # pylint: disable=g-import-not-at-top
   from train import metric_writers  # pylint: disable=g-import-not-at-top
   from train import train  # pylint: disable=g-import-not-at-top
   from train.configs import quick  # pylint: disable=g-import-not-at-top
@@ -62,7 +62,7 @@ def main():
   config.progress = False
   config.log_every_steps = segment_steps
   config.host_devices = args.devices
-  train_main.use_host_devices(config)
+  config_lib.use_host_devices(config)
 
   torch.manual_seed(0)
   torch.set_num_threads(cores)

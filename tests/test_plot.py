@@ -16,13 +16,13 @@ _STEPS_PER_EPOCH = 10
 def _config(seed, beta_below, beta_above, workdir):
   return {
       "seed": seed,
-      "workdir": workdir,
       "num_epochs": _NUM_EPOCHS,
       "model": {"name": "wrn_16_4"},
       "optimizer": {"name": "lcam", "beta_below": beta_below,
-                    "beta_above": beta_above, "learning_rate": 0.1},
+                    "beta_above": beta_above, "learning_rate": 0.1,
+                    "phase_seed": seed},
       "schedule": {"name": "step"},
-      "data": {"source": "cifar10", "shuffle_seed": seed},
+      "data": {"source": "cifar10", "cache_dir": workdir},
   }
 
 
@@ -216,10 +216,6 @@ def test_main_skips_runs_without_epochs_with_a_warning(runs, tmp_path, capsys):
   assert "no run has a finished epoch" in capsys.readouterr().err
 
 
-def test_is_ignored_config_key():
-  assert plot.is_ignored_config_key("data.shuffle_seed")
-  assert plot.is_ignored_config_key("checkpoint_dir")
-  assert not plot.is_ignored_config_key("optimizer.beta_below")
 
 
 def _loss_run(root, name, seed, losses, **config_fields):

@@ -115,7 +115,8 @@ def test_cpu_study_is_the_scaled_reference_recipe():
 def test_unknown_field_is_a_clear_error(tmp_path):
   study = _study(arms={"base": {}, "b": {"optimizer.bogus": 1}})
   with pytest.raises(study_lib.StudyError,
-                     match=r"'optimizer.bogus'.*beta_below"):
+                     match=r"arm 'b'.*optimizer has no field 'bogus'.*"
+                     r"beta_below"):
     study_lib.run_config(study, "b", 0)
 
 

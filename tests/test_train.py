@@ -26,6 +26,7 @@ import models
 import optax_lcam
 from train import checkpoints
 from train import checksums
+from train import config as config_lib
 from train import data
 from train import distributed
 from train import evaluate
@@ -858,33 +859,6 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
   assert accuracy == last_epoch["test_accuracy"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config.optimizer.bogus=1"],
-     r"^--config.optimizer.bogus=1: config.optimizer has no field 'bogus'; "
-     r"its fields are: averaging, b1, b2, below_probability, beta_above, "
-     r"beta_below, "
-     r".*weight_decay\.$"),
-    (["--config.nope.x", "1"], r"^--config.nope.x: config has no field "
-     r"'nope'; its fields are: batch_size, .*stop_after_steps\.$"),
-])
-def test_an_unknown_config_field_is_named_with_the_valid_ones(argv, message):
-  argv = ["train", "--config", str(REPO / "train/configs/tiny.py"), *argv]
-  assert re.match(message, main.command_line_error(argv, KeyError("x")))
-
-
-def test_a_missing_or_failing_config_file_is_named():
-  message = main.command_line_error(
-      ["train", "--config=train/configs/nope.py"], OSError("x"))
-  assert re.match(r"^--config train/configs/nope.py: no such file\. The "
-                  r"configs in .* are: default.py, quick.py, .*\.$", message)
-  spec = f"{REPO}/train/configs/reference.py:cifar10,C,0.9/0.9"
-  message = main.command_line_error(["train", "--config", spec],
-                                    ValueError("x"))
-  assert message == (f"--config {spec}: Bad reference experiment "
-                     "'cifar10,C,0.9/0.9': DATASET is cifar10 or cifar100, "
-                     "SCHEDULE is A or B.")
-
-
 def test_command_line_mistakes_are_one_error_line(tmp_path):
   result = subprocess.run(
       _train_command(tmp_path, "--config.optimizer.bogus=1"), env=_cli_env(),
@@ -1036,7 +1010,8 @@ def test_evaluate_reads_a_config_json_older_than_its_fields(straight_run,
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["data"]["validation_examples"]  # as written before it existed
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  assert evaluate.load_config(str(tmp_path)).data.validation_examples == 0
+  assert config_lib.load_run_config(
+      str(tmp_path)).data.validation_examples == 0
   assert evaluate.main([str(tmp_path)]) == 0
   assert "test_accuracy" in capsys.readouterr().out
 

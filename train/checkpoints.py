@@ -33,17 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from train import checksums
+from train import config as config_lib
 from train import runs
-
-# Config fields a run cannot change when it resumes: they change the shapes of
-# the state or which batches the remaining steps see.
-RESUME_INVARIANT_FIELDS = (
-    "seed", "data.source", "data.drop_remainder", "data.validation_examples",
-    "batch_size", "model.name",
-    "optimizer.name", "optimizer.averaging", "optimizer.loss_control",
-    "optimizer.phases",
-)
-
 
 CORRUPT_DIRNAME = "corrupt"
 # What Orbax adds to a checkpoint being written, until it commits it.
@@ -95,7 +86,8 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any],
   saved, current = (traverse_util.flatten_dict(meta, sep=".")
                     for meta in (saved, current))
   # A field or fact an older checkpoint does not record cannot have changed.
-  invariants = [f"config.{field}" for field in RESUME_INVARIANT_FIELDS]
+  invariants = [f"config.{field}"
+                for field in config_lib.RESUME_INVARIANT_FIELDS]
   facts = [name for name in current if not name.startswith("config.")]
   fields = [name for name in invariants + facts if name in saved]
   differences = [f"{field.removeprefix('config.')}: checkpoint "
@@ -194,8 +186,8 @@ class Checkpointer:
 
     Raises:
       IncompatibleCheckpointError: the checkpoint's config differs in a field
-        of `RESUME_INVARIANT_FIELDS`, its facts differ, or its arrays do not
-        fit ``state``.
+        of `train.config.RESUME_INVARIANT_FIELDS`, its facts differ, or its
+        arrays do not fit ``state``.
       DamagedCheckpointError: no checkpoint is intact.
     """
     target = abstract_state(state)

@@ -10,42 +10,16 @@ see `train.checkpoints.load_variables`.
 """
 
 import argparse
-import json
 import os
 import sys
 
 import jax
-import ml_collections
 
 from train import checkpoints
+from train import config as config_lib
 from train import data
-from train import main as train_main
 from train import runs
 from train import train
-from train.configs import default
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir's run was made with (its ``config.json``).
-
-  Fields added to the harness after the run was made keep their defaults
-  (``train/configs/default.py``), which are what the run did without them.
-
-  Raises:
-    FileNotFoundError: the workdir has no ``config.json``.
-    train.ConfigError: it cannot be read.
-  """
-  path = os.path.join(workdir, runs.CONFIG_FILENAME)
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-  except FileNotFoundError:
-    raise
-  except (OSError, ValueError) as e:
-    raise train.ConfigError(f"{path} is unreadable ({e}).") from e
-  config = default.get_config()
-  config.update(saved)
-  return config
 
 
 def evaluate_checkpoint(workdir: str) -> dict[str, float]:
@@ -57,11 +31,10 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
   """
-  config = load_config(workdir)
+  config = config_lib.load_run_config(workdir)
   if not os.path.isdir(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME)):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
-  train.validate_config(config)
-  train.check_batch_sizes(config, jax.device_count())
+  config_lib.validate(config, jax.device_count())
   run, state, _ = train.set_up_training(config, workdir, test_split=True)
   run.checkpointer.close()
   step = int(state.step)
@@ -81,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("workdir", help="a training workdir")
   args = parser.parse_args(argv)
   try:
-    train_main.use_host_devices(load_config(args.workdir))  # Before JAX starts.
+    # Before JAX starts.
+    config_lib.use_host_devices(config_lib.load_run_config(args.workdir))
     result = evaluate_checkpoint(args.workdir)
-  except (FileNotFoundError, data.DataError, train.ConfigError,
+  except (FileNotFoundError, data.DataError, config_lib.ConfigError,
           checkpoints.IncompatibleCheckpointError,
           checkpoints.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)

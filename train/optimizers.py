@@ -7,8 +7,7 @@ import ml_collections
 import optax
 
 import optax_lcam
-# parse_loss_control reads config.optimizer.loss_control.
-from train import train as train_config
+from train import config as config_lib
 
 
 def below_probability_schedule(
@@ -94,7 +93,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
                                        "eps": config.eps}
   arguments.update(learning_rate=learning_rate,
                    weight_decay=config.weight_decay)
-  controlled = train_config.parse_loss_control(config.loss_control)
+  controlled = config_lib.parse_loss_control(config.loss_control)
   if not controlled:
     if config.phases != "loss":
       raise ValueError(
@@ -116,7 +115,7 @@ def controlled_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The loss-controlled hyper-parameters of an optimizer config, if any."""
   if config.name == "lcam":
     return ("beta",)
-  return tuple(train_config.parse_loss_control(config.loss_control))
+  return tuple(config_lib.parse_loss_control(config.loss_control))
 
 
 

@@ -1,14 +1,13 @@
 """Plots and tabulates runs: ``python -m train.plot RUN_DIR... -o FILE.png``.
 
 Reads each run's ``config.json`` and ``metrics.jsonl`` with `train.runs`.
-Runs whose configs differ only in their seed (and in paths, logging,
-checkpoints, devices or evaluation, see `is_ignored_config_key`) are
-grouped: a group is drawn as the mean over its runs with a min-max band, and
-labelled by the config fields that tell the groups apart (e.g.
-``lcam 0.95/0.9``). `plot_run_dirs` draws the figure of a
-list of workdirs, with labels of the caller's choice if given.
+Runs whose configs differ only in their seed (and in logging, checkpoints,
+devices or evaluation: `train.config.NON_EXPERIMENT_FIELDS`) are grouped: a
+group is drawn as the mean over its runs with a min-max band, and labelled by
+the config fields that tell the groups apart (e.g. ``lcam 0.95/0.9``). `plot_run_dirs` draws the
+figure of a list of workdirs, with labels of the caller's choice if given.
 
-The figure has three panels against epochs: test error (%), mean training
+The figure has three panels against epochs: test (or validation) error (%), mean training
 loss (log scale), and the fraction of each epoch's steps whose loss was below
 the epoch's running mean (LCAM's "below" phase). ``--table`` prints the final
 and best test accuracy of each group (mean ± std over seeds), as
@@ -30,21 +29,9 @@ import warnings
 
 import numpy as np
 
+from train import config as config_lib
 from train import runs as runs_lib
 from train import study_statistics as statistics
-
-# Config keys (at any depth) that do not make two runs different experiments:
-# seeds, paths, and how a run is logged, saved, spread over devices, evaluated
-# or cut short.
-_IGNORED_CONFIG_KEYS = frozenset({
-    "seed", "workdir", "work_dir", "output_dir", "log_dir", "checkpoint_dir",
-    "tensorboard_dir", "data_dir", "cache_dir", "resume", "restore_from",
-    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "progress", "host_devices", "parallel", "stop_after_steps",
-    "eval_every_epochs", "eval_batch_size",
-})
-# Config sections whose fields never make two runs different experiments.
-_IGNORED_CONFIG_SECTIONS = ("distributed",)
 
 # Where a differing field goes in a group label; lower comes first.
 _LABEL_ORDER = ("optimizer", "model", "data", "schedule")
@@ -80,24 +67,6 @@ def flatten_config(
   return flat
 
 
-def is_ignored_config_key(dotted_key: str) -> bool:
-  """Whether a config field does not tell experiments apart.
-
-  Seeds, paths and the fields of logging, checkpoints, progress, devices,
-  evaluation, early stops and data caches are ignored.
-
-  >>> [is_ignored_config_key(k) for k in ("seed", "data.shuffle_seed",
-  ...                                      "workdir", "log_every_steps",
-  ...                                      "distributed.process_id",
-  ...                                      "optimizer.name")]
-  [True, True, True, True, True, False]
-  """
-  key = dotted_key.lower()
-  leaf = key.rsplit(".", 1)[-1]
-  return (leaf in _IGNORED_CONFIG_KEYS or leaf.endswith("_seed")
-          or key.split(".", 1)[0] in _IGNORED_CONFIG_SECTIONS)
-
-
 def experiment_key(run: runs_lib.Run) -> str:
   """A key equal for runs of the same experiment (configs equal but seeds).
 
@@ -106,7 +75,7 @@ def experiment_key(run: runs_lib.Run) -> str:
   if not run.config:
     return "path:" + os.path.abspath(run.path)
   fields = {key: value for key, value in flatten_config(run.config).items()
-            if not is_ignored_config_key(key)}
+            if config_lib.identifies_experiment(key)}
   return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -157,7 +126,7 @@ def differing_config_keys(
     return []
   differing = []
   for key in set().union(*flat_configs):
-    if is_ignored_config_key(key):
+    if not config_lib.identifies_experiment(key):
       continue
     values = {json.dumps(config[key], sort_keys=True, default=str)
               if key in config else "<missing>" for config in flat_configs}

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import importlib.util
 import json
 import os
 import shlex
@@ -53,6 +52,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from train import config as config_lib
 from train import metric_writers
 from train import plot
 from train import runs as runs_lib
@@ -77,29 +77,10 @@ class StudyError(ValueError):
 # Study definitions and the runs they name.
 
 
-def _load_module(path: str, what: str):
-  if not os.path.isfile(path):
-    raise StudyError(f"{what} {path} does not exist.")
-  spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _call_with_argument(spec: str, function: str, what: str):
-  """``path.py[:ARG]`` -> ``module.function(ARG)`` (or without an argument)."""
-  path, _, argument = spec.partition(".py:")
-  path = path if path.endswith(".py") else path + ".py"
-  module = _load_module(os.path.join(REPO_ROOT, path), what)
-  try:
-    return getattr(module, function)(*([argument] if argument else []))
-  except (TypeError, ValueError) as e:
-    raise StudyError(f"{what} {spec}: {e}") from e
-
-
 def load_study(spec: str) -> ml_collections.ConfigDict:
   """Loads ``train/studies/NAME.py[:ARG]`` (or a bare ``NAME``) and checks it.
+
+  A relative path is relative to the repository (`REPO_ROOT`).
 
   Raises:
     StudyError: the file is missing, or the study names an unknown arm,
@@ -107,8 +88,12 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
   """
   name, colon, argument = spec.partition(":")
   if os.sep not in name and not name.endswith(".py"):
-    spec = os.path.join(STUDIES_DIR, name + ".py") + colon + argument
-  study = _call_with_argument(spec, "get_study", "Study file")
+    name = os.path.join(STUDIES_DIR, name)
+  spec = name.removesuffix(".py") + ".py" + colon + argument
+  try:
+    study = config_lib.load(os.path.join(REPO_ROOT, spec), "get_study")
+  except config_lib.ConfigError as e:
+    raise StudyError(f"Study file {spec}: {e}") from None
   missing = [key for key in ("config", "arms", "seeds", "baseline")
              if key not in study]
   if missing:
@@ -159,31 +144,6 @@ def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
                        f"different arms of {list(study.arms)}.")
 
 
-def base_config(spec: str) -> ml_collections.ConfigDict:
-  """The training config named by ``spec`` as ``--config`` takes it."""
-  return _call_with_argument(spec, "get_config", "Config file")
-
-
-def _apply_override(config: ml_collections.ConfigDict, field: str,
-                    value: Any) -> None:
-  """Sets the dotted ``field`` of ``config``; unknown fields are errors."""
-  keys = field.split(".")
-  node = config
-  for depth, key in enumerate(keys):
-    if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-      where = ".".join(keys[:depth]) or "the config"
-      valid = (", ".join(sorted(node)) if isinstance(
-          node, ml_collections.ConfigDict) else "no fields")
-      raise StudyError(f"Unknown config field {field!r}: {where} has "
-                       f"{valid}.")
-    if depth < len(keys) - 1:
-      node = node[key]
-  try:
-    setattr(node, keys[-1], value)
-  except TypeError as e:
-    raise StudyError(f"Bad value for config field {field!r}: {e}") from e
-
-
 def run_overrides(study: ml_collections.ConfigDict, arm: str,
                   seed: int) -> dict[str, Any]:
   """The overrides of one run: the study's, the arm's, then the seed."""
@@ -195,11 +155,18 @@ def run_overrides(study: ml_collections.ConfigDict, arm: str,
 
 def run_config(study: ml_collections.ConfigDict, arm: str,
                seed: int) -> ml_collections.ConfigDict:
-  """The full training config of one (arm, seed) of ``study``."""
-  config = base_config(study.config)
-  for field, value in run_overrides(study, arm, seed).items():
-    _apply_override(config, field, value)
-  return config
+  """The full training config of one (arm, seed) of ``study``.
+
+  The study's ``config`` is a path relative to the repository (`REPO_ROOT`).
+  """
+  try:
+    config = config_lib.load(os.path.join(REPO_ROOT, study.config))
+  except config_lib.ConfigError as e:
+    raise StudyError(f"Config file {study.config}: {e}") from None
+  try:
+    return config_lib.override(config, run_overrides(study, arm, seed))
+  except config_lib.ConfigError as e:
+    raise StudyError(f"The overrides of arm {arm!r}: {e}") from None
 
 
 def arm_dirname(arm: str) -> str:

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from absl import logging
-from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -25,8 +24,8 @@ import ml_collections
 import numpy as np
 
 import models
-import optax_lcam
 from train import checkpoints
+from train import config as config_lib
 from train import data
 from train import distributed
 from train import metric_writers
@@ -37,24 +36,9 @@ from train import runs
 from train import schedules
 from train import steps
 
-AXIS_NAME = "batch"
-# The config fields with a fixed set of values, and those values.
-CHOICES = {
-    "parallel": ("pmap", "jit"),
-    "optimizer.name": ("lcam", "sgd", "adamw"),
-    "optimizer.phases": optax_lcam.PHASE_MODES,
-    "schedule.name": schedules.SCHEDULE_NAMES,
-    "on_nonfinite_loss": ("stop", "skip"),
-    "distributed.initialize": ("auto", "yes", "no"),
-}
-
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or infinite."""
-
-
-class ConfigError(ValueError):
-  """A config field has a value the loop cannot use."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -66,107 +50,6 @@ class TrainingInterrupted(RuntimeError):
         f"Training stopped at step {step} of {total_steps} "
         f"({signal.Signals(signum).name}); its checkpoint is saved, and the "
         "same command resumes the run.")
-
-
-# -----------------------------------------------------------------------------
-# Building blocks from the config.
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the config's choices and counts before any data is loaded.
-
-  The model, schedule and optimizer check their own arguments when they are
-  built (`build_parallel`), as config errors too.
-
-  Raises:
-    ConfigError: naming the field, the bad value and what would do.
-  """
-  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
-  for field, valid in CHOICES.items():
-    if flat[field] not in valid:
-      raise ConfigError(f"config.{field}={flat[field]!r} is not one of "
-                        f"{valid}.")
-  for field in ("batch_size", "eval_batch_size", "num_epochs"):
-    if flat[field] <= 0:
-      raise ConfigError(f"config.{field} must be positive, got "
-                        f"{flat[field]}.")
-  if flat["data.validation_examples"] < 0:
-    raise ConfigError("config.data.validation_examples must be >= 0, got "
-                      f"{flat['data.validation_examples']}.")
-  for field in ("eval_every_epochs", "log_every_steps",
-                "checkpoint_every_steps", "stop_after_steps",
-                "keep_checkpoints", "host_devices"):
-    if flat[field] < 0:
-      raise ConfigError(f"config.{field} must be >= 0, got {flat[field]}.")
-
-
-def check_batch_sizes(config: ml_collections.ConfigDict,
-                      device_count: int) -> None:
-  """Raises `ConfigError` naming the batch sizes ``device_count`` does not divide."""
-  bad = [f"config.{field} ({config[field]})"
-         for field in ("batch_size", "eval_batch_size")
-         if config[field] % device_count]
-  if bad:
-    raise ConfigError(
-        f"{' and '.join(bad)} must be divisible by the number of devices "
-        f"({device_count}).")
-
-
-def check_batch_fits_split(batch_size: int, num_examples: int) -> None:
-  """Raises `ConfigError` when a batch holds more than the training split.
-
-  With ``drop_remainder=False`` such a batch is one step of mostly padding,
-  and its memory is spent on the padding.
-
-  Example:
-    >>> check_batch_fits_split(100000, 256)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    train.train.ConfigError: config.batch_size=100000 is larger than the ...
-  """
-  if batch_size > num_examples:
-    raise ConfigError(
-        f"config.batch_size={batch_size} is larger than the training split "
-        f"({num_examples} examples); use at most {num_examples}.")
-
-
-@contextlib.contextmanager
-def _config_errors(section: str):
-  """Turns the ValueErrors and TypeErrors of a builder into `ConfigError`."""
-  try:
-    yield
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.{section}: {e}") from e
-
-
-def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
-  """``'{"b1": [0.95, 0.9]}'`` -> ``{"b1": (0.95, 0.9)}`` (below, above).
-
-  Raises:
-    ValueError: naming what is wrong, with an example.
-
-  Example:
-    >>> parse_loss_control('{"b1": [0.95, 0.9]}')
-    {'b1': (0.95, 0.9)}
-    >>> parse_loss_control("")
-    {}
-  """
-  if not text:
-    return {}
-  example = ('e.g. \'{"b1": [0.95, 0.9]}\': each controlled hyper-parameter '
-             "with its value below the running mean and at or above it")
-  try:
-    parsed = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"loss_control={text!r} is not JSON ({e}); {example}.")
-  if not isinstance(parsed, dict) or not parsed or not all(
-      isinstance(pair, list) and len(pair) == 2
-      and all(isinstance(v, (int, float)) for v in pair)
-      for pair in parsed.values()):
-    raise ValueError(f"loss_control={text!r} is not a map of names to "
-                     f"[below, above] numbers; {example}.")
-  return {name: (float(below), float(above))
-          for name, (below, above) in parsed.items()}
 
 
 def create_steps_and_state(config: ml_collections.ConfigDict,
@@ -188,18 +71,19 @@ def create_steps_and_state(config: ml_collections.ConfigDict,
     the host's default device.
 
   Raises:
-    ConfigError: the model, schedule or optimizer rejects its config.
+    config_lib.ConfigError: the model, schedule or optimizer rejects its
+      config.
   """
-  with _config_errors("model"):
+  with config_lib.as_config_errors("model"):
     model = models.create_model(
         config.model.name, train_split.num_classes,
         dropout_rate=config.model.dropout_rate,
         dtype=jnp.dtype(config.model.dtype),
         bn_axis_name=steps.AXIS_NAME if config.parallel == "pmap" else None)
-  with _config_errors("schedule"):
+  with config_lib.as_config_errors("schedule"):
     learning_rate = schedules.create_learning_rate_schedule(
         config.schedule, steps_per_epoch, config.num_epochs)
-  with _config_errors("optimizer"):
+  with config_lib.as_config_errors("optimizer"):
     tx = optimizers.create_optimizer(config.optimizer, learning_rate,
                                      steps_per_epoch)
   mean, std = data.normalization_stats(config.data.normalization, train_split)
@@ -304,7 +188,8 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
     one).
 
   Raises:
-    ConfigError, data.DataError, checkpoints.IncompatibleCheckpointError,
+    config_lib.ConfigError, data.DataError,
+    checkpoints.IncompatibleCheckpointError,
     checkpoints.DamagedCheckpointError.
   """
   load = functools.partial(data.load_split, config.data.source,
@@ -315,7 +200,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
   if config.data.validation_examples:
     train_split, validation_split = data.hold_out(
         train_split, config.data.validation_examples)
-  check_batch_fits_split(config.batch_size, train_split.num_examples)
+  config_lib.validate(config, train_examples=train_split.num_examples)
   steps_per_epoch = data.steps_per_epoch(
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
   parallel, state = create_steps_and_state(config, train_split,
@@ -363,11 +248,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     NonFiniteLossError: with ``on_nonfinite_loss="stop"``.
     workdir_lock.WorkdirBusyError: another run holds ``workdir``.
   """
-  validate_config(config)
+  config_lib.validate(config)
   distributed.maybe_initialize_distributed(config.distributed)
   run_start = time.perf_counter()
   with distributed.hold_workdir(workdir), periodic.StopOnSignals() as stop:
-    check_batch_sizes(config, jax.device_count())
+    config_lib.validate(config, jax.device_count())
     setup, state, meta = set_up_training(config, workdir)
     with contextlib.closing(setup.checkpointer):
       return _train(setup, state, meta, stop, run_start)

@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.stop_after_steps = 0  # > 0: stop (resumably) once at this step
   config.on_nonfinite_loss = "stop"  # or "skip" (drop that step's update)
   # CPU hosts without an accelerator are split into this many XLA devices by
-  # the command line (0: automatic, 2 per core up to 8); see train/main.py.
+  # the command line (0: automatic, one per core up to 8); see train/config.py.
   config.host_devices = 0
   config.parallel = "pmap"  # or "jit" (jax.jit with a NamedSharding)
   config.progress = True  # progress bar (plain lines when not a terminal)
