@@ -5,11 +5,11 @@ A checkpoint ``WORKDIR/checkpoints/<step>/`` holds the train state in
 LCAM's momentum and loss statistics, the run's PRNG key) and, in ``meta/``,
 the config, the facts the optimizer depends on (steps per epoch, number of
 training examples) and what the loop saves (the epoch's running sums and
-time so far). Orbax saves the device
-arrays as they are: the training thread waits only for their copy to host
-memory, the files are written in the background. Each checkpoint is written
-into a temporary directory and renamed when complete, so a run killed while
-saving leaves the previous checkpoint usable.
+time so far). Orbax saves the device arrays as they are: the training thread
+waits only for their copy to host memory, the files are written in the
+background. Each checkpoint is written into a temporary directory and
+renamed when complete, so a run killed while saving leaves the previous
+checkpoint usable.
 
 Each checkpoint also holds the size and SHA-256 of every file of its items
 (`train.checksums`), which restoring verifies first. A checkpoint that fails,
