@@ -49,13 +49,14 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
   from train import checkpoints  # pylint: disable=g-import-not-at-top
-  from train import train  # pylint: disable=g-import-not-at-top
+  from train import optimizers  # pylint: disable=g-import-not-at-top
+  from train import steps  # pylint: disable=g-import-not-at-top
   from train.configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   model = models.create_model(args.model, 10)
-  tx = train.create_optimizer(config.optimizer, 0.1, 391)
-  abstract = jax.eval_shape(lambda: train.create_train_state(
+  tx = optimizers.create_optimizer(config.optimizer, 0.1, 391)
+  abstract = jax.eval_shape(lambda: steps.create_train_state(
       model, tx, (32, 32, 3), 0))
   leaves, treedef = jax.tree.flatten(abstract)
   rng = np.random.default_rng(0)

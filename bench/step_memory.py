@@ -1,8 +1,9 @@
 """Device memory of the harness's train step, with and without donation.
 
-Compiles the step that `python -m train` runs (`train.train.build_parallel`
-from the reference config, LCAM, float32) twice: once donating the train state
-it is given (what training does) and once not, and prints XLA's memory
+Compiles the step that `python -m train` runs
+(`train.train.create_steps_and_state` from the reference config, LCAM,
+float32) twice: once donating the train state it is given (what training
+does) and once not, and prints XLA's memory
 analysis of each, per device: arguments, outputs, the part of the outputs
 that reuses donated arguments, temporaries, and the peak estimate
 arguments + outputs - aliased + temporaries. Without donation the new state
@@ -43,7 +44,7 @@ def step_memory(name: str, batch: int, parallel: str,
   config = model_step.step_config(name, "float32", batch, parallel)
   split = data.load_split(
       f"synthetic:num_train={batch},num_test=1,num_classes=10", "train")
-  steps, host_state = train.build_parallel(
+  steps, host_state = train.create_steps_and_state(
       config, split, model_step.REFERENCE_STEPS_PER_EPOCH,
       donate_state=donate_state)
   state = steps.put_state(host_state)

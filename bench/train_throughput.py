@@ -85,7 +85,7 @@ def main():
   # already on the devices.
   split = data.load_split(config.data.source, "train")
   steps_per_epoch = data.steps_per_epoch(split.num_examples, args.batch, False)
-  parallel, bare_state = train.build_parallel(config, split, steps_per_epoch)
+  parallel, bare_state = train.create_steps_and_state(config, split, steps_per_epoch)
   batch = parallel.put_batch(next(data.train_batches(
       split, args.batch, seed=0, epoch=0)))
   bare_state, metrics = parallel.train_step(bare_state, batch)

@@ -25,13 +25,17 @@ from PIL import Image
 import models
 import optax_lcam
 from train import checkpoints
+from train import checksums
 from train import config as config_lib
 from train import data
+from train import distributed
 from train import evaluate
 from train import main
 from train import metric_writers
+from train import optimizers
 from train import plot
 from train import provenance
+from train import steps
 from train import train
 from train import workdir_lock
 from train.configs import tiny
@@ -180,7 +184,7 @@ def _truncate(path: Path) -> None:
 
 def test_checksums_cover_every_file_of_the_items(straight_run):
   step_dir = straight_run / "checkpoints" / "8"
-  listed = json.loads((step_dir / checkpoints.CHECKSUMS_FILENAME).read_text())
+  listed = json.loads((step_dir / checksums.FILENAME).read_text())
   assert listed["version"] == 1 and listed["algorithm"] == "sha256"
   item_files = {str(f.relative_to(step_dir)) for item in ("state", "meta")
                 for f in (step_dir / item).rglob("*") if f.is_file()}
@@ -225,7 +229,7 @@ def test_a_checkpoint_without_checksums_is_used_with_a_warning(
     straight_run, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   for step_dir in (tmp_path / "checkpoints").iterdir():
-    (step_dir / checkpoints.CHECKSUMS_FILENAME).unlink()
+    (step_dir / checksums.FILENAME).unlink()
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
@@ -238,10 +242,37 @@ def test_a_checkpoint_without_checksums_is_used_with_a_warning(
 def test_a_newer_checksum_format_is_not_taken_for_damage(straight_run,
                                                          tmp_path):
   shutil.copytree(straight_run / "checkpoints" / "8", tmp_path / "8")
-  path = tmp_path / "8" / checkpoints.CHECKSUMS_FILENAME
+  path = tmp_path / "8" / checksums.FILENAME
   path.write_text(json.dumps({**json.loads(path.read_text()), "version": 2}))
   with pytest.raises(checkpoints.IncompatibleCheckpointError, match="version 2"):
     checkpoints.verify_checksums(str(tmp_path / "8"))
+
+
+def test_a_checkpoint_with_the_epoch_sums_in_its_state_resumes(straight_run,
+                                                               tmp_path):
+  # Before the host kept them, the train state held the epoch's sums (float32
+  # arrays) and the meta data did not: such a checkpoint inside an epoch.
+  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  state = checkpoints.load_state(str(tmp_path))
+  meta = _checkpoint_meta(tmp_path, 6)
+  sums = {name: np.float32(value)
+          for name, value in meta.pop("epoch_sums").items()
+          if name != "loss_below_mean"}
+  assert sums["steps"] == 2
+  directory = (tmp_path / "checkpoints").resolve()
+  shutil.rmtree(directory)
+  with ocp.CheckpointManager(directory) as manager:
+    manager.save(6, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(jax.tree.map(
+            jnp.asarray, {**state, "epoch_sums": sums})),
+        meta=ocp.args.JsonSave(meta)))
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
+  epochs = metric_writers.read_metrics(tmp_path)["epoch"]
+  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
+  for resumed, straight in zip(epochs, straight_epochs, strict=True):
+    for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
+      assert resumed[key] == straight[key], key
 
 
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
@@ -275,11 +306,11 @@ def test_the_train_step_donates_the_state(parallel):
   # The new state takes the old one's buffers: a device holds it once.
   config = tiny_config(parallel=parallel)
   split = data.load_split(config.data.source, "train")
-  steps, state = train.build_parallel(config, split, 4)
-  state = steps.put_state(state)
-  batch = steps.put_batch(next(data.train_batches(split, config.batch_size,
-                                                  seed=0, epoch=0)))
-  new_state, _ = steps.train_step(state, batch)
+  wrapped, state = train.create_steps_and_state(config, split, 4)
+  state = wrapped.put_state(state)
+  batch = wrapped.put_batch(next(data.train_batches(split, config.batch_size,
+                                                 seed=0, epoch=0)))
+  new_state, _ = wrapped.train_step(state, batch)
   assert all(x.is_deleted() for x in jax.tree.leaves(state))
   assert not any(x.is_deleted() for x in jax.tree.leaves(new_state))
 
@@ -312,7 +343,8 @@ def test_evaluation_is_exact(parallel):
   config = tiny_config(parallel=parallel)
   test_split = data.load_split(config.data.source, "test")
   train_split = data.load_split(config.data.source, "train")
-  parallel_steps, state = train.build_parallel(config, train_split, 4)
+  parallel_steps, state = train.create_steps_and_state(config, train_split,
+                                                       4)
   state = parallel_steps.put_state(state)
   result = train.evaluate(parallel_steps, state, test_split, 64)
 
@@ -488,11 +520,11 @@ def test_jax_cluster_detection_is_asked(monkeypatch):
   for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID",
                "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
     monkeypatch.delenv(name, raising=False)
-  assert train.detected_cluster() is None
+  assert distributed.detected_cluster() is None
   for name, value in dict(_SLURM_STEP, SLURM_JOB_ID="7", SLURM_PROCID="1",
                           SLURM_LOCALID="1").items():
     monkeypatch.setenv(name, value)
-  assert train.detected_cluster() == ("slurm", 2)
+  assert distributed.detected_cluster() == ("slurm", 2)
 
 
 def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
@@ -511,7 +543,7 @@ def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
       raise RuntimeError("no Job")
 
   assert clusters.ClusterEnv._cluster_types == [HalfThere]
-  assert train.detected_cluster() is None
+  assert distributed.detected_cluster() is None
 
 
 def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
@@ -544,18 +576,17 @@ def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
 
 
 def _scalar_train_state(optimizer_config, steps_per_epoch):
-  tx = train.create_optimizer(optimizer_config, 0.1, steps_per_epoch)
-  return train.TrainState.create(
+  tx = optimizers.create_optimizer(optimizer_config, 0.1, steps_per_epoch)
+  return steps.TrainState.create(
       apply_fn=None, params={"w": jnp.ones(2)}, tx=tx,
-      batch_stats={"mean": jnp.zeros(2)}, rng=jnp.zeros(2, jnp.uint32),
-      epoch_sums={})
+      batch_stats={"mean": jnp.zeros(2)}, rng=jnp.zeros(2, jnp.uint32))
 
 
 def _step_with_loss(state, loss, grad):
   new_state = state.apply_gradients(
       grads={"w": jnp.full(2, grad)}, value=jnp.float32(loss),
       batch_stats={"mean": state.batch_stats["mean"] + grad})
-  return train._drop_update_unless(jnp.isfinite(loss), new_state, state)
+  return steps._drop_update_unless(jnp.isfinite(loss), new_state, state)
 
 
 def test_skipping_a_nan_keeps_lcam_loss_statistics_of_the_new_epoch():
@@ -648,15 +679,15 @@ def _flat_momentum() -> optax.GradientTransformationExtraArgs:
 @pytest.mark.parametrize("tx", [optax.adabelief(0.1), _flat_momentum()],
                          ids=["adabelief", "flat_momentum"])
 def test_skipping_a_nan_keeps_any_optimizer_state_finite(tx):
-  state = train.TrainState.create(
+  state = steps.TrainState.create(
       apply_fn=None, params={"w": jnp.ones(2), "b": jnp.ones(3)}, tx=tx,
-      batch_stats={}, rng=jnp.zeros(2, jnp.uint32), epoch_sums={})
+      batch_stats={}, rng=jnp.zeros(2, jnp.uint32))
 
   def step(state, grad):
     new_state = state.apply_gradients(
         grads=jax.tree.map(lambda p: jnp.full_like(p, grad), state.params),
         value=jnp.float32(grad))
-    return train._drop_update_unless(jnp.isfinite(grad), new_state, state)
+    return steps._drop_update_unless(jnp.isfinite(grad), new_state, state)
 
   before_nan = step(state, 1.0)
   after_nan = step(before_nan, float("nan"))
@@ -842,18 +873,18 @@ def test_command_line_mistakes_are_one_error_line(tmp_path):
 # second checkpoint (in Orbax's background thread), or the metrics of step 4.
 _DISK_FULL_SCRIPT = """
 import errno, os, sys
-from train import checkpoints, main, metric_writers
+from train import checksums, main, metric_writers
 def full(path):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 if "{where}" == "checkpoint":
-  write = checkpoints.write_checksums
+  write = checksums.write
   saved = []
   def write_checksums(step_dir):
     saved.append(step_dir)
     if len(saved) > 1:
-      full(os.path.join(step_dir, checkpoints.CHECKSUMS_FILENAME))
+      full(os.path.join(step_dir, checksums.FILENAME))
     write(step_dir)
-  checkpoints.write_checksums = write_checksums
+  checksums.write = write_checksums
 else:
   write = metric_writers.MetricWriter.write
   def write_metrics(self, kind, step, metrics):

@@ -262,7 +262,7 @@ def host_device_count(batch_size: int, eval_batch_size: int,
   cores, WRN-10-1 at batch 128: 1.4x with 2 devices against one; see
   docs/benchmarks.md). Results do not depend on the device count. No more
   devices than cores, to be safe: runs with 4 (and once with 2) devices on 2
-  cores stopped in a cross-device sum, see `train.train.one_step_in_flight`.
+  cores stopped in a cross-device sum, see `train.steps.one_step_in_flight`.
 
   Args:
     batch_size: The global training batch size.

@@ -35,7 +35,7 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   if not os.path.isdir(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME)):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   config_lib.validate(config, jax.device_count())
-  run, state, _ = train.build_run(config, workdir, test_split=True)
+  run, state, _ = train.set_up_training(config, workdir, test_split=True)
   run.checkpointer.close()
   step = int(state.step)
   if not step:

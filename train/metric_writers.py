@@ -78,13 +78,11 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILENAME)
-    with open(path, "a+b") as f:  # A killed run may have left half a line.
-      if f.seek(0, os.SEEK_END) > 0:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":
-          f.write(b"\n")
-    self._file = open(path, "a", encoding="utf-8")
+    self._file = open(os.path.join(workdir, METRICS_FILENAME), "a+b")
+    if self._file.seek(0, os.SEEK_END) > 0:  # A killed run may have left
+      self._file.seek(-1, os.SEEK_END)  # half a line.
+      if self._file.read(1) != b"\n":
+        self._file.write(b"\n")
     if tensorboard:
       self._summary = _summary_writer(
           workdir, resume_step + 1 if resume_step else None)
@@ -97,7 +95,7 @@ class MetricWriter:
       raise ValueError("'kind' and 'step' are reserved for the record.")
     values = {name: _json_value(v) for name, v in metrics.items()}
     self._file.write(json.dumps({"kind": kind, "step": int(step), **values},
-                                allow_nan=False) + "\n")
+                                allow_nan=False).encode() + b"\n")
     self._file.flush()
     for name, value in metrics.items():
       if self._summary is not None and value is not None and not isinstance(

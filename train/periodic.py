@@ -1,45 +1,17 @@
-"""Helpers for the periodic work of the training loop.
+"""What the training loop shows and hears between steps.
 
-`Progress` shows an epoch's progress, `Throughput` is the loop's one measure
-of speed, and `StopOnSignals` turns Ctrl-C (SIGINT) and SIGTERM into a request
+`Progress` shows an epoch's progress (with the loss and the images per
+second), and `StopOnSignals` turns Ctrl-C (SIGINT) and SIGTERM into a request
 to stop once the step in flight is done.
 """
 
 import signal
 import sys
 import threading
-import time
 from typing import TextIO
 
 from rich import console as rich_console
 from rich import progress as rich_progress
-
-
-class Throughput:
-  """Images per second since `start` (the end of an epoch's first step).
-
-  The first step of an epoch may include compilation, so the clock starts
-  once it is done. The loop reads the rate when it fetches the step metrics,
-  which waits for the steps before, so the rate is the device's.
-  """
-
-  def __init__(self, batch_size: int):
-    self._batch_size = batch_size
-    self._start = None
-
-  def start(self, step: int) -> None:
-    self._start = (time.perf_counter(), step)
-
-  @property
-  def started(self) -> bool:
-    return self._start is not None
-
-  def images_per_sec(self, step: int) -> float | None:
-    """The rate up to ``step``; None before a step after the start."""
-    if self._start is None or step <= self._start[1]:
-      return None
-    elapsed = max(time.perf_counter() - self._start[0], 1e-9)
-    return (step - self._start[1]) * self._batch_size / elapsed
 
 
 def format_stats(stats: dict[str, float]) -> str:
