@@ -1055,3 +1055,25 @@ def test_random_phases_follow_the_epochs_probabilities_and_resume(tmp_path):
     for key in ("train_loss", "phase_below_fraction",
                 "loss_below_mean_fraction"):
       assert record[key] == straight[key], key
+
+
+def test_random_phases_are_drawn_from_the_runs_seed_unless_phase_seed_is_set():
+  config = tiny_config().optimizer
+  config.phases, config.below_probability = "random", (0.5,)
+
+  def draws(seed, phase_seed=None):
+    config.phase_seed = phase_seed
+    state = steps.TrainState.create(
+        apply_fn=None, params={"w": jnp.ones(2)},
+        tx=optimizers.create_optimizer(config, 0.1, 10, seed=seed),
+        batch_stats={}, rng=jnp.zeros(2, jnp.uint32))
+    below = []
+    for _ in range(40):
+      state = state.apply_gradients(grads={"w": jnp.ones(2)},
+                                    value=jnp.float32(1.0), batch_stats={})
+      below.append(bool(optax.tree_utils.tree_get(state.opt_state,
+                                                  "below_mean")))
+    return below
+
+  assert draws(seed=1) != draws(seed=2)
+  assert draws(seed=1, phase_seed=5) == draws(seed=2, phase_seed=5)

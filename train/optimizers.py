@@ -38,10 +38,11 @@ def below_probability_schedule(
       boundaries=[epoch * steps_per_epoch for epoch in range(1, len(values))])
 
 
-def _phase_options(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> dict[str, Any]:
+def _phase_options(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                   seed: int) -> dict[str, Any]:
   """The phase-rule arguments of `optax_lcam.lcam` and `loss_controlled`."""
-  return {"phases": config.phases, "phase_seed": config.phase_seed,
+  phase_seed = seed if config.phase_seed is None else config.phase_seed
+  return {"phases": config.phases, "phase_seed": phase_seed,
           "below_probability": below_probability_schedule(
               config.below_probability, steps_per_epoch)}
 
@@ -55,7 +56,8 @@ def _sgd(learning_rate, momentum, nesterov, weight_decay):
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate: optax.ScalarOrSchedule,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
+                     steps_per_epoch: int, seed: int = 0
+                     ) -> optax.GradientTransformation:
   """LCAM, SGD or AdamW, optionally with loss-controlled hyper-parameters.
 
   LCAM and SGD have coupled weight decay (added to the gradient), AdamW
@@ -64,14 +66,15 @@ def create_optimizer(config: ml_collections.ConfigDict,
   the running mean and another at or above it (`optax_lcam.loss_controlled`,
   with LCAM's rule options ``averaging``, ``ema_decay``, ``lag``,
   ``start_step``, ``phases``, ``below_probability`` (one value an epoch) and
-  ``phase_seed``). The loss given to the optimizer is already averaged over
-  all devices by the train step, so the optimizer needs no ``axis_name``.
+  ``phase_seed``, the run's ``seed`` when None). The loss given to the
+  optimizer is already averaged over all devices by the train step, so the
+  optimizer needs no ``axis_name``.
 
   Raises:
     ValueError: for a ``loss_control`` that cannot be used, or
       ``phases="random"`` without a loss-controlled optimizer.
   """
-  phase_options = _phase_options(config, steps_per_epoch)
+  phase_options = _phase_options(config, steps_per_epoch, seed)
   if config.name == "lcam":
     if config.loss_control:
       raise ValueError(

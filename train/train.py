@@ -85,7 +85,7 @@ def create_steps_and_state(config: ml_collections.ConfigDict,
         config.schedule, steps_per_epoch, config.num_epochs)
   with config_lib.as_config_errors("optimizer"):
     tx = optimizers.create_optimizer(config.optimizer, learning_rate,
-                                     steps_per_epoch)
+                                     steps_per_epoch, seed=config.seed)
   mean, std = data.normalization_stats(config.data.normalization, train_split)
   step_config = steps.StepConfig(
       model=model, learning_rate=learning_rate, mean=tuple(mean),

@@ -71,13 +71,14 @@ def _optimizer() -> ml_collections.ConfigDict:
   optimizer.lag = True
   optimizer.start_step = 0
   # "loss" (LCAM's rule) or "random": a placebo, each step's phase drawn,
-  # "below" with probability below_probability, from phase_seed and the step
-  # (for lcam, or sgd/adamw with loss_control).
+  # "below" with probability below_probability, from phase_seed (None: the
+  # run's seed, so seeds differ in their draws too) and the step (for lcam,
+  # or sgd/adamw with loss_control).
   optimizer.phases = "loss"
   # One probability an epoch; epochs past the tuple keep its last value, so
   # one value is a constant.
   optimizer.below_probability = (0.5,)
-  optimizer.phase_seed = 0
+  optimizer.phase_seed = config_dict.placeholder(int)
   optimizer.momentum = 0.9  # for "sgd"
   optimizer.nesterov = False
   optimizer.b1 = 0.9  # for "adamw"
