@@ -60,13 +60,15 @@ campaigns: venv
 	$(PY) -m pytest -q -m campaign $(ARGS)
 
 # The release check: an sdist and a wheel, both passed by twine, the wheel
-# holding optax_lcam, py.typed and the license only, and mypy on optax_lcam.
+# holding optax_lcam, py.typed and the license only, mypy on optax_lcam, and
+# ruff on the whole repository (its rules: pyproject.toml).
 package: $(VENV)/.release
 	rm -rf $(DIST)
 	$(PY) -m build -q --outdir $(DIST) .
 	$(PY) -m twine check --strict $(DIST)/*
 	$(PY) .ci/check_dist.py $(DIST)
 	$(PY) -m mypy
+	$(PY) -m ruff check .
 
 $(VENV)/.release: $(VENV)/.installed
 	$(PY) -m pip install -q $(PIP_FLAGS) -e ".[release]"

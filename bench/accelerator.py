@@ -34,6 +34,7 @@ are recorded in the report.
 import argparse
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import math
 import os
@@ -185,7 +186,7 @@ class PartWriter:
 
 def matmul_tflops(dtype_name: str, size: int, repeats: int,
                   chain: int) -> dict[str, Any]:
-  """TFLOP/s of ``chain`` dependent ``size``x``size`` products in one program."""
+  """TFLOP/s of ``chain`` dependent ``size``² products in one program."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -540,7 +541,7 @@ def summarize_loop(records: dict[str, list[dict[str, Any]]],
                 "train_loss": r.get("train_loss"),
                 "epoch_time_s": r.get("epoch_time_s")} for r in epochs]
   done = sorted(arrivals)
-  periods = [arrivals[b] - arrivals[a] for a, b in zip(done, done[1:])]
+  periods = [arrivals[b] - arrivals[a] for a, b in itertools.pairwise(done)]
   rates = [r["images_per_sec"] for r in train
            if r.get("images_per_sec") and r.get("epoch", 0) > 1]
   rates = rates or [r["images_per_sec"] for r in train
@@ -569,7 +570,8 @@ def summarize_loop(records: dict[str, list[dict[str, Any]]],
   return summary
 
 
-def _bare_images_per_s(model: dict[str, Any] | None, smoke: bool) -> float | None:
+def _bare_images_per_s(model: dict[str, Any] | None,
+                       smoke: bool) -> float | None:
   name = "wrn-10-1" if smoke else "wrn-28-10"
   for row in (model or {}).get("rows", []):
     if row.get("model") == name and row.get("dtype") == "bfloat16":
@@ -624,8 +626,8 @@ def format_markdown(report: dict[str, Any]) -> str:
   lines += ["", "## Machine", ""]
   for dtype, peak in machine.get("peak", {}).items():
     lines.append(f"- {dtype} matmul {peak['size']}x{peak['size']}: "
-                 f"{peak['tflops']:.3g} TFLOP/s (best of {peak['chain']}-product "
-                 "chains)")
+                 f"{peak['tflops']:.3g} TFLOP/s (best of "
+                 f"{peak['chain']}-product chains)")
   lines += ["", "## Model: the harness's train step", ""]
   model = report.get("model") or {}
   if model.get("rows"):
@@ -709,7 +711,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="leave XLA_FLAGS as inherited")
   parser.add_argument("--wheelhouse", default=WHEELHOUSE)
   # Internal: run one part in this process.
-  parser.add_argument("--part", choices=tuple(PARTS_RUN), help=argparse.SUPPRESS)
+  parser.add_argument("--part", choices=tuple(PARTS_RUN),
+                      help=argparse.SUPPRESS)
   parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.budget_s is None:

@@ -141,6 +141,7 @@ def damage(workdir: Path, rng: random.Random) -> str | None:
 def final_arrays(workdir: Path) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from train import checkpoints  # pylint: disable=g-import-not-at-top
   flat, _ = jax.tree_util.tree_flatten_with_path(
       checkpoints.load_state(str(workdir)))
@@ -212,7 +213,8 @@ def full_disk(root: Path, reference: dict,
     clean = (returncode == 1 and len(errors) == 1
              and "No space left" in errors[0] and not _problems(
                  returncode, stderr))
-    print(f"full disk: exit {returncode}; {errors[0] if errors else stderr[-2000:]}")
+    print(f"full disk: exit {returncode}; "
+          f"{errors[0] if errors else stderr[-2000:]}")
     shutil.copytree(disk / "run", root / "roomy")
   finally:
     subprocess.run(["umount", str(disk)], check=False)

@@ -18,7 +18,8 @@ interleaved:
 Prints, for each, the median time the save call blocks the caller and the
 median time until the checkpoint is complete on disk.
 
-  python bench/checkpoint_save.py [--repeats 3] [--devices 4] [--model wrn-28-10]
+  python bench/checkpoint_save.py [--repeats 3] [--devices 4]
+      [--model wrn-28-10]
 """
 
 import argparse
@@ -44,9 +45,10 @@ def main():
   os.environ.setdefault(
       "XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
   import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   import models  # pylint: disable=g-import-not-at-top
   from train import checkpoints  # pylint: disable=g-import-not-at-top
   from train import optimizers  # pylint: disable=g-import-not-at-top

@@ -45,6 +45,7 @@ def main():
     sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from bench import torch_wrn  # pylint: disable=g-import-not-at-top
   from train import config as config_lib  # pylint: disable=g-import-not-at-top
   from train import metric_writers  # pylint: disable=g-import-not-at-top

@@ -23,10 +23,10 @@ import time
 # The harness (models/, train/) is imported from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from train import data  # noqa: E402
+from train import data
 
 # The kit's copy in the checkout (.data/, see docs/benchmarks.md) or the
 # shared one.

@@ -25,13 +25,13 @@ from typing import Any
 # The harness (models/, train/) is imported from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-import models  # noqa: E402
-from train import data  # noqa: E402
-from train import train  # noqa: E402
-from train.configs import default  # noqa: E402
+import models
+from train import data
+from train import train
+from train.configs import default
 
 DTYPES = ("float32", "bfloat16")
 DEFAULT_MODELS = ("wrn-28-10", "wrn-16-8", "wrn-40-4", "wrn-16-4", "wrn-10-1")

@@ -22,12 +22,13 @@ import sys
 # The harness (models/, train/) is imported from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-import model_step  # noqa: E402  (bench/, next to this file)
-from train import data  # noqa: E402
-from train import train  # noqa: E402
+from train import data
+from train import train
+
+import model_step
 
 MIB = 2.0**20
 

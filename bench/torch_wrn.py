@@ -1,4 +1,4 @@
-"""The PyTorch peer of the benchmarks: the LCAM reference's Wide-ResNet and step.
+"""The PyTorch peer of the benchmarks: the reference's Wide-ResNet and step.
 
 Written here from the architecture (see ``models/wide_resnet.py``), not copied:
 pre-activation basic blocks, a 1x1 shortcut convolution on the activated input
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 
 class BasicBlock(nn.Module):
-  """BN -> ReLU -> 3x3 conv (stride s) -> BN -> ReLU -> 3x3 conv, plus shortcut."""
+  """BN, ReLU, 3x3 conv (stride s), BN, ReLU, 3x3 conv, plus the shortcut."""
 
   def __init__(self, in_channels: int, out_channels: int, stride: int):
     super().__init__()
@@ -50,7 +50,8 @@ class WideResNet(nn.Module):
     layers, in_channels = [], 16
     for width, stride in zip(widths, (1, 2, 2)):
       for index in range(blocks):
-        layers.append(BasicBlock(in_channels, width, stride if index == 0 else 1))
+        layers.append(
+            BasicBlock(in_channels, width, stride if index == 0 else 1))
         in_channels = width
     self.blocks = nn.Sequential(*layers)
     self.final_bn = nn.BatchNorm2d(in_channels)
@@ -77,7 +78,7 @@ def parse_model_name(name: str) -> tuple[int, int]:
 def make_train_step(model: nn.Module, *, lr: float = 0.1,
                     momentum: float = 0.9, weight_decay: float = 5e-4,
                     autocast_dtype=None):
-  """One SGD step (forward, loss, backward, update) on a batch; returns the loss."""
+  """One SGD step (forward, loss, backward, update); returns the loss."""
   optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
   device_type = next(model.parameters()).device.type

@@ -61,6 +61,7 @@ def main():
       "XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from train import data  # pylint: disable=g-import-not-at-top
   from train import metric_writers  # pylint: disable=g-import-not-at-top
   from train import train  # pylint: disable=g-import-not-at-top
@@ -85,7 +86,8 @@ def main():
   # already on the devices.
   split = data.load_split(config.data.source, "train")
   steps_per_epoch = data.steps_per_epoch(split.num_examples, args.batch, False)
-  parallel, bare_state = train.create_steps_and_state(config, split, steps_per_epoch)
+  parallel, bare_state = train.create_steps_and_state(config, split,
+                                                      steps_per_epoch)
   batch = parallel.put_batch(next(data.train_batches(
       split, args.batch, seed=0, epoch=0)))
   bare_state, metrics = parallel.train_step(bare_state, batch)

@@ -24,7 +24,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 project = "optax-lcam"
 author = "the optax-lcam authors"
-copyright = "2026, the optax-lcam authors"  # noqa: A001
+copyright = "2026, the optax-lcam authors"
 
 extensions = [
     "myst_nb",

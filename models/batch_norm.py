@@ -203,12 +203,12 @@ class BatchNorm(nn.Module):
       The normalised, scaled and shifted activations, of dtype ``dtype``.
     """
     channels = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (channels,), STATS_DTYPE)
-    bias = self.param('bias', nn.initializers.zeros, (channels,), STATS_DTYPE)
+    scale = self.param("scale", nn.initializers.ones, (channels,), STATS_DTYPE)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), STATS_DTYPE)
     running_mean = self.variable(
-        'batch_stats', 'mean', jnp.zeros, (channels,), STATS_DTYPE)
+        "batch_stats", "mean", jnp.zeros, (channels,), STATS_DTYPE)
     running_var = self.variable(
-        'batch_stats', 'var', jnp.ones, (channels,), STATS_DTYPE)
+        "batch_stats", "var", jnp.ones, (channels,), STATS_DTYPE)
     if use_running_average:
       mean, var = running_mean.value, running_var.value
     else:

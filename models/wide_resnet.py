@@ -49,11 +49,11 @@ PARAM_DTYPE = jnp.float32
 
 # Kaiming normal, fan_out, gain sqrt(2): PyTorch's
 # kaiming_normal_(mode='fan_out', nonlinearity='relu') used by the reference.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's default nn.Linear weight init: kaiming_uniform_(a=sqrt(5)),
 # i.e. uniform in +-1 / sqrt(fan_in).
 dense_kernel_init = nn.initializers.variance_scaling(
-    1.0 / 3.0, 'fan_in', 'uniform')
+    1.0 / 3.0, "fan_in", "uniform")
 # The reference zero-initialises the classifier bias.
 dense_bias_init = nn.initializers.zeros
 
@@ -80,9 +80,9 @@ def blocks_per_group(depth: int) -> int:
   if (isinstance(depth, bool) or not isinstance(depth, int)
       or depth < 10 or (depth - 4) % 6 != 0):
     raise ValueError(
-        f'Invalid Wide-ResNet depth {depth!r}: depth must be 6 * n + 4 with '
-        'n >= 1 blocks per group, so (depth - 4) must be a positive multiple '
-        'of 6 (10, 16, 22, 28, 34, 40, ...).')
+        f"Invalid Wide-ResNet depth {depth!r}: depth must be 6 * n + 4 with "
+        "n >= 1 blocks per group, so (depth - 4) must be a positive multiple "
+        "of 6 (10, 16, 22, 28, 34, 40, ...).")
   return (depth - 4) // 6
 
 
@@ -118,21 +118,21 @@ class BasicBlock(nn.Module):
         batch_norm.BatchNorm, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
     activated = nn.relu(
-        norm(name='bn1')(x, use_running_average=not train, mask=mask))
+        norm(name="bn1")(x, use_running_average=not train, mask=mask))
     if x.shape[-1] == self.features and self.strides == 1:
       shortcut = x
     else:
       shortcut = conv(self.features, (1, 1), strides=self.strides,
-                      padding=NO_PAD, name='shortcut_conv')(activated)
+                      padding=NO_PAD, name="shortcut_conv")(activated)
     y = conv(self.features, (3, 3), strides=self.strides, padding=PAD_ONE,
-             name='conv1')(activated)
-    y = nn.relu(norm(name='bn2')(y, use_running_average=not train, mask=mask))
+             name="conv1")(activated)
+    y = nn.relu(norm(name="bn2")(y, use_running_average=not train, mask=mask))
     if self.dropout_rate > 0.0:
       y = dropout.ExampleDropout(self.dropout_rate,
                                  axis_name=self.bn_axis_name)(
                                      y, deterministic=not train)
     y = conv(self.features, (3, 3), strides=1, padding=PAD_ONE,
-             name='conv2')(y)
+             name="conv2")(y)
     return shortcut + y
 
 
@@ -197,15 +197,15 @@ class WideResNet(nn.Module):
     if (isinstance(self.widen_factor, bool)
         or not isinstance(self.widen_factor, int) or self.widen_factor < 1):
       raise ValueError(
-          'widen_factor must be a positive integer, got '
-          f'{self.widen_factor!r}.')
+          "widen_factor must be a positive integer, got "
+          f"{self.widen_factor!r}.")
     if (isinstance(self.num_classes, bool)
         or not isinstance(self.num_classes, int) or self.num_classes < 1):
       raise ValueError(
-          f'num_classes must be a positive integer, got {self.num_classes!r}.')
+          f"num_classes must be a positive integer, got {self.num_classes!r}.")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(
-          f'dropout_rate must be in [0, 1), got {self.dropout_rate!r}.')
+          f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
     super().__post_init__()
 
   @nn.compact
@@ -238,24 +238,24 @@ class WideResNet(nn.Module):
         bn_epsilon=self.bn_epsilon)
     x = nn.Conv(16, (3, 3), strides=1, padding=PAD_ONE, use_bias=False,
                 dtype=self.dtype, param_dtype=PARAM_DTYPE,
-                kernel_init=conv_kernel_init, name='stem_conv')(images)
+                kernel_init=conv_kernel_init, name="stem_conv")(images)
     group_widths = (16 * self.widen_factor, 32 * self.widen_factor,
                     64 * self.widen_factor)
     group_strides = (1, 2, 2)
     for group, (width, stride) in enumerate(zip(group_widths, group_strides)):
       for index in range(blocks_per_group(self.depth)):
         x = block(features=width, strides=stride if index == 0 else 1,
-                  name=f'group{group + 1}_block{index + 1}')(
+                  name=f"group{group + 1}_block{index + 1}")(
                       x, train=train, mask=mask)
     x = batch_norm.BatchNorm(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        axis_name=self.bn_axis_name, name='final_bn')(
+        axis_name=self.bn_axis_name, name="final_bn")(
             x, use_running_average=not train, mask=mask)
     x = nn.relu(x)
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=jnp.float32,
                     param_dtype=PARAM_DTYPE, kernel_init=dense_kernel_init,
-                    bias_init=dense_bias_init, name='classifier')(features)
+                    bias_init=dense_bias_init, name="classifier")(features)
 
 
 WRN_28_10 = functools.partial(WideResNet, depth=28, widen_factor=10)
@@ -265,11 +265,11 @@ WRN_16_4 = functools.partial(WideResNet, depth=16, widen_factor=4)
 WRN_10_1 = functools.partial(WideResNet, depth=10, widen_factor=1)
 
 _VARIANTS = {
-    'wrn-28-10': WRN_28_10,
-    'wrn-16-8': WRN_16_8,
-    'wrn-40-4': WRN_40_4,
-    'wrn-16-4': WRN_16_4,
-    'wrn-10-1': WRN_10_1,
+    "wrn-28-10": WRN_28_10,
+    "wrn-16-8": WRN_16_8,
+    "wrn-40-4": WRN_40_4,
+    "wrn-16-4": WRN_16_4,
+    "wrn-10-1": WRN_10_1,
 }
 MODEL_NAMES = tuple(_VARIANTS)
 
@@ -287,7 +287,7 @@ def canonical_model_name(name: str) -> str:
     >>> canonical_model_name(' WRN_28_10 ')
     'wrn-28-10'
   """
-  return name.strip().lower().replace('_', '-')
+  return name.strip().lower().replace("_", "-")
 
 
 def create_model(name: str, num_classes: int, **overrides: Any) -> WideResNet:

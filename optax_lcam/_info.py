@@ -1,6 +1,6 @@
 """Reading LCAM's state out of any optax optimizer state, for logging."""
 
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import jax
 
@@ -120,7 +120,7 @@ class LossControlInfo(NamedTuple):
 
 
 def find_loss_control_state(
-    opt_state: Any) -> Union[ScaleByLCAMState, LossControlledState]:
+    opt_state: Any) -> ScaleByLCAMState | LossControlledState:
   """Finds the one LCAM or `loss_controlled` state inside an optimizer state.
 
   Args:

@@ -6,14 +6,13 @@ S. Zhao, D. Liu, C. M. Toptan and H. Liu, exact to the authors' reference code
 (repository ``hakumaicc/Asymmetric-Momentum-LCAM``).
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_lcam import _phase
-
 
 _MISSING_LOSS = (
     "LCAM chooses its momentum from the training loss: pass the mini-batch "
@@ -104,15 +103,15 @@ def scale_by_lcam(
     beta_below: jax.typing.ArrayLike = 0.9,
     beta_above: jax.typing.ArrayLike = 0.95,
     *,
-    steps_per_epoch: Optional[int] = None,
+    steps_per_epoch: int | None = None,
     beta_init: jax.typing.ArrayLike = 0.9,
     averaging: str = "epoch",
     ema_decay: jax.typing.ArrayLike = 0.99,
     lag: bool = True,
     start_step: int = 0,
     nesterov: bool = False,
-    accumulator_dtype: Optional[Any] = None,
-    axis_name: Optional[str] = None,
+    accumulator_dtype: Any | None = None,
+    axis_name: str | None = None,
     phases: str = "loss",
     below_probability: optax.ScalarOrSchedule = 0.5,
     phase_seed: int = 0,
@@ -250,9 +249,9 @@ def scale_by_lcam(
   def update_fn(
       updates: optax.Updates,
       state: ScaleByLCAMState,
-      params: Optional[optax.Params] = None,
+      params: optax.Params | None = None,
       *,
-      value: Optional[jax.typing.ArrayLike] = None,
+      value: jax.typing.ArrayLike | None = None,
       **extra_args,
   ) -> tuple[optax.Updates, ScaleByLCAMState]:
     del params, extra_args
@@ -279,15 +278,15 @@ def lcam(
     beta_above: jax.typing.ArrayLike = 0.95,
     *,
     weight_decay: float | jax.Array = 0.0,
-    steps_per_epoch: Optional[int] = None,
+    steps_per_epoch: int | None = None,
     beta_init: jax.typing.ArrayLike = 0.9,
     averaging: str = "epoch",
     ema_decay: jax.typing.ArrayLike = 0.99,
     lag: bool = True,
     start_step: int = 0,
     nesterov: bool = False,
-    accumulator_dtype: Optional[Any] = None,
-    axis_name: Optional[str] = None,
+    accumulator_dtype: Any | None = None,
+    axis_name: str | None = None,
     phases: str = "loss",
     below_probability: optax.ScalarOrSchedule = 0.5,
     phase_seed: int = 0,

@@ -8,7 +8,7 @@ the same rule to the hyper-parameters of any optimizer made by
 
 from collections.abc import Mapping
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +69,8 @@ def _check_value_dicts(below: Any, above: Any) -> tuple[str, ...]:
   for label, values in (("below", below), ("above", above)):
     for name, value in values.items():
       if callable(value) or isinstance(value, (bool, str)) or not (
-          isinstance(value, numbers.Number)
-          or isinstance(value, (np.ndarray, np.generic, jax.Array))):
+          isinstance(value, (numbers.Number, np.ndarray, np.generic,
+                             jax.Array))):
         raise TypeError(
             f"`{label}[{name!r}]` must be a number or an array, got "
             f"{value!r}. (A schedule cannot be a phase's value: schedule the "
@@ -154,12 +154,12 @@ def loss_controlled(
     below: Mapping[str, jax.typing.ArrayLike],
     above: Mapping[str, jax.typing.ArrayLike],
     *,
-    steps_per_epoch: Optional[int] = None,
+    steps_per_epoch: int | None = None,
     averaging: str = "epoch",
     ema_decay: jax.typing.ArrayLike = 0.99,
     lag: bool = True,
     start_step: int = 0,
-    axis_name: Optional[str] = None,
+    axis_name: str | None = None,
     phases: str = "loss",
     below_probability: optax.ScalarOrSchedule = 0.5,
     phase_seed: int = 0,
@@ -285,9 +285,9 @@ def loss_controlled(
   def update_fn(
       updates: optax.Updates,
       state: LossControlledState,
-      params: Optional[optax.Params] = None,
+      params: optax.Params | None = None,
       *,
-      value: Optional[jax.typing.ArrayLike] = None,
+      value: jax.typing.ArrayLike | None = None,
       **extra_args,
   ) -> tuple[optax.Updates, LossControlledState]:
     loss = _phase.loss_from_value(value, axis_name, _MISSING_LOSS)

@@ -1,10 +1,11 @@
 """Gradient accumulation that gives LCAM the mean loss of the micro-batches."""
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
 
 class MultiStepsMeanLossState(NamedTuple):
   """State of `multi_steps_with_mean_loss`.
@@ -84,9 +85,9 @@ def multi_steps_with_mean_loss(
   def update_fn(
       updates: optax.Updates,
       state: MultiStepsMeanLossState,
-      params: Optional[optax.Params] = None,
+      params: optax.Params | None = None,
       *,
-      value: Optional[jax.typing.ArrayLike] = None,
+      value: jax.typing.ArrayLike | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, MultiStepsMeanLossState]:
     if value is None:

@@ -14,7 +14,7 @@ whether the loss was below the mean is recorded beside the decision.
 """
 
 import numbers
-from typing import Any, NamedTuple, Optional, TypeGuard, Union
+from typing import Any, NamedTuple, TypeGuard
 
 import jax
 from jax import lax
@@ -91,7 +91,7 @@ class RandomPhaseState(NamedTuple):
   loss_below_mean: jax.Array
 
 
-PhaseState = Union[LossPhaseState, RandomPhaseState]
+PhaseState = LossPhaseState | RandomPhaseState
 
 
 class PhaseRule(NamedTuple):
@@ -100,12 +100,12 @@ class PhaseRule(NamedTuple):
   See `scale_by_lcam` for their meaning.
   """
 
-  steps_per_epoch: Optional[int] = None
+  steps_per_epoch: int | None = None
   averaging: str = "epoch"
   ema_decay: jax.typing.ArrayLike = 0.99
   lag: bool = True
   start_step: int = 0
-  axis_name: Optional[str] = None
+  axis_name: str | None = None
   phases: str = "loss"
   below_probability: optax.ScalarOrSchedule = 0.5
   phase_seed: jax.typing.ArrayLike = 0
@@ -194,7 +194,7 @@ def loss_below_mean_of(state: PhaseState) -> jax.Array:
   return state.below_mean
 
 
-def loss_from_value(value: Any, axis_name: Optional[str],
+def loss_from_value(value: Any, axis_name: str | None,
                     missing_message: str) -> jax.Array:
   """The step's loss as a float32 scalar, averaged over ``axis_name`` if set.
 

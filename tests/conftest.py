@@ -13,7 +13,8 @@ os.environ.setdefault(
 
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
@@ -24,7 +25,8 @@ jax.config.update("jax_disable_most_optimizations", True)
 # Hypothesis profiles (tests/test_properties.py): "ci", bounded and
 # reproducible, by default; "fuzz", long, with `--hypothesis-profile=fuzz`
 # (`make fuzz`; FUZZ_EXAMPLES sets its number of examples per property).
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 settings.register_profile(
     "ci", max_examples=200, derandomize=True, deadline=None, database=None,

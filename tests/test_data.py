@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 import tarfile
 import time
+import types
 import zipfile
 
 import jax
@@ -145,7 +146,7 @@ def test_synthetic_presets_and_errors():
   spec = data.synthetic_source.parse_synthetic_spec("cifar100,num_train=10")
   assert (spec.num_classes, spec.num_train, spec.num_test) == (100, 10, 10_000)
   assert data.synthetic_source.parse_synthetic_spec("").num_train == 50_000
-  with pytest.raises(data.DataError, match="unknown key 'size'.*num_train"):
+  with pytest.raises(data.DataError, match=r"unknown key 'size'.*num_train"):
     data.load_split("synthetic:size=3", "train")
   with pytest.raises(data.DataError, match="Unknown synthetic preset"):
     data.load_split("synthetic:imagenet", "train")
@@ -272,13 +273,13 @@ def test_real_cifar10_archive():
 
 
 def test_missing_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match="nowhere.tar.gz does not exist"):
+  with pytest.raises(FileNotFoundError, match=r"nowhere.tar.gz does not exist"):
     data.load_split(f"folder:{tmp_path / 'nowhere.tar.gz'}", "train")
 
 
 def test_file_that_is_not_an_archive(tmp_path):
   (tmp_path / "notes.txt").write_text("hello")
-  with pytest.raises(data.DataError, match="notes.txt is neither a folder"):
+  with pytest.raises(data.DataError, match=r"notes.txt is neither a folder"):
     data.load_split(f"folder:{tmp_path / 'notes.txt'}", "train")
 
 
@@ -286,7 +287,7 @@ def test_truncated_archive(tmp_path):
   _write_tree(tmp_path / "images")
   archive = _archive(tmp_path / "images", tmp_path / "images.tar.gz")
   archive.write_bytes(archive.read_bytes()[:-200])
-  with pytest.raises(data.DataError, match="images.tar.gz.*complete"):
+  with pytest.raises(data.DataError, match=r"images.tar.gz.*complete"):
     data.load_split(f"folder:{archive}", "train", cache_dir=tmp_path / "c")
 
 
@@ -324,7 +325,7 @@ def test_corrupt_image_is_named(tmp_path, archive_name):
   if archive_name:
     path = _archive(path, tmp_path / archive_name)
   with pytest.raises(data.DataError,
-                     match="Cannot decode the image .*test/dog/000.png"):
+                     match=r"Cannot decode the image .*test/dog/000.png"):
     data.load_split(f"folder:{path}", "train", cache_dir=tmp_path / "c")
 
 
@@ -368,7 +369,7 @@ class OptaxLcamTestImages(tfds.core.GeneratorBasedBuilder,
   """A tiny prepared TFDS dataset, written without TensorFlow."""
 
   VERSION = tfds.core.Version("1.0.0")
-  SIZES = {"train": 10, "test": 4}
+  SIZES = types.MappingProxyType({"train": 10, "test": 4})
 
   def _info(self):
     features = tfds.features.FeaturesDict({
@@ -466,7 +467,7 @@ def test_tfds_source_under_mock_data(tmp_path):
 
 
 def test_unknown_tfds_name():
-  with pytest.raises(data.DataError, match="Unknown TFDS dataset 'cifar1O'. "
+  with pytest.raises(data.DataError, match=r"Unknown TFDS dataset 'cifar1O'. "
                      "Did you mean cifar10"):
     data.load_split("tfds:cifar1O", "train")
 
@@ -602,11 +603,11 @@ def test_batch_size_not_divisible_by_processes_or_devices():
     data.train_batches(split, 10, seed=0, epoch=0, process_count=4)
   with pytest.raises(data.DataError, match="process_index must be in"):
     data.eval_batches(split, 8, process_index=2, process_count=2)
-  with pytest.raises(data.DataError, match="2 process.* x 8 device.* = 16"):
+  with pytest.raises(data.DataError, match=r"2 process.* x 8 device.* = 16"):
     data.check_global_batch_size(24, process_count=2, local_device_count=8)
   data.check_global_batch_size(32, process_count=2, local_device_count=8)
   batch = next(data.train_batches(split, 12, seed=0, epoch=0))
-  with pytest.raises(data.DataError, match="batch of 12 examples .* over 8 "
+  with pytest.raises(data.DataError, match=r"batch of 12 examples .* over 8 "
                      "devices"):
     data.shard_for_devices(batch, 8)
 
@@ -695,7 +696,7 @@ def test_normalize():
                         dtype=jnp.bfloat16).dtype == jnp.bfloat16
   grey = np.zeros((2, 4, 4, 1), np.uint8)
   assert data.normalize(grey, (0.5,), (0.25,)).shape == grey.shape
-  with pytest.raises(data.DataError, match="1 channel.*give 1 value"):
+  with pytest.raises(data.DataError, match=r"1 channel.*give 1 value"):
     data.normalize(grey, data.IMAGENET_MEAN, data.IMAGENET_STD)
 
 
@@ -719,7 +720,7 @@ def test_digest_of_file_is_computed_once_and_follows_changes(tmp_path,
   path.write_bytes(b"first")
   first = cache.digest_of_file(path)
   opened = []
-  monkeypatch.setattr(cache, "open", lambda *a: opened.append(a) or open(*a),
+  monkeypatch.setattr(cache, "open", lambda *a: opened.append(a) or open(*a),  # noqa: SIM115
                       raising=False)
   assert cache.digest_of_file(path) == first and not opened
   path.write_bytes(b"second")

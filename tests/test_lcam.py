@@ -5,9 +5,9 @@ import math
 
 import chex
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -71,7 +71,7 @@ def test_equal_betas_is_sgd_with_momentum(nesterov):
   key = jax.random.key(0)
   params = ref_params = _random_tree(key)
   state, ref_state = opt.init(params), ref.init(params)
-  for step in range(100):
+  for _ in range(100):
     key, gkey, lkey = jax.random.split(key, 3)
     grads = _random_tree(gkey)
     loss = jax.random.uniform(lkey) * 3
@@ -544,7 +544,7 @@ def test_epoch_mean_matches_float64_on_near_ties():
     info = optax_lcam.lcam_info(state)
     return state, (info.below_mean, info.mean_loss)
 
-  state, (below, means) = jax.jit(lambda s, l: jax.lax.scan(step, s, l))(
+  state, (below, means) = jax.jit(lambda s, x: jax.lax.scan(step, s, x))(
       opt.init(jnp.zeros(())), jnp.asarray(losses))
   np.testing.assert_array_equal(np.asarray(below), expected)
   # The mean lcam_info reports is the float64 mean, rounded to float32.
@@ -598,7 +598,7 @@ def _random_phases(num_steps, losses=None, **options):
     return state, (state.below_mean, state.loss_below_mean)
 
   _, (below, loss_below) = jax.jit(
-      lambda s, l: jax.lax.scan(step, s, l))(opt.init(jnp.zeros(())),
+      lambda s, x: jax.lax.scan(step, s, x))(opt.init(jnp.zeros(())),
                                              jnp.asarray(losses))
   return np.asarray(below), np.asarray(loss_below)
 

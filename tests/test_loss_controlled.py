@@ -5,17 +5,17 @@ import functools
 import chex
 from flax import nnx
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import optax_lcam
 from test_lcam import _pmap_train
 from test_lcam import _replicas_identical
 from test_lcam import numpy_phases
+
+import optax_lcam
 
 inject = optax.inject_hyperparams
 
@@ -49,7 +49,7 @@ def _train(opt, params, grads, losses):
     return (optax.apply_updates(params, updates), state), None
 
   (params, state), _ = jax.jit(
-      lambda p, s, g, l: jax.lax.scan(step, (p, s), (g, l)))(
+      lambda p, s, g, x: jax.lax.scan(step, (p, s), (g, x)))(
           params, opt.init(params), grads, losses)
   return params, state
 

@@ -60,9 +60,9 @@ def test_records_are_flushed_json_lines_that_read_metrics_returns(tmp_path):
 
 
 def test_kind_and_step_are_reserved(tmp_path):
-  with metric_writers.MetricWriter(str(tmp_path), tensorboard=False) as w:
-    with pytest.raises(ValueError, match="reserved"):
-      w.write("train", 1, {"step": 3})
+  with (metric_writers.MetricWriter(str(tmp_path), tensorboard=False) as w,
+        pytest.raises(ValueError, match="reserved")):
+    w.write("train", 1, {"step": 3})
 
 
 def test_read_metrics_keeps_the_last_record_of_a_step_and_sorts(tmp_path):
@@ -99,7 +99,7 @@ def test_a_truncated_line_is_skipped_and_a_resumed_writer_ends_it(tmp_path):
 
 
 def test_read_metrics_without_a_file_raises(tmp_path):
-  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+  with pytest.raises(FileNotFoundError, match=r"metrics.jsonl"):
     metric_writers.read_metrics(str(tmp_path))
 
 
@@ -133,9 +133,9 @@ def test_a_resumed_run_keeps_the_tensorboard_points_of_its_restart_step(
 def test_without_tensorboardx_only_metrics_jsonl_is_written(
     tmp_path, monkeypatch, caplog):
   monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
-  with caplog.at_level(logging.WARNING):
-    with metric_writers.MetricWriter(str(tmp_path)) as writer:
-      writer.write("train", 1, {"loss": 1.0})
+  with (caplog.at_level(logging.WARNING),
+        metric_writers.MetricWriter(str(tmp_path)) as writer):
+    writer.write("train", 1, {"loss": 1.0})
   assert [r.getMessage() for r in caplog.records] == [
       "tensorboardX is not installed: no TensorBoard events (metrics.jsonl "
       "has every metric)."]

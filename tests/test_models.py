@@ -1,7 +1,8 @@
 """Tests of models/: Wide-ResNets that match the LCAM reference network.
 
 Big models are only ever traced abstractly (``jax.eval_shape``); everything
-that runs uses WRN-10-1 (the smallest valid WRN) on 8x8 images, initialised once per module.
+that runs uses WRN-10-1 (the smallest valid WRN) on 8x8 images, initialised
+once per module.
 """
 
 import flax

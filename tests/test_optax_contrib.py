@@ -9,10 +9,11 @@ schedule wherever a signature allows one. Both optimizers take the loss as
 ``value``, so every step here passes it.
 """
 
+from collections.abc import Callable
 import functools
 import inspect
 import typing
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax

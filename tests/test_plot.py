@@ -289,7 +289,7 @@ def test_error_axis_labels_are_plain_decimals_without_an_offset(tmp_path):
   errors = [100 * (1 - a) for a in accuracies]
   assert low < min(errors) and max(errors) < high
   shown = _shown_y_ticks(error_axis)
-  assert len(shown) >= 3 and all(_is_plain_decimal(l) for _, l in shown)
+  assert len(shown) >= 3 and all(_is_plain_decimal(label) for _, label in shown)
   np.testing.assert_allclose([float(label) for _, label in shown],
                              [value for value, _ in shown], rtol=1e-9)
   assert not error_axis.yaxis.get_offset_text().get_text()

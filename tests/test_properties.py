@@ -51,12 +51,13 @@ full product under a profile with many more examples).
 """
 
 import collections
+from collections.abc import Callable
 import dataclasses
 import fractions
 import functools
 import itertools
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import hypothesis
 from hypothesis import strategies as st
@@ -116,7 +117,7 @@ class Options:
   averaging: str = "epoch"
   lag: bool = True
   nesterov: bool = False
-  accumulator_dtype: Optional[str] = None
+  accumulator_dtype: str | None = None
   steps_per_epoch: int = 4
   ema_decay: float = 0.99
   start_step: int = 0
@@ -146,10 +147,10 @@ class Phase(NamedTuple):
       (different) one, where the library may decide otherwise.
   """
 
-  below: Optional[bool]
-  exact_below: Optional[bool] = None
+  below: bool | None
+  exact_below: bool | None = None
   mean: Any = None
-  bound: Optional[float] = None
+  bound: float | None = None
   within_bound: bool = False
   excused: bool = False
 
@@ -316,7 +317,7 @@ class Static(NamedTuple):
   averaging: str
   lag: bool
   nesterov: bool
-  accumulator_dtype: Optional[str]
+  accumulator_dtype: str | None
   phases: str = "loss"
 
 
@@ -563,7 +564,7 @@ def check_phase_dtypes_and_shapes(phase, lead: tuple):
 
 
 def check_state_dtypes_and_shapes(lcam_state, spec_tree, options: Options,
-                                  num_steps: Optional[int]):
+                                  num_steps: int | None):
   """The documented dtypes and shapes of `ScaleByLCAMState`."""
   lead = () if num_steps is None else (num_steps,)
   check_phase_dtypes_and_shapes(lcam_state.loss_phase, lead)

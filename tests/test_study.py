@@ -26,7 +26,7 @@ SHIPPED = sorted(
     for path in glob.glob(os.path.join(REPO, "train", "studies", "*.py"))
     if not path.endswith("__init__.py"))
 
-TINY_STUDY = '''
+TINY_STUDY = """
 import ml_collections
 
 def get_study(with_broken_arm: str = ""):
@@ -39,7 +39,7 @@ def get_study(with_broken_arm: str = ""):
       "overrides": {"num_epochs": 1, "checkpoint_every_steps": 2},
       "arms": arms, "seeds": [0, 1], "baseline": "sgd",
       "targets": [0.05, 0.99]}, allow_dotted_keys=True)
-'''
+"""
 
 
 def _study(**fields) -> ml_collections.ConfigDict:
@@ -547,7 +547,7 @@ def test_families_select_their_winner_by_the_rule(tmp_path):
   assert "- sgd: sgd-b" in markdown and "ties: the first listed" in markdown
   study = study_lib.read_study(str(tmp_path))
   study.families = {"sgd": ["sgd-a", "nope"]}
-  with pytest.raises(study_lib.StudyError, match="unknown.*nope"):
+  with pytest.raises(study_lib.StudyError, match=r"unknown.*nope"):
     study_lib.check_statistics_fields(study)
 
 

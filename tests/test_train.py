@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import pytest
 from PIL import Image
+import pytest
 
 import models
 import optax_lcam
@@ -123,8 +123,8 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
   train_records = records["train"]
   assert train_records and {"loss", "learning_rate", "beta", "mean_loss",
                             "images_per_sec"} <= train_records[-1].keys()
-  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == (
-      "wrn-10-1")
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["name"] == "wrn-10-1"
   if importlib.util.find_spec("tensorboardX"):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert (tmp_path / "checkpoints").is_dir()
@@ -201,7 +201,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_falls_back(
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING and "checkpoint" in r.getMessage()]
+              if r.levelno == logging.WARNING
+              and "checkpoint" in r.getMessage()]
   assert len(warnings) == 1, warnings
   assert re.search(r"step 8 \(.*\) moved to .*corrupt/8; resuming from step "
                    r"6\.$", warnings[0]), warnings[0]
@@ -233,7 +234,8 @@ def test_a_checkpoint_without_checksums_is_used_with_a_warning(
   with caplog.at_level(logging.WARNING):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
-              if r.levelno == logging.WARNING and "checkpoint" in r.getMessage()]
+              if r.levelno == logging.WARNING
+              and "checkpoint" in r.getMessage()]
   assert len(warnings) == 1 and "step 6" in warnings[0] and (
       "no checksums" in warnings[0]), warnings
   assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
@@ -244,7 +246,8 @@ def test_a_newer_checksum_format_is_not_taken_for_damage(straight_run,
   shutil.copytree(straight_run / "checkpoints" / "8", tmp_path / "8")
   path = tmp_path / "8" / checksums.FILENAME
   path.write_text(json.dumps({**json.loads(path.read_text()), "version": 2}))
-  with pytest.raises(checkpoints.IncompatibleCheckpointError, match="version 2"):
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match="version 2"):
     checkpoints.verify_checksums(str(tmp_path / "8"))
 
 
@@ -400,7 +403,8 @@ def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
 def test_resuming_with_another_model_is_a_clear_error(straight_run, tmp_path):
   shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
-                     match=r"model.name: checkpoint 'wrn-10-1', this run 'wrn-16-4'"):
+                     match=r"model.name: checkpoint 'wrn-10-1', "
+                     r"this run 'wrn-16-4'"):
     train.train_and_evaluate(tiny_config(**{"model.name": "wrn-16-4"}),
                              str(tmp_path))
 
@@ -467,7 +471,8 @@ def test_two_processes_agree_with_one(straight_run, tmp_path):
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
              JAX_DISABLE_MOST_OPTIMIZATIONS="1")
   commands = [
-      [sys.executable, "-m", "train", "--config", str(REPO / "train/configs/tiny.py"),
+      [sys.executable, "-m", "train", "--config",
+       str(REPO / "train/configs/tiny.py"),
        "--workdir", str(tmp_path),
        f"--config.distributed.coordinator_address=127.0.0.1:{port}",
        "--config.distributed.num_processes=2",
@@ -771,12 +776,12 @@ def _files(folder) -> dict[str, tuple[int, int]]:
 
 
 def test_a_workdir_has_one_holder_at_a_time(tmp_path):
-  with workdir_lock.hold(str(tmp_path)):
-    with pytest.raises(workdir_lock.WorkdirBusyError,
-                       match=f"the workdir {tmp_path} is in use by another "
-                       f"run \\(pid {os.getpid()} on "):
-      with workdir_lock.hold(str(tmp_path)):
-        pass
+  with (workdir_lock.hold(str(tmp_path)),
+        pytest.raises(workdir_lock.WorkdirBusyError,
+                      match=f"the workdir {tmp_path} is in use by another "
+                      f"run \\(pid {os.getpid()} on "),
+        workdir_lock.hold(str(tmp_path))):
+    pass
   with workdir_lock.hold(str(tmp_path)):  # Released at the end of the first.
     pass
 
@@ -945,7 +950,7 @@ def test_validation_examples_are_held_out_and_evaluated(tmp_path):
   # The held-out examples are the same for any seed, and not trained on.
   full = data.load_split(config.data.source, "train")
   rest, held_out = data.hold_out(full, 64)
-  rest_seed1, held_out_seed1 = data.hold_out(full, 64)
+  _, held_out_seed1 = data.hold_out(full, 64)
   np.testing.assert_array_equal(held_out.images, held_out_seed1.images)
   trained = {bytes(image) for image in rest.images}
   assert not any(bytes(image) in trained for image in held_out.images)
@@ -959,7 +964,7 @@ def test_validation_examples_are_held_out_and_evaluated(tmp_path):
 
 @pytest.mark.parametrize("count", [-1, 256, 1000])
 def test_impossible_validation_examples_are_clear_errors(count, tmp_path):
-  with pytest.raises(ValueError, match="validation_examples|hold out"):
+  with pytest.raises(ValueError, match=r"validation_examples|hold out"):
     train.train_and_evaluate(
         tiny_config(**{"data.validation_examples": count}), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()

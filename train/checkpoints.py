@@ -76,7 +76,7 @@ def set_aside(step_dir: str) -> str:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any],
                      directory: str) -> None:
-  """Raises `IncompatibleCheckpointError` unless ``current`` can resume ``saved``.
+  """Raises `IncompatibleCheckpointError` unless ``current`` resumes ``saved``.
 
   Args:
     saved: A checkpoint's meta data: ``config`` and the run's facts.
@@ -330,7 +330,7 @@ def committed_steps(directory: str) -> list[int]:
 
 def _is_disk_full(error: BaseException | None) -> bool:
   while error is not None:
-    if (isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if ((isinstance(error, OSError) and error.errno == errno.ENOSPC)
         or "No space left on device" in str(error)):
       return True
     error = error.__cause__ or error.__context__

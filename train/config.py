@@ -8,12 +8,13 @@ saved. `NON_EXPERIMENT_FIELDS` and `RESUME_INVARIANT_FIELDS` name the fields
 that do not tell experiments apart and those a resumed run may not change.
 """
 
+from collections.abc import Mapping
 import contextlib
 import glob
 import json
 import os
 import runpy
-from typing import Any, Mapping
+from typing import Any
 
 from flax import traverse_util
 import jax
@@ -241,7 +242,8 @@ def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
   try:
     parsed = json.loads(text)
   except json.JSONDecodeError as e:
-    raise ValueError(f"loss_control={text!r} is not JSON ({e}); {example}.")
+    raise ValueError(
+        f"loss_control={text!r} is not JSON ({e}); {example}.") from None
   if not isinstance(parsed, dict) or not parsed or not all(
       isinstance(pair, list) and len(pair) == 2
       and all(isinstance(v, (int, float)) for v in pair)

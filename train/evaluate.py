@@ -3,7 +3,7 @@
 Loads the workdir's ``config.json`` and its latest checkpoint, evaluates
 every test example and prints one line, e.g.
 
-  step 1955 (epoch 5): test_loss 0.822108 test_accuracy 0.709400 (10000 examples)
+  step 391 (epoch 1): test_loss 0.822108 test_accuracy 0.709400 (10000 examples)
 
 Nothing in the workdir changes. To use the trained parameters elsewhere,
 see `train.checkpoints.load_variables`.

@@ -78,7 +78,8 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, METRICS_FILENAME), "a+b")
+    self._file = open(  # noqa: SIM115 (open for the run; close() closes it)
+        os.path.join(workdir, METRICS_FILENAME), "a+b")
     if self._file.seek(0, os.SEEK_END) > 0:  # A killed run may have left
       self._file.seek(-1, os.SEEK_END)  # half a line.
       if self._file.read(1) != b"\n":
@@ -161,6 +162,8 @@ def format_duration(seconds: float) -> str:
   """
   if not math.isfinite(seconds):
     return "?"
-  minutes, secs = divmod(int(round(seconds)), 60)
+  minutes, secs = divmod(round(float(seconds)), 60)
   hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes}:{secs:02d}"

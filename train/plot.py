@@ -10,16 +10,17 @@ caller's choice if given.
 
 The figure has three panels against epochs: test (or validation) error (%),
 mean training loss (log scale), and the fraction of each epoch's steps whose
-loss was below the epoch's running mean (LCAM's "below" phase). ``--table`` prints the final
-and best test accuracy of each group (mean ± std over seeds), as
+loss was below the epoch's running mean (LCAM's "below" phase). ``--table``
+prints the final and best test accuracy of each group (mean ± std over
+seeds), as
 `train.study_statistics.final_and_best` defines them.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping, Sequence
 import collections
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import json
 import os
@@ -195,7 +196,7 @@ def name_label(runs: Sequence[runs_lib.Run]) -> str:
   names = [run.name for run in runs]
   if len(names) == 1:
     return names[0]
-  common = os.path.commonprefix(names)
+  common = os.path.commonprefix(names)  # noqa: RUF071 (names, not paths)
   common = re.sub(r"[_\-.]+(seed|s)?$", "", common)
   return common if len(common) >= 2 else ",".join(names)
 

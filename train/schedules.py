@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the LCAM reference and its baselines, as optax schedules."""
+"""The learning-rate schedules of the LCAM reference and its baselines."""
 
 import jax.numpy as jnp
 import ml_collections
@@ -9,7 +9,7 @@ SCHEDULE_NAMES = ("step", "exponential", "cosine", "constant")
 
 def step_decay(learning_rate: float, boundaries_epochs, decay_factor: float,
                steps_per_epoch: int) -> optax.Schedule:
-  """Multiplies the rate by ``decay_factor`` after each epoch in ``boundaries_epochs``.
+  """The rate, x ``decay_factor`` after each epoch in ``boundaries_epochs``.
 
   Schedule A of the reference is ``step_decay(0.1, (31, 61, 91), 0.2, S)``:
   epochs 0-30 at 0.1, 31-60 at 0.02, 61-90 at 0.004, then 0.0008. A
@@ -26,13 +26,13 @@ def step_decay(learning_rate: float, boundaries_epochs, decay_factor: float,
                      f"decays on the same step ({steps} at {steps_per_epoch} "
                      "steps an epoch): space them further apart.")
   return optax.piecewise_constant_schedule(
-      learning_rate, {step: decay_factor for step in steps})
+      learning_rate, dict.fromkeys(steps, decay_factor))
 
 
 def constant_then_exponential(learning_rate: float, constant_epochs: int,
                               decay_per_step: float,
                               steps_per_epoch: int) -> optax.Schedule:
-  """Constant for ``constant_epochs``, then x ``decay_per_step`` before every step.
+  """Constant for ``constant_epochs``, then x ``decay_per_step`` every step.
 
   Schedule B of the reference: 0.1 for 31 epochs, then the first step of epoch
   31 already uses ``0.1 * 0.99985``.
@@ -66,7 +66,7 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict,
       decay of the step or exponential schedule.
   """
   total_steps = num_epochs * steps_per_epoch
-  warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+  warmup_steps = round(config.warmup_epochs * steps_per_epoch)
   first_decay_epoch = None  # of the step and exponential schedules
   if config.name == "step":
     main = step_decay(config.learning_rate, config.boundaries_epochs,

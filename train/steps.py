@@ -9,9 +9,10 @@ devices, and dropout masks are drawn per example of the global batch, so
 results do not depend on the device count (up to the order of float32 sums).
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from flax.training import train_state
 import jax
@@ -276,7 +277,7 @@ def one_step_in_flight(step: Callable) -> Callable:
 
 
 def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """The same host value on every device of ``sharding`` (several processes too)."""
+  """The same host value on every device of ``sharding`` (of every process)."""
   return jax.make_array_from_callback(value.shape, sharding,
                                       lambda index: value[index])
 

@@ -1,6 +1,7 @@
 """Studies: arms x seeds of training runs, run anywhere, and honest statistics.
 
-  python -m train.study run STUDY --workdir DIR [--workers N] [--arms A,B] [--seeds 0,1]
+  python -m train.study run STUDY --workdir DIR [--workers N] [--arms A,B]
+      [--seeds 0,1] [--retries K]
   python -m train.study commands STUDY --workdir DIR
   python -m train.study summarize DIR
 
@@ -37,11 +38,12 @@ other scheduler. ``summarize`` reads the runs and writes ``summary.md``,
 """
 
 import argparse
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 

@@ -11,9 +11,10 @@ one's spread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -22,6 +23,7 @@ from train import plot
 from train import runs as runs_lib
 from train import study as study_lib
 from train import study_statistics as statistics
+
 
 def _percent(value, digits=2) -> str:
   return "–" if value is None else f"{100 * value:.{digits}f}"

@@ -11,6 +11,7 @@ the same runs as shell commands for any other scheduler.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import contextlib
 import ctypes
 import os
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -165,7 +166,8 @@ def _start_run(command: list[str], path: str,
     if cores:
       os.sched_setaffinity(0, cores)
 
-  log = open(os.path.join(path, study_lib.LOG_FILENAME), "a", encoding="utf-8")
+  log = open(  # noqa: SIM115 (closed by the with below, once the run has it)
+      os.path.join(path, study_lib.LOG_FILENAME), "a", encoding="utf-8")
   with log:
     return subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT,

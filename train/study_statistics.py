@@ -10,8 +10,9 @@ higher is better (an accuracy). `train.study` reads a study's runs and calls
 these; `train.plot`'s table shows the same `final_and_best` summary.
 """
 
+from collections.abc import Mapping, Sequence
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats

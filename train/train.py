@@ -1,4 +1,4 @@
-"""Training and evaluation of Wide-ResNets with LCAM (or SGD) on CIFAR-sized data.
+"""Trains and evaluates Wide-ResNets with LCAM (or SGD) on CIFAR-sized data.
 
 `train_and_evaluate` sets a run up once (`set_up_training`: data, the steps
 of `train.steps` wrapped for the devices, checkpoints) and runs one loop over

@@ -1,1 +1,1 @@
-"""ml_collections config files for `python -m train --config train/configs/NAME.py`."""
+"""ml_collections configs: `python -m train --config train/configs/NAME.py`."""

@@ -1,7 +1,8 @@
 """The LCAM reference set-up: WRN-28-10 on CIFAR-10, batch 128, 150 epochs.
 
 Every other config starts from this one and changes a few fields. Any field
-can be overridden on the command line, e.g. `--config.optimizer.beta_below=0.93`.
+can be overridden on the command line, e.g.
+`--config.optimizer.beta_below=0.93`.
 """
 
 import ml_collections
@@ -49,7 +50,8 @@ def _data() -> ml_collections.ConfigDict:
   data.drop_remainder = False  # the reference keeps the last batch
   # > 0: hold this many training examples out of training (a fixed choice,
   # the same for every seed and optimizer) and evaluate them every epoch
-  # (val_loss, val_accuracy), e.g. to tune hyper-parameters without the test set.
+  # (val_loss, val_accuracy), e.g. to tune hyper-parameters without the test
+  # set.
   data.validation_examples = 0
   # Whether epochs evaluate the test split; False keeps a tuning study's runs
   # from ever seeing it (they evaluate the validation examples only).

@@ -1,4 +1,4 @@
-"""Baseline: SGD with Nesterov momentum 0.9 and cosine decay over the same 150 epochs.
+"""Baseline: SGD, Nesterov momentum 0.9, cosine decay over the same 150 epochs.
 
   --config train/configs/sgd_cosine.py[:cifar100]
 """

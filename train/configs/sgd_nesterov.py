@@ -1,4 +1,4 @@
-"""Baseline: SGD with Nesterov momentum 0.9 and schedule A (the WRN paper's optimizer).
+"""Baseline: SGD, Nesterov momentum 0.9 and schedule A (the WRN paper's).
 
   --config train/configs/sgd_nesterov.py[:cifar100]
 """

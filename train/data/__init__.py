@@ -43,8 +43,8 @@ from train.data.augmentation import crop_and_flip_parameters
 from train.data.augmentation import IMAGENET_MEAN
 from train.data.augmentation import IMAGENET_STD
 from train.data.augmentation import normalization_stats
-from train.data.augmentation import normalize
 from train.data.augmentation import NORMALIZATIONS
+from train.data.augmentation import normalize
 from train.data.batching import Batch
 from train.data.batching import check_global_batch_size
 from train.data.batching import epoch_permutation

@@ -6,13 +6,14 @@ global batch, so the result does not depend on how the batch is split over
 processes and devices.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.data.split import DataError, Split
+from train.data.split import DataError
+from train.data.split import Split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,11 +17,12 @@ images, label 0 and mask False, so that every step has the same shapes; the
 loss, the accuracy and the BatchNorm statistics must then use masked means.
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from train.data.split import DataError, Split
+from train.data.split import DataError
+from train.data.split import Split
 
 Batch = dict[str, np.ndarray]
 

@@ -7,13 +7,13 @@ changed input is decoded again, and it is written to a temporary file first and
 renamed into place, so an interrupted run never leaves a corrupt cache file.
 """
 
+from collections.abc import Mapping, Sequence
 import functools
 import hashlib
 import logging
 import os
 from pathlib import Path
 import tempfile
-from typing import Mapping, Sequence
 import zipfile
 
 import numpy as np

@@ -13,14 +13,15 @@ the archive (or, for a folder, of its image files' names, sizes and
 modification times), so a changed archive or folder is decoded again.
 """
 
+from collections.abc import Iterable, Iterator
 import dataclasses
 import io
 import logging
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from pathlib import PurePosixPath
 import re
 import tarfile
-from typing import Iterable, Iterator
 import zipfile
 import zlib
 
@@ -28,7 +29,9 @@ import numpy as np
 from PIL import Image
 
 from train.data import cache
-from train.data.split import DataError, DataNotFoundError, Split
+from train.data.split import DataError
+from train.data.split import DataNotFoundError
+from train.data.split import Split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Bump when the decoded arrays would change, so old cache files are not used.

@@ -3,7 +3,8 @@
 import os
 
 from train.data.folder_source import load_folder_split
-from train.data.split import DataError, Split
+from train.data.split import DataError
+from train.data.split import Split
 from train.data.synthetic_source import load_synthetic_split
 from train.data.tfds_source import load_tfds_split
 

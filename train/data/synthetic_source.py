@@ -21,7 +21,9 @@ import dataclasses
 
 import numpy as np
 
-from train.data.split import DataError, DataNotFoundError, Split
+from train.data.split import DataError
+from train.data.split import DataNotFoundError
+from train.data.split import Split
 
 
 @dataclasses.dataclass(frozen=True)

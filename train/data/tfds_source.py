@@ -28,7 +28,9 @@ import urllib.request
 import numpy as np
 
 from train.data import cache
-from train.data.split import DataError, DataNotFoundError, Split
+from train.data.split import DataError
+from train.data.split import DataNotFoundError
+from train.data.split import Split
 
 TFDS_CATALOG_URL = "https://www.tensorflow.org/datasets/catalog/overview"
 # How long to wait for the download host before declaring there is no network.
@@ -261,7 +263,7 @@ def _not_prepared_message(builder, name: str, problems) -> str:
       "format:\n"
       f"    tfds build {name} --data_dir=/tmp/tfds --file_format=array_record\n"
       "  or\n"
-      "    python -c \"import tensorflow_datasets as tfds; "
+      '    python -c "import tensorflow_datasets as tfds; '
       f"tfds.builder('{name}', data_dir='/tmp/tfds')"
       ".download_and_prepare(file_format='array_record')\"\n"
       f"then copy the folder /tmp/tfds/{name.split(':')[0].split('/')[0]} "
