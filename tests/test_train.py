@@ -130,19 +130,26 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
   assert (tmp_path / "checkpoints").is_dir()
 
 
+def _resume_and_compare(workdir, straight_run):
+  """Resumes the tiny run in ``workdir``; its arrays and epoch records must be
+  the uninterrupted run's. Returns the resumed run's epoch records."""
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  assert_same_arrays(final_arrays(workdir), final_arrays(straight_run))
+  epochs = metric_writers.read_metrics(workdir)["epoch"]
+  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
+  for resumed, straight in zip(epochs, straight_epochs, strict=True):
+    for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
+      assert resumed[key] == straight[key], key
+  return epochs
+
+
 def test_resume_mid_epoch_is_exact(straight_run, tmp_path):
   # 4 steps an epoch: stop after 1.5 epochs, then resume for the rest.
   train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   assert checkpoints.Checkpointer(str(tmp_path / "checkpoints"),
                                   tiny_config()).latest_step() == 6
   before_resume = _checkpoint_meta(tmp_path, 6)["epoch_elapsed_s"]
-  train.train_and_evaluate(tiny_config(), str(tmp_path))
-  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
-  epochs = metric_writers.read_metrics(tmp_path)["epoch"]
-  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
-  for resumed, straight in zip(epochs, straight_epochs, strict=True):
-    for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
-      assert resumed[key] == straight[key], key
+  epochs = _resume_and_compare(tmp_path, straight_run)
   # The resumed epoch's time includes the part before the interruption.
   assert 0 < before_resume < epochs[1]["epoch_time_s"]
 
@@ -269,13 +276,7 @@ def test_a_checkpoint_with_the_epoch_sums_in_its_state_resumes(straight_run,
         state=ocp.args.PyTreeSave(jax.tree.map(
             jnp.asarray, {**state, "epoch_sums": sums})),
         meta=ocp.args.JsonSave(meta)))
-  train.train_and_evaluate(tiny_config(), str(tmp_path))
-  assert_same_arrays(final_arrays(tmp_path), final_arrays(straight_run))
-  epochs = metric_writers.read_metrics(tmp_path)["epoch"]
-  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
-  for resumed, straight in zip(epochs, straight_epochs, strict=True):
-    for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
-      assert resumed[key] == straight[key], key
+  _resume_and_compare(tmp_path, straight_run)
 
 
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
