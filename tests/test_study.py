@@ -1,6 +1,7 @@
 """Tests of train.study: definitions, pending runs, the pool, the statistics."""
 
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -791,3 +792,22 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
     assert arm["n"] == 3
     assert arm["provenance"]["restarts"] == [0, 0, 0]
     assert arm["provenance"]["commits"]  # Each run recorded its checkout.
+
+
+def test_lcam_confirm_holds_stage_ones_derivation():
+  """Stage 2's literals are what `derive()` reads from the committed stage 1."""
+  path = os.path.join(REPO, "train", "studies", "lcam_confirm.py")
+  spec = importlib.util.spec_from_file_location("lcam_confirm", path)
+  confirm = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(confirm)
+  derived = confirm.derive()
+  assert derived["sgd"] == confirm.SGD and derived["lcam"] == confirm.LCAM
+  np.testing.assert_allclose(confirm.BELOW_FRACTIONS,
+                             derived["below_fractions"], atol=5e-5)
+  assert pytest.approx(
+      derived["mean_step_momentum"], abs=5e-5) == confirm.MEAN_STEP_MOMENTUM
+  arms = confirm.get_study().arms
+  assert arms["c-sgd-mean-step"]["optimizer.momentum"] == (
+      confirm.MEAN_STEP_MOMENTUM)
+  assert arms["e-lcam-8-epochs"]["schedule.boundaries_epochs"] == (
+      1.6, 3.2, 4.8)
