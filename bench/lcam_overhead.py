@@ -22,8 +22,13 @@ of a constant learning rate.
 
 import argparse
 import math
+import os
 import statistics
+import sys
 import time
+
+# The models are imported from the checkout, as in the other benchmarks.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp

@@ -239,6 +239,23 @@ def scale_by_lcam(
   if accumulator_dtype is not None:
     accumulator_dtype = jnp.dtype(accumulator_dtype)
 
+  betas_are_constants = all(map(_phase.is_concrete_number,
+                                 (beta_below, beta_above, beta_init)))
+
+  def pending_beta(state: ScaleByLCAMState, initial_beta: jax.Array):
+    """The beta decided at the last step: ``state.beta``.
+
+    With betas known when the optimizer is built, it is chosen again from the
+    state's phase flags. The update then multiplies by a selection among
+    constants, which XLA's CPU code vectorizes; it does not vectorize a
+    multiplication by a float read from the state on leaves of odd length.
+    The value is the same: ``state.beta`` was chosen from these flags.
+    """
+    if not betas_are_constants:
+      return state.beta
+    return _phase.phase_values(state.loss_phase, beta_below, beta_above,
+                               undecided=initial_beta)
+
   def init_fn(params: optax.Params) -> ScaleByLCAMState:
     return ScaleByLCAMState(
         momentum=optax.tree.zeros_like(params, dtype=accumulator_dtype),
@@ -260,7 +277,8 @@ def scale_by_lcam(
     initial_beta = jnp.asarray(beta_init, _phase.STATS_DTYPE)
     new_beta = _phase.phase_values(loss_phase, beta_below, beta_above,
                                    undecided=initial_beta)
-    beta = _phase.values_in_force(state.loss_phase.phase_step, state.beta,
+    beta = _phase.values_in_force(state.loss_phase.phase_step,
+                                  pending_beta(state, initial_beta),
                                   new_beta, initial_beta, rule)
     directions, momentum = _heavy_ball(updates, state.momentum, beta,
                                        nesterov, accumulator_dtype)

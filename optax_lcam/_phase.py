@@ -420,7 +420,11 @@ def values_in_force(step: jax.Array, pending: Any, decided: Any, initial: Any,
     and ``decided`` without it; cast like ``initial``.
   """
   chosen = pending if rule.lag else decided
-  return jax.tree.map(
-      lambda c, i: jnp.where(step < rule.start_step, i, c).astype(
-          jnp.result_type(i)),
-      chosen, initial)
+  def in_force(c, i):
+    # A step is never below 0; comparing it with 0 would put an integer into
+    # the caller's element-wise loops, which XLA's CPU code then does not
+    # vectorize.
+    if not (is_concrete_number(rule.start_step) and rule.start_step == 0):
+      c = jnp.where(step < rule.start_step, i, c)
+    return jnp.asarray(c).astype(jnp.result_type(i))
+  return jax.tree.map(in_force, chosen, initial)

@@ -2,7 +2,9 @@
 and the vmap case (several seeds in one program)."""
 
 import importlib.util
+import os
 from pathlib import Path
+import subprocess
 import sys
 
 import pytest
@@ -49,3 +51,16 @@ def test_vmapped_seeds_follow_their_own_losses():
     stacked, state = step(stacked, state, grads, bench.seed_losses(i, 2))
   below = state[1].below_mean
   assert below.shape == (2,) and bool(below[0]) != bool(below[1])
+
+
+def test_runs_as_a_script_from_any_directory(tmp_path):
+  """`python bench/lcam_overhead.py`, as the docs give it, finds the models
+  without PYTHONPATH or an installed checkout."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run(
+      [sys.executable, str(BENCH), "--tree", "equal", "--leaves", "2",
+       "--leaf-size", "3", "--repeats", "1", "--steps", "1"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "x sgd+momentum" in result.stdout
