@@ -276,6 +276,9 @@ def loss_controlled(
   below = {name: below[name] for name in names}
   above = {name: above[name] for name in names}
 
+  values_are_constants = all(
+      map(_phase.is_concrete_number, [*below.values(), *above.values()]))
+
   def init_fn(params: optax.Params) -> LossControlledState:
     inner_state = inner.init(params)
     _check_controllable(inner_state, names, static, below, above)
@@ -297,6 +300,13 @@ def loss_controlled(
     # Until the values decided for step start_step are stored (after step
     # start_step - 1), the state holds the inner's own values.
     pending = {name: injected.hyperparams[name] for name in names}
+    if values_are_constants and rule.start_step == 0:
+      # The same values, chosen again among constants by the phase flags,
+      # so that XLA's CPU code vectorizes the inner's update (see
+      # `scale_by_lcam`). With start_step == 0, the state holds the values
+      # decided at the last step, or the inner's own before any decision.
+      pending = _phase.phase_values(state.loss_phase, below, above,
+                                    undecided=pending)
     decided = _phase.phase_values(loss_phase, below, above, undecided=pending)
     used = _phase.values_in_force(step, pending, decided, pending, rule)
     updates, injected = inner.update(

@@ -303,16 +303,31 @@ def _elementwise_fusions(hlo_text: str, shape: str) -> list[str]:
   return [params for params, result in computations if result == shape]
 
 
+def _loss_controlled_sgd():
+  sgd = optax.inject_hyperparams(optax.sgd, static_args=("learning_rate",))(
+      0.1, momentum=0.9)
+  return optax.chain(
+      optax.add_decayed_weights(5e-4),
+      optax_lcam.loss_controlled(sgd, below={"momentum": 0.95},
+                                 above={"momentum": 0.9}, steps_per_epoch=10))
+
+
 @pytest.mark.parametrize("leaf_size", [1001, 1000])
-def test_momentum_update_multiplies_by_constants(leaf_size):
+@pytest.mark.parametrize("make_optimizer", [
+    lambda: optax_lcam.lcam(0.1, 0.95, 0.9, weight_decay=5e-4,
+                            steps_per_epoch=10),
+    _loss_controlled_sgd], ids=["lcam", "loss_controlled"])
+def test_momentum_update_multiplies_by_constants(make_optimizer, leaf_size):
   """The compiled update chooses its beta among constants, by the state's
-  phase flags: no float scalar enters the element-wise loop.
+  phase flags (boolean scalars) inside the element-wise loop.
 
   XLA's CPU code does not vectorize a loop that multiplies by a float scalar
   read from memory, on 1-D leaves of odd length (bench/lcam_overhead.py
-  --tree equal measured 1.5 times SGD's step); with constants it does."""
-  opt = optax_lcam.lcam(0.1, 0.95, 0.9, weight_decay=5e-4,
-                        steps_per_epoch=10)
+  --tree equal measured 1.5 times SGD's step). Given a choice by flags, LLVM
+  makes one loop per choice, each multiplying by a constant. LCAM's loop
+  reads no float scalar; `loss_controlled`'s reads the inner's own value,
+  which only the undecided first step uses."""
+  opt = make_optimizer()
   params = {"w": jnp.ones(leaf_size)}
   state = opt.init(params)
 
@@ -323,9 +338,9 @@ def test_momentum_update_multiplies_by_constants(leaf_size):
   hlo = jax.jit(step, donate_argnums=(0, 1)).lower(
       params, state, 1.0).compile().as_text()
   fusions = _elementwise_fusions(hlo, f"f32[{leaf_size}]")
-  assert fusions, hlo
-  for fusion_parameters in fusions:
-    assert "f32[]" not in fusion_parameters, hlo
+  assert any("pred[]" in parameters for parameters in fusions), hlo
+  for parameters in fusions:
+    assert "f32[]" not in parameters or "pred[]" in parameters, hlo
 
 
 def test_beta_in_force_follows_the_phase_flags_and_injected_betas_the_state():
