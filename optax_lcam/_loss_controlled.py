@@ -300,7 +300,7 @@ def loss_controlled(
     # Until the values decided for step start_step are stored (after step
     # start_step - 1), the state holds the inner's own values.
     pending = {name: injected.hyperparams[name] for name in names}
-    if values_are_constants and rule.start_step == 0:
+    if values_are_constants and _phase.starts_at_first_step(rule):
       # The same values, chosen again among constants by the phase flags,
       # so that XLA's CPU code vectorizes the inner's update (see
       # `scale_by_lcam`). With start_step == 0, the state holds the values

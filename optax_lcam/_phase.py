@@ -116,6 +116,11 @@ def is_concrete_number(x: Any) -> TypeGuard[float]:
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def starts_at_first_step(rule: PhaseRule) -> bool:
+  """Whether ``rule.start_step`` is known, when tracing, to be 0."""
+  return is_concrete_number(rule.start_step) and rule.start_step == 0
+
+
 def validate_rule(rule: PhaseRule) -> None:
   """Raises a ValueError for options of the rule that cannot work.
 
@@ -424,7 +429,7 @@ def values_in_force(step: jax.Array, pending: Any, decided: Any, initial: Any,
     # A step is never below 0; comparing it with 0 would put an integer into
     # the caller's element-wise loops, which XLA's CPU code then does not
     # vectorize.
-    if not (is_concrete_number(rule.start_step) and rule.start_step == 0):
+    if not starts_at_first_step(rule):
       c = jnp.where(step < rule.start_step, i, c)
     return jnp.asarray(c).astype(jnp.result_type(i))
   return jax.tree.map(in_force, chosen, initial)
