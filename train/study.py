@@ -198,14 +198,29 @@ def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
 
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
-  """What a run's workdir says about it."""
+  """What a run's workdir says about it.
+
+  Attributes:
+    arm, seed: the run's place in the study.
+    path: its workdir (`run_dir`).
+    run: what the workdir holds, read once (`train.runs.load_run`); no
+      epochs before the run writes its ``metrics.jsonl``.
+    failure: the tail of the log of a failed attempt, if any.
+  """
 
   arm: str
   seed: int
   path: str
-  epochs_done: int
-  num_epochs: int | None
-  failure: str | None  # the tail of the log of a failed attempt
+  run: runs_lib.Run
+  failure: str | None
+
+  @property
+  def epochs_done(self) -> int:
+    return max((int(r["epoch"]) for r in self.run.epochs), default=0)
+
+  @property
+  def num_epochs(self) -> int | None:
+    return self.run.config.get("num_epochs")
 
   @property
   def finished(self) -> bool:
@@ -215,18 +230,17 @@ class RunStatus:
 def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
   """Reads the state of one (arm, seed) of the study in ``workdir``."""
   path = run_dir(workdir, arm, seed)
-  num_epochs = runs_lib.read_config(path).get("num_epochs")
   try:
-    epochs = runs_lib.load_run(path).epochs
+    run = runs_lib.load_run(path)
   except runs_lib.NotARunError:
-    epochs = ()
-  epochs_done = max((int(r["epoch"]) for r in epochs), default=0)
+    run = runs_lib.Run(path=path, name=os.path.basename(path),
+                       config=runs_lib.read_config(path))
   failure = None
   failure_file = os.path.join(path, FAILURE_FILENAME)
   if os.path.isfile(failure_file):
     with open(failure_file, encoding="utf-8") as f:
       failure = f.read()
-  return RunStatus(arm, seed, path, epochs_done, num_epochs, failure)
+  return RunStatus(arm, seed, path, run, failure)
 
 
 def study_runs(study: ml_collections.ConfigDict, workdir: str,

@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 
 from train import plot
-from train import runs as runs_lib
 from train import study as study_lib
 from train import study_statistics as statistics
 
@@ -243,9 +242,8 @@ def summarize(workdir: str, baseline: str | None = None,
             for s in statuses if not s.finished and s.failure]
   for status in statuses:
     if status.finished:
-      run = runs_lib.load_run(status.path)
-      if np.isfinite(statistics.final(run, metric)):
-        finished[status.arm].append(run)
+      if np.isfinite(statistics.final(status.run, metric)):
+        finished[status.arm].append(status.run)
       else:
         failed.append({"arm": status.arm, "seed": status.seed,
                        "reason": f"final {metric} is null or NaN",
