@@ -163,8 +163,8 @@ def latest_records(records: list[dict]) -> dict[str, list[dict]]:
     if record["kind"] == "epoch" and record.get("epoch") is not None:
       position = record["epoch"]
     latest[record["kind"]][position] = record
-  return {kind: [records[p] for p in sorted(records)]
-          for kind, records in latest.items()}
+  return {kind: [by_position[p] for p in sorted(by_position)]
+          for kind, by_position in latest.items()}
 
 
 def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:

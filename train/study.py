@@ -198,21 +198,13 @@ def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
 
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
-  """What a run's workdir says about it.
-
-  Attributes:
-    arm, seed: the run's place in the study.
-    path: its workdir (`run_dir`).
-    run: what the workdir holds, read once (`train.runs.load_run`); no
-      epochs before the run writes its ``metrics.jsonl``.
-    failure: the tail of the log of a failed attempt, if any.
-  """
+  """What a run's workdir says about it."""
 
   arm: str
   seed: int
   path: str
-  run: runs_lib.Run
-  failure: str | None
+  run: runs_lib.Run  # read once; without epochs before its metrics.jsonl
+  failure: str | None  # the tail of the log of a failed attempt
 
   @property
   def epochs_done(self) -> int:
@@ -247,14 +239,19 @@ def study_runs(study: ml_collections.ConfigDict, workdir: str,
                arms: Sequence[str] | None = None,
                seeds: Sequence[int] | None = None) -> list[RunStatus]:
   """The runs of the study, seed by seed (all arms of a seed, then the next)."""
-  arms = list(study.arms) if arms is None else list(arms)
+  arms = select_arms(study.arms, arms)
   seeds = list(study.seeds) if seeds is None else list(seeds)
-  unknown = [arm for arm in arms if arm not in study.arms]
-  if unknown:
-    raise StudyError(f"Unknown arm(s) {unknown}: the study has "
-                     f"{list(study.arms)}.")
   return [read_run_status(workdir, arm, seed) for seed in seeds
           for arm in arms]
+
+
+def select_arms(known: Sequence[str], arms: Sequence[str] | None) -> list[str]:
+  """``arms``, or all ``known`` arms when None; an unknown one is an error."""
+  arms = list(known) if arms is None else list(arms)
+  unknown = [arm for arm in arms if arm not in known]
+  if unknown:
+    raise StudyError(f"Unknown arm(s) {unknown}: the study has {list(known)}.")
+  return arms
 
 
 def save_study(study: ml_collections.ConfigDict, workdir: str) -> None:

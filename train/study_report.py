@@ -282,13 +282,13 @@ def summarize(workdir: str, baseline: str | None = None,
   }, finished
 
 
-def write_summary(workdir: str, baseline: str | None = None) -> str:
+def write_summary(workdir: str) -> str:
   """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
 
   Returns:
     The contents of ``summary.md``.
   """
-  summary, finished = summarize(workdir, baseline)
+  summary, finished = summarize(workdir)
   summary = statistics.json_safe(summary)
   with open(os.path.join(workdir, "summary.json"), "w",
             encoding="utf-8") as f:
@@ -318,11 +318,7 @@ def power_plan(workdir: str, margin: float, test: str,
   """
   summary, _ = summarize(workdir)
   metric = summary["metric"]
-  arms = list(summary["arms"]) if arms is None else list(arms)
-  unknown = [arm for arm in arms if arm not in summary["arms"]]
-  if unknown:
-    raise study_lib.StudyError(f"Unknown arm(s) {unknown}: the study has "
-                               f"{list(summary['arms'])}.")
+  arms = study_lib.select_arms(summary["arms"], arms)
   if not margin > 0:
     raise study_lib.StudyError(f"--margin must be above 0, got {margin}.")
   lines, squares, dfs = [], 0.0, 0
