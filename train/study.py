@@ -101,8 +101,12 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
   return study
 
 
-def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
+def check_statistics_fields(
+    study: ml_collections.ConfigDict) -> tuple[str, str, float | None]:
   """Checks ``metric``, ``comparisons``, ``primary_test``, margin, families.
+
+  Returns:
+    ``(metric, primary_test, equivalence_margin)``, with their defaults.
 
   Raises:
     StudyError: naming the field and what it should be.
@@ -126,16 +130,16 @@ def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
       raise StudyError(f"The study's family {family!r} must list arms of "
                        f"{list(study.arms)}; unknown: {unknown or 'none'}.")
   comparisons = study.get("comparisons")
-  if comparisons is None:
-    return
-  if not isinstance(comparisons, (list, tuple)) or not comparisons:
+  if comparisons is not None and (
+      not isinstance(comparisons, (list, tuple)) or not comparisons):
     raise StudyError(f"The study's comparisons must be a non-empty list of "
                      f"[arm, against] pairs, got {comparisons!r}.")
-  for pair in comparisons:
+  for pair in comparisons or ():
     if (not isinstance(pair, (list, tuple)) or len(pair) != 2
         or any(arm not in study.arms for arm in pair) or pair[0] == pair[1]):
       raise StudyError(f"Bad comparison {pair!r}: each is [arm, against], two "
                        f"different arms of {list(study.arms)}.")
+  return metric, primary_test, margin
 
 
 def run_overrides(study: ml_collections.ConfigDict, arm: str,

@@ -230,11 +230,8 @@ def summarize(workdir: str, baseline: str | None = None,
     study.comparisons = [list(pair) for pair in compare]
   if margin is not None:
     study.equivalence_margin = margin
-  study_lib.check_statistics_fields(study)
+  metric, primary_test, margin = study_lib.check_statistics_fields(study)
   pairs = comparison_pairs(study, baseline)
-  metric = study.get("metric", study_lib.DEFAULT_METRIC)
-  primary_test = study.get("primary_test", study_lib.DEFAULT_PRIMARY_TEST)
-  margin = study.get("equivalence_margin")
   statuses = study_lib.study_runs(study, workdir)
   finished = {arm: [] for arm in study.arms}
   failed = [{"arm": s.arm, "seed": s.seed,
