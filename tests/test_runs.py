@@ -73,11 +73,11 @@ def test_load_runs_drops_repeats_and_runs_without_an_epoch(tmp_path):
     runs.load_runs([done], ["a", "b"])
 
 
-def test_run_records_counts_every_start(tmp_path):
+def test_a_run_holds_every_start(tmp_path):
   start = {"kind": "run", "step": 0, "commit": "abc"}
   workdir = _make_run(tmp_path, "run", None, [start, _epoch(1, 0.5), start])
   with open(workdir / metric_writers.METRICS_FILENAME, "a") as f:
     f.write('{"kind": "run", "ste')  # A killed run's last line.
-  assert runs.run_records(workdir) == [start, start]
-  assert len(runs.load_run(workdir).starts) == 1  # One per step.
-  assert runs.run_records(tmp_path / "missing") == []
+  run = runs.load_run(workdir)
+  assert list(run.all_starts) == [start, start]
+  assert len(run.starts) == 1  # One per step.

@@ -112,14 +112,6 @@ def _global_array(x: Any) -> Any:
       x.shape, sharding, [shard.data for shard in x.addressable_shards])
 
 
-def abstract_state(state: Any) -> Any:
-  """``state`` as shapes, dtypes and shardings, to restore into."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=getattr(x, "sharding", None)),
-      state)
-
-
 class Checkpointer:
   """Saves the train state in ``directory`` and restores the latest one.
 
@@ -190,7 +182,8 @@ class Checkpointer:
         arrays do not fit ``state``.
       DamagedCheckpointError: no checkpoint is intact.
     """
-    target = abstract_state(state)
+    # Shapes, dtypes and shardings to restore into.
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     damaged = []
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
@@ -321,20 +314,14 @@ def _summary(error: Exception, length: int = 100) -> str:
 
 def committed_steps(directory: str) -> list[int]:
   """The steps of the complete checkpoints in ``directory``, ascending."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit()
-                and os.path.isdir(os.path.join(directory, name)))
+  return sorted(ocp.utils.checkpoint_steps(directory))
 
 
-def _is_disk_full(error: BaseException | None) -> bool:
+def _chain(error: BaseException | None):
+  """``error`` and the errors it was raised from or while handling."""
   while error is not None:
-    if ((isinstance(error, OSError) and error.errno == errno.ENOSPC)
-        or "No space left on device" in str(error)):
-      return True
+    yield error
     error = error.__cause__ or error.__context__
-  return False
 
 
 def disk_full_message(workdir: str, error: BaseException) -> str | None:
@@ -348,18 +335,17 @@ def disk_full_message(workdir: str, error: BaseException) -> str | None:
     workdir: The run's directory.
     error: What the run raised.
   """
-  if not _is_disk_full(error):
+  if not any((isinstance(e, OSError) and e.errno == errno.ENOSPC)
+             or "No space left on device" in str(e) for e in _chain(error)):
     return None
   in_flight = re.search(r"checkpoints/(\d+)" + re.escape(_TMP_SUFFIX),
                         str(error) + str(getattr(error, "filename", "")))
-  while error is not None and not getattr(error, "filename", None):
-    error = error.__cause__ or error.__context__
+  filename = next((e.filename for e in _chain(error)
+                   if getattr(e, "filename", None)), None)
   if in_flight:
     what = f"the checkpoint of step {in_flight.group(1)}"
-  elif error is not None:
-    what = error.filename
   else:
-    what = workdir
+    what = filename or workdir
   steps = committed_steps(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME))
   previous = (f"the checkpoint of step {steps[-1]} is intact" if steps else
               "no checkpoint was saved before")

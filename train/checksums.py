@@ -31,11 +31,8 @@ class NewerFormatError(ValueError):
 
 
 def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _item_files(step_dir: str) -> list[str]:

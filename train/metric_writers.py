@@ -121,11 +121,11 @@ class MetricWriter:
     self.close()
 
 
-def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
-  """``{kind: [record, ...]}`` by step (by epoch for "epoch" records).
+def read_records(workdir_or_file: str) -> list[dict]:
+  """Every record of a run's ``metrics.jsonl``, in the order written.
 
-  A record logged again at the same place (by a resumed run) keeps its last
-  version. Unreadable lines (left by a killed run) are skipped.
+  Unreadable lines (left by a killed run) are skipped, with a warning unless
+  it is the last line.
 
   Raises:
     FileNotFoundError: there is no metrics file.
@@ -135,23 +135,45 @@ def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
     path = os.path.join(path, METRICS_FILENAME)
   with open(path, encoding="utf-8") as f:
     lines = f.read().splitlines()
-  latest, unreadable = collections.defaultdict(dict), []
+  records, unreadable = [], []
   for number, line in enumerate(lines, start=1):
     try:
       record = json.loads(line)
-      position = record["step"]
-      if record["kind"] == "epoch" and record.get("epoch") is not None:
-        position = record["epoch"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-      if line.strip() and number < len(lines):
-        unreadable.append(number)
-      continue
-    latest[record["kind"]][position] = record
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and {"kind", "step"} <= record.keys():
+      records.append(record)
+    elif line.strip() and number < len(lines):
+      unreadable.append(number)
   if unreadable:
     warnings.warn(f"{path}: skipped unreadable lines {unreadable}",
-                  stacklevel=2)
-  return {kind: [records[p] for p in sorted(records)]
-          for kind, records in latest.items()}
+                  stacklevel=3)
+  return records
+
+
+def latest_records(records: list[dict]) -> dict[str, list[dict]]:
+  """``{kind: [record, ...]}`` by step (by epoch for "epoch" records).
+
+  A record logged again at the same place (by a resumed run) keeps its last
+  version.
+  """
+  latest = collections.defaultdict(dict)
+  for record in records:
+    position = record["step"]
+    if record["kind"] == "epoch" and record.get("epoch") is not None:
+      position = record["epoch"]
+    latest[record["kind"]][position] = record
+  return {kind: [by_position[p] for p in sorted(by_position)]
+          for kind, by_position in latest.items()}
+
+
+def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
+  """`latest_records` of a run's `read_records`.
+
+  Raises:
+    FileNotFoundError: there is no metrics file.
+  """
+  return latest_records(read_records(workdir_or_file))
 
 
 def format_duration(seconds: float) -> str:

@@ -82,18 +82,16 @@ def group_runs(
     The groups, in the order of their first run.
   """
   runs = list(runs)
-  if labels is not None:
-    labels = list(labels)
-    if len(labels) != len(runs):
-      raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
-    by_label = {}
-    for run, label in zip(runs, labels):
-      by_label.setdefault(str(label), []).append(run)
-    return [RunGroup(label=label, runs=tuple(members))
-            for label, members in by_label.items()]
+  if labels is not None and len(labels) != len(runs):
+    raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+  keys = [experiment_key(run) for run in runs] if labels is None else [
+      str(label) for label in labels]
   members = {}
-  for run in runs:
-    members.setdefault(experiment_key(run), []).append(run)
+  for run, key in zip(runs, keys):
+    members.setdefault(key, []).append(run)
+  if labels is not None:
+    return [RunGroup(label=label, runs=tuple(group))
+            for label, group in members.items()]
   configs = [_flat(group[0].config) for group in members.values()]
   differing = differing_config_keys(configs)
   groups = []

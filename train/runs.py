@@ -38,13 +38,16 @@ class Run:
     config: the run's config as a nested dict (empty without config.json).
     epochs: the epoch records, one per epoch (the last one logged), sorted.
     starts: the ``"kind": "run"`` records, one per step the run started
-      from (the last one logged); `run_records` has every start.
+      from (the last one logged).
+    all_starts: every ``"kind": "run"`` record, as written: each start of
+      the run wrote one, two from the same checkpoint too.
   """
   path: str
   name: str
   config: Mapping[str, Any]
   epochs: Sequence[Mapping[str, Any]] = ()
   starts: Sequence[Mapping[str, Any]] = ()
+  all_starts: Sequence[Mapping[str, Any]] = ()
 
   def curve(self, field: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)`` of an epoch-record field; NaN where missing."""
@@ -89,10 +92,12 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         f"has no {metric_writers.METRICS_FILENAME}")
     raise NotARunError(f"{path} {what}: it is not a training workdir")
   name = os.path.basename(os.path.normpath(os.path.abspath(path)))
-  records = metric_writers.read_metrics(metrics_file)
+  records = metric_writers.read_records(metrics_file)
+  latest = metric_writers.latest_records(records)
   return Run(path=path, name=name, config=read_config(path),
-             epochs=tuple(records.get("epoch", ())),
-             starts=tuple(records.get("run", ())))
+             epochs=tuple(latest.get("epoch", ())),
+             starts=tuple(latest.get("run", ())),
+             all_starts=tuple(r for r in records if r["kind"] == "run"))
 
 
 def load_runs(
@@ -130,30 +135,6 @@ def load_runs(
   return runs, (kept_labels if labels is not None else None), skipped
 
 
-def run_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-  """Every ``"kind": "run"`` record of a run's ``metrics.jsonl``, as written.
-
-  Each start of a run writes one. `train.metric_writers.read_metrics` keeps
-  one record per step, so it would count two starts from the same checkpoint
-  once; this reads the raw lines. Unreadable lines (a killed run's last) are
-  skipped; a missing file has no records.
-  """
-  records = []
-  try:
-    with open(os.path.join(path, metric_writers.METRICS_FILENAME),
-              encoding="utf-8", errors="replace") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict) and record.get("kind") == "run":
-          records.append(record)
-  except FileNotFoundError:
-    pass
-  return records
-
-
 # Provenance key in the summary -> field of the "run" records.
 PROVENANCE_FIELDS = {
     "commits": "commit", "tracked_changes": "tracked_changes",
@@ -184,9 +165,8 @@ def provenance(runs: Sequence[Run]) -> dict[str, Any]:
     >>> provenance([])["restarts"]
     []
   """
-  records = [run_records(run.path) for run in runs]
-  summary = {key: _distinct(record.get(field) for starts in records
-                            for record in starts)
+  summary = {key: _distinct(record.get(field) for run in runs
+                            for record in run.all_starts)
              for key, field in PROVENANCE_FIELDS.items()}
-  summary["restarts"] = [max(len(starts) - 1, 0) for starts in records]
+  summary["restarts"] = [max(len(run.all_starts) - 1, 0) for run in runs]
   return summary

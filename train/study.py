@@ -101,8 +101,12 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
   return study
 
 
-def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
+def check_statistics_fields(
+    study: ml_collections.ConfigDict) -> tuple[str, str, float | None]:
   """Checks ``metric``, ``comparisons``, ``primary_test``, margin, families.
+
+  Returns:
+    ``(metric, primary_test, equivalence_margin)``, with their defaults.
 
   Raises:
     StudyError: naming the field and what it should be.
@@ -126,16 +130,16 @@ def check_statistics_fields(study: ml_collections.ConfigDict) -> None:
       raise StudyError(f"The study's family {family!r} must list arms of "
                        f"{list(study.arms)}; unknown: {unknown or 'none'}.")
   comparisons = study.get("comparisons")
-  if comparisons is None:
-    return
-  if not isinstance(comparisons, (list, tuple)) or not comparisons:
+  if comparisons is not None and (
+      not isinstance(comparisons, (list, tuple)) or not comparisons):
     raise StudyError(f"The study's comparisons must be a non-empty list of "
                      f"[arm, against] pairs, got {comparisons!r}.")
-  for pair in comparisons:
+  for pair in comparisons or ():
     if (not isinstance(pair, (list, tuple)) or len(pair) != 2
         or any(arm not in study.arms for arm in pair) or pair[0] == pair[1]):
       raise StudyError(f"Bad comparison {pair!r}: each is [arm, against], two "
                        f"different arms of {list(study.arms)}.")
+  return metric, primary_test, margin
 
 
 def run_overrides(study: ml_collections.ConfigDict, arm: str,
@@ -203,9 +207,16 @@ class RunStatus:
   arm: str
   seed: int
   path: str
-  epochs_done: int
-  num_epochs: int | None
+  run: runs_lib.Run  # read once; without epochs before its metrics.jsonl
   failure: str | None  # the tail of the log of a failed attempt
+
+  @property
+  def epochs_done(self) -> int:
+    return max((int(r["epoch"]) for r in self.run.epochs), default=0)
+
+  @property
+  def num_epochs(self) -> int | None:
+    return self.run.config.get("num_epochs")
 
   @property
   def finished(self) -> bool:
@@ -215,32 +226,36 @@ class RunStatus:
 def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
   """Reads the state of one (arm, seed) of the study in ``workdir``."""
   path = run_dir(workdir, arm, seed)
-  num_epochs = runs_lib.read_config(path).get("num_epochs")
   try:
-    epochs = runs_lib.load_run(path).epochs
+    run = runs_lib.load_run(path)
   except runs_lib.NotARunError:
-    epochs = ()
-  epochs_done = max((int(r["epoch"]) for r in epochs), default=0)
+    run = runs_lib.Run(path=path, name=os.path.basename(path),
+                       config=runs_lib.read_config(path))
   failure = None
   failure_file = os.path.join(path, FAILURE_FILENAME)
   if os.path.isfile(failure_file):
     with open(failure_file, encoding="utf-8") as f:
       failure = f.read()
-  return RunStatus(arm, seed, path, epochs_done, num_epochs, failure)
+  return RunStatus(arm, seed, path, run, failure)
 
 
 def study_runs(study: ml_collections.ConfigDict, workdir: str,
                arms: Sequence[str] | None = None,
                seeds: Sequence[int] | None = None) -> list[RunStatus]:
   """The runs of the study, seed by seed (all arms of a seed, then the next)."""
-  arms = list(study.arms) if arms is None else list(arms)
+  arms = select_arms(study.arms, arms)
   seeds = list(study.seeds) if seeds is None else list(seeds)
-  unknown = [arm for arm in arms if arm not in study.arms]
-  if unknown:
-    raise StudyError(f"Unknown arm(s) {unknown}: the study has "
-                     f"{list(study.arms)}.")
   return [read_run_status(workdir, arm, seed) for seed in seeds
           for arm in arms]
+
+
+def select_arms(known: Sequence[str], arms: Sequence[str] | None) -> list[str]:
+  """``arms``, or all ``known`` arms when None; an unknown one is an error."""
+  arms = list(known) if arms is None else list(arms)
+  unknown = [arm for arm in arms if arm not in known]
+  if unknown:
+    raise StudyError(f"Unknown arm(s) {unknown}: the study has {list(known)}.")
+  return arms
 
 
 def save_study(study: ml_collections.ConfigDict, workdir: str) -> None:

@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 
 from train import plot
-from train import runs as runs_lib
 from train import study as study_lib
 from train import study_statistics as statistics
 
@@ -231,11 +230,8 @@ def summarize(workdir: str, baseline: str | None = None,
     study.comparisons = [list(pair) for pair in compare]
   if margin is not None:
     study.equivalence_margin = margin
-  study_lib.check_statistics_fields(study)
+  metric, primary_test, margin = study_lib.check_statistics_fields(study)
   pairs = comparison_pairs(study, baseline)
-  metric = study.get("metric", study_lib.DEFAULT_METRIC)
-  primary_test = study.get("primary_test", study_lib.DEFAULT_PRIMARY_TEST)
-  margin = study.get("equivalence_margin")
   statuses = study_lib.study_runs(study, workdir)
   finished = {arm: [] for arm in study.arms}
   failed = [{"arm": s.arm, "seed": s.seed,
@@ -243,9 +239,8 @@ def summarize(workdir: str, baseline: str | None = None,
             for s in statuses if not s.finished and s.failure]
   for status in statuses:
     if status.finished:
-      run = runs_lib.load_run(status.path)
-      if np.isfinite(statistics.final(run, metric)):
-        finished[status.arm].append(run)
+      if np.isfinite(statistics.final(status.run, metric)):
+        finished[status.arm].append(status.run)
       else:
         failed.append({"arm": status.arm, "seed": status.seed,
                        "reason": f"final {metric} is null or NaN",
@@ -284,13 +279,13 @@ def summarize(workdir: str, baseline: str | None = None,
   }, finished
 
 
-def write_summary(workdir: str, baseline: str | None = None) -> str:
+def write_summary(workdir: str) -> str:
   """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
 
   Returns:
     The contents of ``summary.md``.
   """
-  summary, finished = summarize(workdir, baseline)
+  summary, finished = summarize(workdir)
   summary = statistics.json_safe(summary)
   with open(os.path.join(workdir, "summary.json"), "w",
             encoding="utf-8") as f:
@@ -320,11 +315,7 @@ def power_plan(workdir: str, margin: float, test: str,
   """
   summary, _ = summarize(workdir)
   metric = summary["metric"]
-  arms = list(summary["arms"]) if arms is None else list(arms)
-  unknown = [arm for arm in arms if arm not in summary["arms"]]
-  if unknown:
-    raise study_lib.StudyError(f"Unknown arm(s) {unknown}: the study has "
-                               f"{list(summary['arms'])}.")
+  arms = study_lib.select_arms(summary["arms"], arms)
   if not margin > 0:
     raise study_lib.StudyError(f"--margin must be above 0, got {margin}.")
   lines, squares, dfs = [], 0.0, 0

@@ -225,11 +225,8 @@ class StudyProgress:
     epochs timed while the machine had other work would otherwise pull the
     estimate up long after the machine is quiet again.
     """
-    times = []
-    for run in runs:
-      if run.epochs_done:
-        epochs = metric_writers.read_metrics(run.path).get("epoch", [])
-        times += [r["epoch_time_s"] for r in epochs if r.get("epoch_time_s")]
+    times = [r["epoch_time_s"] for status in runs for r in status.run.epochs
+             if r.get("epoch_time_s")]
     if not times:
       return None
     remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)

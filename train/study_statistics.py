@@ -191,12 +191,11 @@ def degenerate_spread(a: np.ndarray, b: np.ndarray, test: str) -> bool:
   return bool(max(spreads) <= tolerance)
 
 
-def _computable(a: np.ndarray, b: np.ndarray, test: str) -> bool:
-  return min(len(a), len(b)) >= 2 and not degenerate_spread(a, b, test)
-
-
-def _enough(a: np.ndarray, b: np.ndarray, test: str) -> bool:
-  return min(len(a), len(b)) >= MIN_RUNS and not degenerate_spread(a, b, test)
+def _enough(a: np.ndarray, b: np.ndarray, test: str,
+            runs: int = MIN_RUNS) -> bool:
+  """Whether each side has ``runs`` values and no `degenerate_spread`; two
+  suffice to compute a test, a verdict needs `MIN_RUNS`."""
+  return min(len(a), len(b)) >= runs and not degenerate_spread(a, b, test)
 
 
 def _scipy_test(a: np.ndarray, b: np.ndarray, test: str, **options):
@@ -225,7 +224,7 @@ def t_test(a: np.ndarray, b: np.ndarray, test: str) -> dict[str, Any]:
   if len(a) and len(b):
     result["mean"] = float(np.mean(a - b) if test == "paired" else
                            np.mean(a) - np.mean(b))
-  if _computable(a, b, test):
+  if _enough(a, b, test, runs=2):
     outcome = _scipy_test(a, b, test)
     result["ci95"] = [float(x) for x in outcome.confidence_interval(0.95)]
     result["p_value"] = float(outcome.pvalue)
@@ -249,7 +248,7 @@ def equivalence_test(a: np.ndarray, b: np.ndarray, test: str,
   """
   result = {"margin": margin, "ci90": None, "p_value": None,
             "verdict": "not shown equivalent"}
-  if not _computable(a, b, test):
+  if not _enough(a, b, test, runs=2):
     return result
   low, high = (float(x) for x in
                _scipy_test(a, b, test).confidence_interval(0.90))
@@ -375,7 +374,7 @@ def _fewest_seeds(power_of, target: float) -> int | None:
 
 def effect_size(a: np.ndarray, b: np.ndarray, test: str) -> float:
   """The observed effect in standard deviations (see `power`); NaN if none."""
-  if not _computable(a, b, test):
+  if not _enough(a, b, test, runs=2):
     return math.nan
   if test == "paired":
     differences = a - b
