@@ -170,6 +170,10 @@ def main(argv=None) -> int:
   if args.compare:
     if len(args.paths) != 2:
       parser.error("--compare takes two .npz files")
+    for path in args.paths:
+      if not os.path.isfile(path):
+        parser.error(f"no such file: {path} (write it first: "
+                     "python bench/optimizer_outputs.py OUT.npz)")
     return compare(*args.paths)
   if len(args.paths) != 1:
     parser.error("give one output .npz file")

@@ -1,7 +1,6 @@
 """bench/lcam_overhead.py runs on small trees: every row, the equal-leaf tree
 and the vmap case (several seeds in one program)."""
 
-import importlib.util
 import os
 from pathlib import Path
 import subprocess
@@ -9,18 +8,10 @@ import sys
 
 import pytest
 
+import lcam_overhead as bench
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "lcam_overhead.py"
 
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location("lcam_overhead", BENCH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_bench()
 ROWS = ("lcam", "sgd+momentum", "injected sgd", "loss_controlled")
 
 

@@ -1,24 +1,10 @@
 """bench/optimizer_outputs.py: its runs are deterministic, and --compare
 finds a single changed bit."""
 
-import importlib.util
-from pathlib import Path
-import sys
-
 import numpy as np
+import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "optimizer_outputs.py"
-
-
-def _load_bench():
-  spec = importlib.util.spec_from_file_location("optimizer_outputs", BENCH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load_bench()
+import optimizer_outputs as bench
 
 
 def test_a_run_repeats_and_compare_finds_one_changed_bit(tmp_path, capsys):
@@ -39,3 +25,7 @@ def test_a_run_repeats_and_compare_finds_one_changed_bit(tmp_path, capsys):
   assert bench.main(["--compare", str(tmp_path / "a.npz"),
                      str(tmp_path / "b.npz")]) == 1
   assert f"{len(arrays)} arrays compared; 1 differ" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    bench.main(["--compare", str(tmp_path / "a.npz"),
+                str(tmp_path / "missing.npz")])
+  assert "no such file" in capsys.readouterr().err
