@@ -302,6 +302,9 @@ def test_declared_comparisons_tests_and_margin(tmp_path):
   assert first["equivalence"]["margin"] == 0.02
   assert first["verdict"] == "inconclusive"
   assert second["verdict"] == "worse"
+  # One secondary comparison: Holm leaves its p-value; the primary has none.
+  assert first["holm_p_value"] is None
+  assert second["holm_p_value"] == second["welch"]["p_value"]
   assert second["equivalence"]["verdict"] == "not shown equivalent"
   markdown = (tmp_path / "summary.md").read_text()
   assert "primary test: Welch t-test" in markdown

@@ -160,3 +160,33 @@ def test_equivalence_power_matches_a_simulated_tost(test, seeds):
   assert abs(shown / trials - expected) < 0.04  # 4 SDs of the simulation
   assert statistics.seeds_for_equivalence(margin, test) == seeds
   assert statistics.equivalence_power(margin, seeds - 1, test) < 0.8
+
+
+def _holm_rejections(p_values, alpha):
+  """Holm's procedure as written: reject in increasing order while
+  p_(k) <= alpha / (m - k + 1), counting k from 1."""
+  order = np.argsort(p_values)
+  rejected = set()
+  for k, index in enumerate(order):
+    if p_values[index] > alpha / (len(p_values) - k):
+      break
+    rejected.add(int(index))
+  return rejected
+
+
+def test_holm_adjusted_p_values_reject_as_holms_procedure_does():
+  rng = np.random.default_rng(0)
+  for size in (1, 2, 4, 7):
+    for _ in range(50):
+      p_values = rng.uniform(0, 0.2, size) ** 2
+      adjusted = statistics.holm(list(p_values))
+      assert all(p <= a <= 1 for p, a in zip(p_values, adjusted))
+      for alpha in (0.01, 0.05, 0.1):
+        got = {i for i, a in enumerate(adjusted) if a <= alpha}
+        assert got == _holm_rejections(p_values, alpha)
+
+
+def test_holm_skips_missing_p_values():
+  assert statistics.holm([None, 0.02, float("nan"), 0.04]) == [
+      None, 0.04, None, 0.04]
+  assert statistics.holm([]) == []

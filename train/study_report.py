@@ -138,16 +138,19 @@ def _comparisons_table(summary: dict[str, Any]) -> list[str]:
         _points(welch["mean"]), _interval_text(welch["ci95"], True),
         _p_text(welch["p_value"]), _interval_text(tost["ci90"], True),
         _p_text(tost["p_value"]), tost["verdict"], c["verdict"],
-        "–" if power is None else power])
+        _p_text(c["holm_p_value"]), "–" if power is None else power])
   return [f"Comparisons of the final {_metric_label(summary['metric'])} "
           f"(differences in points; primary test: "
-          f"{test_names[summary['primary_test']]}; {equivalence}):",
+          f"{test_names[summary['primary_test']]}; {equivalence}; Holm p: "
+          f"the primary test's p-values of the secondary comparisons, "
+          f"adjusted as one family):",
           ""] + _markdown_table(
               ["arm", "against", "role", "pairs", "paired diff.",
                "paired 95% CI", "paired p", "runs", "Welch diff.",
                "Welch 95% CI", "Welch p", "TOST 90% CI", "TOST p",
-               "equivalence", "verdict", "seeds for 80% power"],
-              "lll" + "r" * 10 + "llr", rows)
+               "equivalence", "verdict", "Holm p (secondary)",
+               "seeds for 80% power"],
+              "lll" + "r" * 10 + "llrr", rows)
 
 
 def _selection_lines(summary: dict[str, Any]) -> list[str]:
@@ -254,6 +257,12 @@ def summarize(workdir: str, baseline: str | None = None,
        **statistics.compare(final_by_seed[arm], final_by_seed[against],
                             primary_test=primary_test, margin=margin)}
       for index, (arm, against) in enumerate(pairs)]
+  secondary = [c for c in comparisons if c["role"] == "secondary"]
+  for c in comparisons:
+    c["holm_p_value"] = None
+  for c, p in zip(secondary, statistics.holm(
+      [c[primary_test]["p_value"] for c in secondary])):
+    c["holm_p_value"] = p
   arms = {arm: statistics.arm_statistics(runs, targets, metric)
           for arm, runs in finished.items()}
   selection = {}

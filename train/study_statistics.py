@@ -277,6 +277,29 @@ def verdict(difference: Mapping[str, Any], enough: bool) -> str:
   return "inconclusive"
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+  """Holm's step-down adjustment, for p-values read as one family of tests.
+
+  With ``m`` p-values in increasing order ``p_(1) <= ... <= p_(m)``, the
+  ``k``-th becomes ``max over j <= k of min(1, (m - j + 1) p_(j))``: a test
+  whose adjusted p-value is below 5% rejects at a 5% family-wise error rate.
+  A missing p-value (None or NaN: no test) stays None and is not counted in
+  ``m``.
+
+  Example:
+    >>> holm([0.25, 0.125, 0.0625, None])
+    [0.25, 0.25, 0.1875, None]
+  """
+  present = sorted((p, i) for i, p in enumerate(p_values)
+                   if p is not None and np.isfinite(p))
+  adjusted: list[float | None] = [None] * len(p_values)
+  running = 0.0
+  for rank, (p, index) in enumerate(present):
+    running = max(running, min(1.0, (len(present) - rank) * p))
+    adjusted[index] = running
+  return adjusted
+
+
 def power(effect_size: float, seeds: int, test: str,
           alpha: float = ALPHA) -> float:
   """The power of the two-sided level-``alpha`` t-test, from `scipy.stats.nct`.
