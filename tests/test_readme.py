@@ -42,7 +42,7 @@ def test_readme_example_runs(capsys):
 
 
 def results_tables(section: str) -> list[tuple[str, str]]:
-  """Each Markdown table of `section`, with the summary linked last before it."""
+  """Each Markdown table in `section`, with the summary linked before it."""
   tables, summary, table = [], None, []
   for line in section.splitlines() + [""]:
     if line.startswith("|"):
