@@ -16,15 +16,15 @@ def python_blocks(text: str) -> list[str]:
   return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
 
 
-def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
-  """Each Markdown table in `text` as its header and its rows of cells."""
+def markdown_tables(text: str) -> list[tuple[int, list[str], list[list[str]]]]:
+  """Each Markdown table in `text`: its first line's index, header and rows."""
   tables, lines = [], []
-  for line in text.splitlines() + [""]:
+  for index, line in enumerate(text.splitlines() + [""]):
     if line.startswith("|"):
       cells = line.strip().strip("|").split("|")
       lines.append([cell.strip() for cell in cells])
     elif lines:
-      tables.append((lines[0], lines[2:]))
+      tables.append((index - len(lines), lines[0], lines[2:]))
       lines = []
   return tables
 
@@ -58,32 +58,25 @@ def test_readme_example_runs(capsys):
   assert int(info.step) == 30
 
 
-def results_tables(section: str) -> list[tuple[str, str]]:
-  """Each Markdown table in `section`, with the summary linked before it."""
-  tables, summary, table = [], None, []
-  for line in section.splitlines() + [""]:
-    if line.startswith("|"):
-      table.append(line)
-      continue
-    if table:
-      tables.append((summary, "\n".join(table)))
-      table = []
-    summary = (re.findall(r"\]\((results/[^)]+/summary\.md)\)", line) or
-               [summary])[-1]
-  return tables
+def results_tables(section: str):
+  """Each Markdown table in `section`, with the last summary linked before it."""
+  lines = section.splitlines()
+  for start, header, rows in markdown_tables(section):
+    links = re.findall(r"\]\((results/[^)]+/summary\.md)\)",
+                       "\n".join(lines[:start]))
+    yield (links[-1] if links else None), header, rows
 
 
 def test_results_tables_are_the_committed_summaries():
   section = README.read_text().split("## Results", 1)[1].split("\n## ", 1)[0]
-  tables = results_tables(section)
+  tables = list(results_tables(section))
   assert len(tables) >= 2, "the README lost a results table"
-  for summary_path, table in tables:
-    assert summary_path, f"no summary.md linked before the table:\n{table}"
-    summary_rows = [dict(zip(header, row)) for header, rows in
-                    markdown_tables((ROOT / summary_path).read_text())
-                    for row in rows]
-    ((header, rows),) = markdown_tables(table)
-    assert rows, table
+  for summary_path, header, rows in tables:
+    assert summary_path, f"no summary.md linked before the table {header}"
+    summary_rows = [dict(zip(summary_header, row)) for _, summary_header, rows_
+                    in markdown_tables((ROOT / summary_path).read_text())
+                    for row in rows_]
+    assert rows, header
     for row in rows:
       cells = dict(zip(header, row))
       assert any(same_cells(cells, summary_row) for summary_row in summary_rows
