@@ -59,7 +59,7 @@ def test_readme_example_runs(capsys):
 
 
 def results_tables(section: str):
-  """Each Markdown table in `section`, with the last summary linked before it."""
+  """Each Markdown table in `section` and the last summary linked before it."""
   lines = section.splitlines()
   for start, header, rows in markdown_tables(section):
     links = re.findall(r"\]\((results/[^)]+/summary\.md)\)",
