@@ -664,6 +664,41 @@ def _wait_for_signals(runs):
     time.sleep(0.05)
 
 
+# A stand-in for a run whose loss turns non-finite: it records its start and
+# the divergence, as `train.train` does, and exits with an error.
+DIVERGING_RUN = """
+import json, os, sys
+path = sys.argv[1]
+os.makedirs(path, exist_ok=True)
+with open(os.path.join(path, "starts"), "a") as f:
+  f.write("start\\n")
+with open(os.path.join(path, "config.json"), "w") as f:
+  json.dump({"seed": 0, "num_epochs": 2}, f)
+with open(os.path.join(path, "metrics.jsonl"), "a") as f:
+  f.write(json.dumps({"kind": "diverged", "step": 7, "epoch": 1.75}) + "\\n")
+print("error: The training loss is nan at step 7 (epoch 2).")
+sys.exit(1)
+"""
+
+
+def test_a_diverged_run_is_an_outcome_not_retried(tmp_path, monkeypatch):
+  (tmp_path / "diverging_run.py").write_text(DIVERGING_RUN)
+  monkeypatch.setattr(study_lib, "train_command", lambda s, w, arm, seed: [
+      sys.executable, str(tmp_path / "diverging_run.py"),
+      study_lib.run_dir(w, arm, seed)])
+  workdir = str(tmp_path / "study")
+  definition = _study(arms={"a": {}}, seeds=[0], baseline="a")
+  for _ in range(2):  # A second study run starts nothing either.
+    statuses = study_runner.run_study(definition, workdir, retries=3,
+                                      poll_s=0.05)
+  path = study_lib.run_dir(workdir, "a", 0)
+  with open(os.path.join(path, "starts")) as f:
+    assert f.read().count("start") == 1
+  (status,) = statuses
+  assert status.diverged and status.done and not status.finished
+  assert study_runner.pending_commands(definition, workdir) == []
+
+
 def test_ctrl_c_asks_each_run_once_and_the_study_waits_for_its_save(
     tmp_path):
   driver, runs = _start_fake_study(tmp_path, save_s=3)
@@ -814,3 +849,24 @@ def test_lcam_confirm_holds_stage_ones_derivation():
       confirm.MEAN_STEP_MOMENTUM)
   assert arms["e-lcam-8-epochs"]["schedule.boundaries_epochs"] == (
       1.6, 3.2, 4.8)
+
+
+def test_tuning_edge_is_stage_ones_recipe_at_larger_rates():
+  """Stage 1b changes only the learning rates; its repeat is stage 1's arm."""
+  edge = study_lib.load_study("lcam_tuning_edge")
+  stage_1 = study_lib.load_study("lcam_tuning")
+  assert edge.seeds == stage_1.seeds
+  assert edge.overrides.to_dict() == dict(
+      stage_1.overrides.to_dict(), on_nonfinite_loss="stop")
+  repeat = "repeat-lcam-lr0.2-0.95/0.9"
+  assert (study_lib.run_config(edge, repeat, 1000)
+          == study_lib.run_config(stage_1, "lcam-lr0.2-0.95/0.9", 1000))
+  rates = {study_lib.run_config(edge, arm, 1000).schedule.learning_rate
+           for family in edge.families.values() for arm in family}
+  assert rates == {0.4, 0.8} and repeat not in sum(
+      map(list, edge.families.values()), [])
+  extended = study_lib.load_study("lcam_tuning_edge:sgd=1.6")
+  assert set(extended.arms) - set(edge.arms) == {"sgd-lr1.6-m0.9",
+                                                  "sgd-lr1.6-m0.95"}
+  with pytest.raises(study_lib.StudyError, match="sgd=1.6"):
+    study_lib.load_study("lcam_tuning_edge:adam=1")

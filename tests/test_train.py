@@ -35,6 +35,7 @@ from train import metric_writers
 from train import optimizers
 from train import plot
 from train import provenance
+from train import runs
 from train import steps
 from train import train
 from train import workdir_lock
@@ -435,6 +436,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             for r in metric_writers.read_metrics(tmp_path)["train"]}
   assert all(np.isfinite(losses[s]) for s in range(1, latest + 1))
   assert losses[bad_step] is None  # NaN is written as null
+  # The run's outcome is on record, for a study: it diverged at that step.
+  assert runs.load_run(tmp_path).diverged["step"] == bad_step
 
 
 def test_non_finite_loss_can_skip_steps(tmp_path):

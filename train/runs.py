@@ -22,6 +22,9 @@ from train import metric_writers
 
 CONFIG_FILENAME = "config.json"
 CHECKPOINTS_DIRNAME = "checkpoints"
+# The record a run writes when its loss turns non-finite and it stops
+# (``on_nonfinite_loss="stop"``): the run's outcome, not a failure to retry.
+DIVERGED_KIND = "diverged"
 
 
 class NotARunError(ValueError):
@@ -41,6 +44,8 @@ class Run:
       from (the last one logged).
     all_starts: every ``"kind": "run"`` record, as written: each start of
       the run wrote one, two from the same checkpoint too.
+    diverged: the last ``"kind": "diverged"`` record (the step at which the
+      training loss was non-finite and the run stopped), or None.
   """
   path: str
   name: str
@@ -48,6 +53,7 @@ class Run:
   epochs: Sequence[Mapping[str, Any]] = ()
   starts: Sequence[Mapping[str, Any]] = ()
   all_starts: Sequence[Mapping[str, Any]] = ()
+  diverged: Mapping[str, Any] | None = None
 
   def curve(self, field: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)`` of an epoch-record field; NaN where missing."""
@@ -97,7 +103,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
   return Run(path=path, name=name, config=read_config(path),
              epochs=tuple(latest.get("epoch", ())),
              starts=tuple(latest.get("run", ())),
-             all_starts=tuple(r for r in records if r["kind"] == "run"))
+             all_starts=tuple(r for r in records if r["kind"] == "run"),
+             diverged=(latest.get(DIVERGED_KIND) or [None])[-1])
 
 
 def load_runs(

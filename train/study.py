@@ -222,6 +222,16 @@ class RunStatus:
   def finished(self) -> bool:
     return self.num_epochs is not None and self.epochs_done >= self.num_epochs
 
+  @property
+  def diverged(self) -> bool:
+    """Its loss turned non-finite and it stopped: an outcome, not retried."""
+    return not self.finished and self.run.diverged is not None
+
+  @property
+  def done(self) -> bool:
+    """Finished or diverged: nothing more to run."""
+    return self.finished or self.diverged
+
 
 def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
   """Reads the state of one (arm, seed) of the study in ``workdir``."""
@@ -355,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(study_report.write_summary(args.workdir), end="")
-  return 0 if all(r.finished for r in runs) else 1
+  return 0 if all(r.done for r in runs) else 1
 
 
 if __name__ == "__main__":

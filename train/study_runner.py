@@ -204,9 +204,9 @@ class StudyProgress:
   def update(self, runs: Sequence[study_lib.RunStatus],
              running: set[str]) -> None:
     """Prints the line when it changed; ``running`` holds the runs' paths."""
-    done = sum(r.finished for r in runs)
-    active = sum(r.path in running and not r.finished for r in runs)
-    failed = sum(r.failure is not None and not r.finished
+    done = sum(r.done for r in runs)
+    active = sum(r.path in running and not r.done for r in runs)
+    failed = sum(r.failure is not None and not r.done
                  and r.path not in running for r in runs)
     pending = len(runs) - done - active - failed
     line = (f"study: {done} done, {active} running, {failed} failed, "
@@ -230,7 +230,7 @@ class StudyProgress:
     if not times:
       return None
     remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)
-                    for r in runs if not r.finished)
+                    for r in runs if not r.done)
     return remaining * float(np.median(times)) / self._workers
 
 
@@ -288,7 +288,8 @@ class _Pool:
       if stopping:  # A stopped run has not failed.
         continue
       _record_outcome(run.path, process.returncode)
-      if process.returncode:
+      if process.returncode and not study_lib.read_run_status(
+          self.workdir, run.arm, run.seed).diverged:
         self.failures[run.path] = self.failures.get(run.path, 0) + 1
         if self.failures[run.path] <= self.retries:
           queue.append(run)
@@ -317,7 +318,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   """
   # Unknown arms are errors before anything is written.
   queue = [r for r in study_lib.study_runs(study, workdir, arms, seeds)
-           if not r.finished]
+           if not r.done]
   study_lib.save_study(study, workdir)
   shares = worker_shares(
       workers, sorted(os.sched_getaffinity(0)), visible_gpus(),
@@ -369,4 +370,4 @@ def pending_commands(study: ml_collections.ConfigDict,
   """One shell command per unfinished run, for any scheduler."""
   return [f"cd {shlex.quote(study_lib.REPO_ROOT)} && "
           + shlex.join(study_lib.train_command(study, workdir, r.arm, r.seed))
-          for r in study_lib.study_runs(study, workdir) if not r.finished]
+          for r in study_lib.study_runs(study, workdir) if not r.done]

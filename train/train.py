@@ -328,6 +328,8 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
               continue
             writer.write("train", done, _train_record(
                 done, values, spe, _images_per_sec(clock, done, config)))
+            # The run's outcome, for a study: diverged, not failed.
+            writer.write(runs.DIVERGED_KIND, done, {"epoch": done / spe})
             raise NonFiniteLossError(
                 f"{message} Training stopped; the last checkpoint before it "
                 "is kept. Lower the learning rate, or set "

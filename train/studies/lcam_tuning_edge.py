@@ -1,0 +1,227 @@
+"""Stage 1b of the decisive LCAM study: tuning past stage 1's largest rate.
+
+  python -m train.study run lcam_tuning_edge --workdir results/lcam_tuning_edge --retries 5
+  python -m train.study summarize results/lcam_tuning_edge
+  python train/studies/lcam_tuning_edge.py   # the repeat against stage 1
+
+Both winners of stage 1 (`lcam_tuning`, `results/lcam_tuning/`) sit at its
+largest learning rate, 0.2, so the optimum may lie beyond it. This study
+adds learning rates 0.4 and 0.8 to both grids, with stage 1's recipe, split
+and seed unchanged (the overrides below are stage 1's, field for field):
+WRN-10-1, batch 128, coupled weight decay 5e-4, 15 epochs, schedule A scaled
+to 15 epochs (x0.2 after epochs 3, 6 and 9), trained on 45,000 of the 50,000
+training examples and scored on the 5,000 held out (the test set is never
+evaluated), seed 1000, 4 XLA devices on the 2-core host.
+
+* SGD: learning rate in {0.4, 0.8} x momentum in {0.9, 0.95};
+* LCAM: learning rate in {0.4, 0.8} x pair (beta_below/beta_above) in
+  {0.95/0.9, 0.9/0.95};
+* ``repeat-lcam-lr0.2-0.95/0.9``: stage 1's LCAM winner again, unchanged, to
+  check that this commit reproduces stage 1's numbers (below). It takes no
+  part in the selection.
+
+Rule, fixed before the first run:
+
+* Each family's winner is its configuration with the highest final
+  validation accuracy (``val_accuracy`` after the last epoch) over the union
+  of stage 1's grid and this one; a tie (equal to 1e-9) goes to the lower
+  learning rate, then to the lower momentum (SGD) or to the pair 0.95/0.9
+  (LCAM), as in stage 1.
+* Divergence is a result, not a failure. ``on_nonfinite_loss="stop"``: a
+  run whose training loss turns non-finite stops, records ``"kind":
+  "diverged"`` in its metrics.jsonl, and is not retried (by this study's
+  runner or a later one). It ranks last in its family and is reported as
+  diverged. A run that ends with finite but poor numbers ranks by them.
+  Any other failure (a stalled device, a killed process) is retried from
+  its checkpoint up to 5 times (``--retries 5``), which changes no number.
+* If a family's winner is at its largest learning rate again, that family's
+  grid is extended by doubling the rate (1.6, then 3.2, ...), with both of
+  its momenta or pairs, one rate at a time, until its winner is inside the
+  grid; a new rate whose runs all diverge puts the winner inside. The study
+  argument names each extended family's largest rate:
+  ``lcam_tuning_edge:sgd=1.6`` adds SGD at 1.6, ``:sgd=3.2,lcam=1.6`` more.
+  The rates are only along the learning rate: momentum and pairs stay as in
+  stage 1.
+* The union is valid only on the same numbers: the repeat must reproduce
+  every loss, accuracy and phase field of stage 1's record of that
+  configuration (``python train/studies/lcam_tuning_edge.py`` prints the
+  comparison). If it does not, stage 1's twelve configurations are run again
+  at this study's commit and the union uses those.
+
+Stage 2 (`lcam_confirm`) stands if neither winner moves. If one moves, a new
+confirmation with the moved winner(s) and the arms that depend on them is
+pre-registered before its first run, in the form of stage 2.
+"""
+
+import json
+import math
+import os
+import sys
+
+import ml_collections
+
+NUM_EPOCHS = 15
+SEED = 1000
+LEARNING_RATES = (0.4, 0.8)
+MOMENTA = (0.9, 0.95)
+PAIRS = ((0.95, 0.9), (0.9, 0.95))
+REPEAT = {"learning_rate": 0.2, "pair": (0.95, 0.9)}
+REPEAT_ARM = "repeat-lcam-lr0.2-0.95/0.9"
+STAGE_1 = "results/lcam_tuning"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def scaled_boundaries(num_epochs: int) -> tuple[int, ...]:
+  """Schedule A's boundaries (31, 61, 91 of 150 epochs) scaled to ``num_epochs``."""
+  return tuple(round(b * num_epochs / 150) for b in (31, 61, 91))
+
+
+def sgd_arm(learning_rate: float, momentum: float) -> tuple[str, dict]:
+  return f"sgd-lr{learning_rate}-m{momentum}", {
+      "optimizer.name": "sgd", "optimizer.momentum": momentum,
+      "schedule.learning_rate": learning_rate}
+
+
+def lcam_arm(learning_rate: float, pair: tuple[float, float]
+             ) -> tuple[str, dict]:
+  below, above = pair
+  return f"lcam-lr{learning_rate}-{below}/{above}", {
+      "optimizer.name": "lcam", "optimizer.beta_below": below,
+      "optimizer.beta_above": above, "schedule.learning_rate": learning_rate}
+
+
+def family_rates(extend: str = "") -> dict[str, tuple[float, ...]]:
+  """Each family's learning rates: 0.4 and 0.8, doubled up to ``extend``'s.
+
+  >>> family_rates("sgd=3.2")
+  {'sgd': (0.4, 0.8, 1.6, 3.2), 'lcam': (0.4, 0.8)}
+  """
+  largest = {"sgd": LEARNING_RATES[-1], "lcam": LEARNING_RATES[-1]}
+  for item in filter(None, extend.split(",")):
+    family, _, rate = item.partition("=")
+    if family not in largest:
+      raise ValueError(f"Unknown family {family!r} in {extend!r}: use "
+                       "sgd=RATE or lcam=RATE, e.g. 'sgd=1.6'.")
+    largest[family] = float(rate)
+  rates = {}
+  for family, top in largest.items():
+    family_list = list(LEARNING_RATES)
+    while family_list[-1] < top - 1e-9:
+      family_list.append(round(family_list[-1] * 2, 6))
+    if not math.isclose(family_list[-1], top):
+      raise ValueError(f"{family}={top}: the rates double from 0.8 (1.6, "
+                       "3.2, ...).")
+    rates[family] = tuple(family_list)
+  return rates
+
+
+def get_study(extend: str = "") -> ml_collections.ConfigDict:
+  rates = family_rates(extend)
+  sgd = [sgd_arm(lr, m) for lr in rates["sgd"] for m in MOMENTA]
+  lcam = [lcam_arm(lr, p) for lr in rates["lcam"] for p in PAIRS]
+  repeat = (REPEAT_ARM, lcam_arm(REPEAT["learning_rate"], REPEAT["pair"])[1])
+  study = {
+      "config": "train/configs/default.py",
+      "overrides": {
+          "data.source": "folder:../shared/data/cifar10_jpeg.tar.gz",
+          "data.validation_examples": 5000,
+          "data.eval_test": False,
+          "model.name": "wrn-10-1",
+          "num_epochs": NUM_EPOCHS,
+          "schedule.name": "step",
+          "schedule.boundaries_epochs": scaled_boundaries(NUM_EPOCHS),
+          "host_devices": 4,
+          "progress": False,
+          "on_nonfinite_loss": "stop",
+      },
+      "arms": dict(sgd + lcam + [repeat]),
+      "seeds": [SEED],
+      "baseline": REPEAT_ARM,
+      "metric": "val_accuracy",
+      "targets": [0.6, 0.7, 0.75],
+      "families": {"sgd": [name for name, _ in sgd],
+                   "lcam": [name for name, _ in lcam]},
+      # The selection is over these families together with stage 1's.
+      "selection_union": STAGE_1,
+      "selection": (
+          "Per family, over stage 1's grid and this one together, the arm "
+          "with the highest final val_accuracy; a diverged run ranks last; a "
+          "tie (equal to 1e-9) goes to the lower learning rate, then to the "
+          "lower momentum (SGD) or to the pair 0.95/0.9 (LCAM). A winner at "
+          "its family's largest rate extends that family by doubling the "
+          "rate."),
+  }
+  return ml_collections.ConfigDict(study, allow_dotted_keys=True)
+
+
+# Record fields that measure time or speed, not the training's numbers.
+TIMING_FIELDS = ("epoch_time_s", "images_per_sec", "time_to_first_step_s")
+
+
+def compare_records(ours: str, theirs: str) -> tuple[int, list[str]]:
+  """Compares two runs' ``train`` and ``epoch`` records, field by field.
+
+  Every number but the timings (`TIMING_FIELDS`) must be equal, bit for bit
+  as JSON wrote it.
+
+  Returns:
+    ``(values compared, differences as lines)``.
+  """
+  sys.path.insert(0, REPO_ROOT)
+  from train import metric_writers  # pylint: disable=g-import-not-at-top
+  records = [metric_writers.read_metrics(path) for path in (ours, theirs)]
+  compared, differences = 0, []
+  for kind in ("train", "epoch"):
+    mine = {r["step"]: r for r in records[0].get(kind, [])}
+    other = {r["step"]: r for r in records[1].get(kind, [])}
+    for step in sorted(mine.keys() | other.keys()):
+      a, b = mine.get(step, {}), other.get(step, {})
+      for field in sorted((a.keys() | b.keys()) - set(TIMING_FIELDS)):
+        compared += 1
+        if a.get(field, "missing") != b.get(field, "missing"):
+          differences.append(f"{kind} step {step} {field}: "
+                             f"{a.get(field, 'missing')} against "
+                             f"{b.get(field, 'missing')}")
+  return compared, differences
+
+
+def main(workdir: str = "results/lcam_tuning_edge") -> int:
+  """Prints the repeat's comparison with stage 1's record; 0 if identical."""
+  name = REPEAT_ARM.replace("/", "_").removeprefix("repeat-")
+  ours = os.path.join(REPO_ROOT, workdir, REPEAT_ARM.replace("/", "_"),
+                      f"seed{SEED}")
+  theirs = os.path.join(REPO_ROOT, STAGE_1, name, f"seed{SEED}")
+  compared, differences = compare_records(ours, theirs)
+  configs = []
+  for path in (ours, theirs):
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+      configs.append(_flat(json.load(f)))
+  config_fields = sorted(
+      field for field in configs[0].keys() | configs[1].keys()
+      if configs[0].get(field, "missing") != configs[1].get(field, "missing"))
+  print(f"{REPEAT_ARM} against {STAGE_1}/{name}/seed{SEED}: "
+        f"{compared} loss, accuracy, phase and schedule values compared, "
+        f"{len(differences)} differ.")
+  for line in differences[:20]:
+    print("  " + line)
+  print("config.json fields that differ: " + (", ".join(
+      f"{field} ({configs[0].get(field, 'missing')} against "
+      f"{configs[1].get(field, 'missing')})" for field in config_fields)
+      or "none"))
+  return 1 if differences else 0
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """``{"a.b": value}`` of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+if __name__ == "__main__":
+  sys.exit(main(*sys.argv[1:]))
