@@ -11,7 +11,7 @@ goes, and the parts that no longer fit are dropped (the report says which).
 1. machine: device kind and count, jax, jaxlib and CUDA versions, and the
    measured bf16 (and f32) TFLOP/s of a large matrix product (practical peak).
 2. model: the harness's own train step (`bench/model_step.py`, which builds it
-   with `train.train.create_steps_and_state`) for WRN-28-10, WRN-16-8 and
+   with `train.loop.create_steps_and_state`) for WRN-28-10, WRN-16-8 and
    WRN-16-4 at batch 128 in bfloat16 and float32: images/s, XLA's FLOP
    count, TFLOP/s achieved and the fraction of the measured peak.
 3. peer: the same WRN-28-10 step in PyTorch as its users run it
@@ -32,7 +32,6 @@ are recorded in the report.
 """
 
 import argparse
-import contextlib
 import importlib.metadata
 import itertools
 import json
@@ -51,6 +50,8 @@ from typing import Any
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from train import signals  # noqa: E402  (standard library only)
 WHEELHOUSE = os.path.join(REPO, ".whl")
 DEFAULT_ARCHIVE = os.path.join(REPO, ".data", "cifar10_jpeg.tar.gz")
 SHARED_ARCHIVE = os.path.join(
@@ -213,24 +214,21 @@ def matmul_tflops(dtype_name: str, size: int, repeats: int,
 
 
 def _cuda_versions() -> dict[str, Any]:
-  """CUDA runtime, cuDNN and driver versions as jaxlib reports them."""
-  versions = {}
-  try:
-    from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return versions
-  if cuda_versions is None:
-    return versions
-  for name in ("cuda_runtime_get_version", "cudnn_get_version",
-               "cuda_driver_get_version", "cuda_compute_capability"):
-    function = getattr(cuda_versions, name, None)
-    if function is None:
-      continue
-    try:
-      versions[name.replace("_get_version", "")] = (
-          function(0) if name == "cuda_compute_capability" else function())
-    except Exception as error:  # pylint: disable=broad-except
-      versions[name] = f"{type(error).__name__}: {error}"[:100]
+  """The CUDA backend's version and the installed CUDA wheels' versions.
+
+  From public APIs only: the backend's ``platform_version`` (JAX's extension
+  API), each GPU's compute capability, and the versions of the installed
+  ``jax-cuda*`` and ``nvidia-*`` distributions (CUDA runtime, cuDNN, ...).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.extend import backend  # pylint: disable=g-import-not-at-top
+  versions: dict[str, Any] = {"platform_version": backend.get_backend(
+  ).platform_version, "compute_capability": getattr(
+      jax.devices()[0], "compute_capability", None)}
+  for distribution in importlib.metadata.distributions():
+    name = distribution.metadata["Name"] or ""
+    if name.lower().startswith(("jax-cuda", "nvidia-")):
+      versions[name] = distribution.version
   return versions
 
 
@@ -283,7 +281,7 @@ def part_model(writer: PartWriter, args: argparse.Namespace) -> None:
   batch, steps = (8, 2) if args.smoke else (args.batch, 30)
   batch -= batch % jax.device_count()
   writer.update(batch=batch, timed_steps=steps, parallel="jit",
-                step="train.train.create_steps_and_state (reference config): "
+                step="train.loop.create_steps_and_state (reference config): "
                 "augmentation, forward, backward, BatchNorm, weight decay, "
                 "LCAM; state donated", rows=[])
   items = _model_items(args.smoke)
@@ -416,22 +414,10 @@ def _run_with_deadline(command: list[str], env: dict[str, str],
       returncode = process.wait(timeout=max(1.0, deadline + GRACE_S - start))
       killed = False
     except subprocess.TimeoutExpired:
-      _kill_group(process)
+      signals.end_process_group(process)
       returncode, killed = process.returncode, True
   return {"returncode": returncode, "killed_at_deadline": killed,
           "seconds": time.time() - start}
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-  """Ends a process started in its own session, and its children."""
-  for sig, wait_s in ((signal.SIGINT, 10), (signal.SIGKILL, 10)):
-    with contextlib.suppress(ProcessLookupError):
-      os.killpg(process.pid, sig)
-    try:
-      process.wait(timeout=wait_s)
-      return
-    except subprocess.TimeoutExpired:
-      continue
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -469,7 +455,7 @@ def loop_command(args: argparse.Namespace, workdir: str,
 def run_loop(args: argparse.Namespace, env: dict[str, str], deadline: float,
              bare_images_per_s: float | None) -> dict[str, Any]:
   """Runs the training loop until the budget allows no further epoch."""
-  from train import metric_writers  # pylint: disable=g-import-not-at-top
+  from train import record  # pylint: disable=g-import-not-at-top
 
   result: dict[str, Any] = {"dropped": [], "notes": []}
   if args.smoke:
@@ -496,11 +482,11 @@ def run_loop(args: argparse.Namespace, env: dict[str, str], deadline: float,
       time.sleep(0.5)
       now = time.time()
       try:
-        epochs = metric_writers.read_metrics(workdir).get("epoch", [])
+        epochs = record.read_metrics(workdir).get(record.EPOCH_KIND, [])
       except (FileNotFoundError, ValueError):
         epochs = []
-      for record in epochs:
-        arrivals.setdefault(int(record["epoch"]), now)
+      for entry in epochs:
+        arrivals.setdefault(int(entry[record.EPOCH]), now)
       done = sorted(arrivals)
       if now > deadline:
         stop_reason = "the budget ran out"
@@ -510,14 +496,14 @@ def run_loop(args: argparse.Namespace, env: dict[str, str], deadline: float,
           stop_reason = (f"another epoch (~{period:.0f} s) would overrun the "
                          "budget")
       if stop_reason:
-        _kill_group(process)
+        signals.end_process_group(process)
         break
   result.update(returncode=process.returncode, wall_s=time.time() - start,
                 stopped=stop_reason)
   if process.returncode not in (0, None) and not stop_reason:
     result["log_tail"] = _tail(log_path)
   try:
-    records = metric_writers.read_metrics(workdir)
+    records = record.read_metrics(workdir)
   except FileNotFoundError:
     records = {}
   shutil.copy2(os.path.join(workdir, "metrics.jsonl"),
@@ -534,24 +520,26 @@ def summarize_loop(records: dict[str, list[dict[str, Any]]],
                    arrivals: dict[int, float],
                    bare_images_per_s: float | None) -> dict[str, Any]:
   """Per-epoch figures, throughput and the projection to 150 epochs."""
-  epochs = records.get("epoch", [])
-  train = records.get("train", [])
-  run = records.get("run", [{}])[0]
-  per_epoch = [{"epoch": r["epoch"], "test_accuracy": r.get("test_accuracy"),
-                "train_loss": r.get("train_loss"),
-                "epoch_time_s": r.get("epoch_time_s")} for r in epochs]
+  from train import record  # pylint: disable=g-import-not-at-top
+  epochs = records.get(record.EPOCH_KIND, [])
+  train = records.get(record.TRAIN_KIND, [])
+  run = records.get(record.RUN_KIND, [{}])[0]
+  per_epoch = [{field: r.get(field) for field in (
+      record.EPOCH, record.TEST_ACCURACY, record.TRAIN_LOSS,
+      record.EPOCH_TIME_S)} for r in epochs]
   done = sorted(arrivals)
   periods = [arrivals[b] - arrivals[a] for a, b in itertools.pairwise(done)]
-  rates = [r["images_per_sec"] for r in train
-           if r.get("images_per_sec") and r.get("epoch", 0) > 1]
-  rates = rates or [r["images_per_sec"] for r in train
-                    if r.get("images_per_sec")]
+  rates = [r[record.IMAGES_PER_SEC] for r in train
+           if r.get(record.IMAGES_PER_SEC) and r.get(record.EPOCH, 0) > 1]
+  rates = rates or [r[record.IMAGES_PER_SEC] for r in train
+                    if r.get(record.IMAGES_PER_SEC)]
   summary: dict[str, Any] = {
       "epochs_done": len(epochs), "per_epoch": per_epoch,
-      "time_to_first_step_s": run.get("time_to_first_step_s"),
+      "time_to_first_step_s": run.get(record.TIME_TO_FIRST_STEP_S),
       "devices": run.get("devices"),
   }
-  steady = [r["epoch_time_s"] for r in epochs[1:] if r.get("epoch_time_s")]
+  steady = [r[record.EPOCH_TIME_S] for r in epochs[1:]
+            if r.get(record.EPOCH_TIME_S)]
   if steady:
     summary["epoch_train_s"] = statistics.median(steady)
   if periods:

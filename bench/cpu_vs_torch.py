@@ -1,6 +1,6 @@
 """The harness's training loop on the CPU against the same step in PyTorch.
 
-Runs `train.train_and_evaluate` with the quick config (WRN-10-1, batch 128, LCAM
+Runs `train.loop.train_and_evaluate` with the quick config (WRN-10-1, batch 128, LCAM
 with coupled weight decay) on synthetic CIFAR-sized data in a few runs that
 resume one another, and between them times the PyTorch peer (the same network
 and batch, `torch.optim.SGD` with momentum and weight decay, see
@@ -12,7 +12,7 @@ both alike. Prints both rates (median images/s) and their ratio.
       [--channels-last]
 
 `--devices` splits the CPU into N XLA devices (default: what `python -m train`
-chooses, see `train.config.host_device_count`). Needs PyTorch:
+chooses, see `train.devices.host_device_count`). Needs PyTorch:
 `pip install -e '.[bench]'`.
 """
 
@@ -47,9 +47,9 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bench import torch_wrn  # pylint: disable=g-import-not-at-top
-  from train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from train import metric_writers  # pylint: disable=g-import-not-at-top
-  from train import train  # pylint: disable=g-import-not-at-top
+  from train import devices  # pylint: disable=g-import-not-at-top
+  from train import loop  # pylint: disable=g-import-not-at-top
+  from train import record  # pylint: disable=g-import-not-at-top
   from train.configs import quick  # pylint: disable=g-import-not-at-top
 
   cores = len(os.sched_getaffinity(0))
@@ -63,7 +63,7 @@ def main():
   config.progress = False
   config.log_every_steps = segment_steps
   config.host_devices = args.devices
-  config_lib.use_host_devices(config)
+  devices.use_host_devices(config)
 
   torch.manual_seed(0)
   torch.set_num_threads(cores)
@@ -86,9 +86,9 @@ def main():
       torch_rates.append(torch_wrn.images_per_sec(
           torch_step, images, labels, segment_steps))
       config.stop_after_steps = segment * segment_steps
-      train.train_and_evaluate(config, workdir)
-      records = metric_writers.read_metrics(workdir)
-      loop_rates.append(records["train"][-1]["images_per_sec"])
+      loop.train_and_evaluate(config, workdir)
+      records = record.read_metrics(workdir)
+      loop_rates.append(records[record.TRAIN_KIND][-1][record.IMAGES_PER_SEC])
     torch_rates.append(torch_wrn.images_per_sec(
         torch_step, images, labels, segment_steps))
 

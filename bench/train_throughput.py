@@ -1,6 +1,6 @@
 """The training loop's throughput against a bare jit-compiled step, in one run.
 
-Runs `train.train_and_evaluate` on synthetic CIFAR-sized data (everything: the
+Runs `train.loop.train_and_evaluate` on synthetic CIFAR-sized data (everything: the
 host-side batches, the step, logging, checkpoints) in a few runs that resume
 one another, and between them times the bare compiled step of the same model,
 batch and devices on one batch already on the devices. Prints the median
@@ -63,8 +63,8 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from train import data  # pylint: disable=g-import-not-at-top
-  from train import metric_writers  # pylint: disable=g-import-not-at-top
-  from train import train  # pylint: disable=g-import-not-at-top
+  from train import loop  # pylint: disable=g-import-not-at-top
+  from train import record  # pylint: disable=g-import-not-at-top
   from train.configs import throughput  # pylint: disable=g-import-not-at-top
 
   counter = CompileCounter()
@@ -86,7 +86,7 @@ def main():
   # already on the devices.
   split = data.load_split(config.data.source, "train")
   steps_per_epoch = data.steps_per_epoch(split.num_examples, args.batch, False)
-  parallel, bare_state = train.create_steps_and_state(config, split,
+  parallel, bare_state = loop.create_steps_and_state(config, split,
                                                       steps_per_epoch)
   batch = parallel.put_batch(next(data.train_batches(
       split, args.batch, seed=0, epoch=0)))
@@ -110,11 +110,11 @@ def main():
       bare_rates.append(bare_rate())
       config.stop_after_steps = segment * segment_steps
       compiles_before = counter.count
-      train.train_and_evaluate(config, workdir)
+      loop.train_and_evaluate(config, workdir)
       compiles.append(counter.count - compiles_before)
-      records = metric_writers.read_metrics(workdir)
-      loop_rates.append(records["train"][-1]["images_per_sec"])
-      first_step_times.append(records["run"][-1]["time_to_first_step_s"])
+      records = record.read_metrics(workdir)
+      loop_rates.append(records[record.TRAIN_KIND][-1][record.IMAGES_PER_SEC])
+      first_step_times.append(records[record.RUN_KIND][-1][record.TIME_TO_FIRST_STEP_S])
     bare_rates.append(bare_rate())
 
   loop, bare = float(np.median(loop_rates)), float(np.median(bare_rates))

@@ -1,4 +1,4 @@
-"""Tests of train.study: definitions, pending runs, the pool, the statistics."""
+"""Tests of the study package: definitions, pending runs, the pool, the summary."""
 
 import glob
 import importlib.util
@@ -15,16 +15,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from train import metric_writers
-from train import study as study_lib
-from train import study_report
-from train import study_runner
-from train import workdir_lock
+from study import cli
+from study import definition as study_lib
+from study import report as study_report
+from study import runner as study_runner
+from study import statistics
+from train import devices
+from train import loop
+from train import record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = sorted(
     os.path.splitext(os.path.basename(path))[0]
-    for path in glob.glob(os.path.join(REPO, "train", "studies", "*.py"))
+    for path in glob.glob(os.path.join(REPO, "study", "studies", "*.py"))
     if not path.endswith("__init__.py"))
 
 TINY_STUDY = """
@@ -441,13 +444,13 @@ def test_bad_statistics_fields_are_clear_errors(tmp_path, fields, message):
     study_lib.load_study(str(study_file))
   # A study directory written before the check is caught by summarize.
   study_lib.save_study(_study(**fields), str(tmp_path / "study"))
-  assert study_lib.main(["summarize", str(tmp_path / "study")]) == 1
+  assert cli.main(["summarize", str(tmp_path / "study")]) == 1
 
 
 def _study_process(study_file, workdir, *extra, wait=True):
   env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  command = [sys.executable, "-m", "train.study", "run", study_file,
+  command = [sys.executable, "-m", "study", "run", study_file,
              "--workdir", str(workdir), *extra]
   if wait:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
@@ -466,12 +469,12 @@ def _run_records(workdir, arm, seed):
 def _wait_until_no_run_holds_its_workdir(workdir):
   deadline = time.time() + 300
   for lock in glob.glob(os.path.join(workdir, "*", "*",
-                                     workdir_lock.LOCK_FILENAME)):
+                                     devices.LOCK_FILENAME)):
     while True:
       try:
-        with workdir_lock.hold(os.path.dirname(lock)):
+        with devices.hold(os.path.dirname(lock)):
           break
-      except workdir_lock.WorkdirBusyError:
+      except devices.WorkdirBusyError:
         assert time.time() < deadline
         time.sleep(0.2)
 
@@ -513,7 +516,7 @@ def test_tiny_study_end_to_end(tmp_path):
 
   # summarize alone rewrites the three files from the runs.
   (workdir / "summary.md").unlink()
-  assert study_lib.main(["summarize", str(workdir)]) == 0
+  assert cli.main(["summarize", str(workdir)]) == 0
   assert (workdir / "summary.md").exists()
 
 
@@ -521,16 +524,16 @@ def test_post_hoc_comparisons_print_and_write_nothing(tmp_path, capsys):
   finals = {"base": {0: 0.60, 1: 0.62, 2: 0.61},
             "b": {0: 0.603, 1: 0.621, 2: 0.612}}
   _two_arm_study(tmp_path, finals)
-  assert study_lib.main(["summarize", str(tmp_path), "--compare", "b:base",
+  assert cli.main(["summarize", str(tmp_path), "--compare", "b:base",
                          "--margin", "0.02"]) == 0
   out = capsys.readouterr().out
   assert out.startswith("Post hoc:")
   assert "| b | base | primary |" in out and "| equivalent |" in out
   assert not (tmp_path / "summary.json").exists()
-  assert study_lib.main(["summarize", str(tmp_path), "--baseline", "b"]) == 0
+  assert cli.main(["summarize", str(tmp_path), "--baseline", "b"]) == 0
   assert not (tmp_path / "summary.md").exists()
-  assert study_lib.main(["summarize", str(tmp_path), "--compare", "b"]) == 1
-  assert study_lib.main(["summarize", str(tmp_path), "--compare",
+  assert cli.main(["summarize", str(tmp_path), "--compare", "b"]) == 1
+  assert cli.main(["summarize", str(tmp_path), "--compare",
                          "b:nope"]) == 1
   err = capsys.readouterr().err
   assert err.count("error:") == 2 and "ARM:AGAINST" in err and "nope" in err
@@ -560,17 +563,17 @@ def test_power_plan_pools_the_spread_and_takes_the_larger_count(tmp_path,
   finals = {"a": {0: 0.600, 1: 0.610, 2: 0.605},
             "b": {0: 0.700, 1: 0.690, 2: 0.695, 3: 0.700}}
   _two_arm_study(tmp_path, finals)
-  assert study_lib.main(["power", str(tmp_path), "--margin", "0.01"]) == 0
+  assert cli.main(["power", str(tmp_path), "--margin", "0.01"]) == 0
   out = capsys.readouterr().out
   sd = math.sqrt((2 * np.var([0.6, 0.61, 0.605], ddof=1)
                   + 3 * np.var([0.7, 0.69, 0.695, 0.7], ddof=1)) / 5)
   assert f"pooled sd: {sd:.5f} (5 degrees of freedom)" in out
-  tost = study_report.statistics.seeds_for_equivalence(0.01 / sd, "welch")
-  detect = study_report.statistics.seeds_for_power(0.01 / sd, "welch")
+  tost = statistics.seeds_for_equivalence(0.01 / sd, "welch")
+  detect = statistics.seeds_for_power(0.01 / sd, "welch")
   assert f"needs {max(tost, detect)} seeds per arm" in out
-  assert study_lib.main(["power", str(tmp_path), "--margin", "0.01",
+  assert cli.main(["power", str(tmp_path), "--margin", "0.01",
                          "--arms", "nope"]) == 1
-  assert study_lib.main(["power", str(tmp_path), "--margin", "-1"]) == 1
+  assert cli.main(["power", str(tmp_path), "--margin", "-1"]) == 1
   assert capsys.readouterr().err.count("error:") == 2
 
 
@@ -593,7 +596,7 @@ def test_placebo_arms_show_draws_and_loss_fractions_apart(tmp_path):
 
 # A stand-in for `python -m train` that saves slowly. Like a run, it takes
 # the first SIGINT or SIGTERM as a request to stop and save; like a run
-# before `train.periodic.StopOnSignals` kept SIGTERM, a second signal kills
+# before `train.signals.StopOnSignals` kept SIGTERM, a second signal kills
 # it while it saves.
 FAKE_RUN = """
 import json, os, signal, sys, time
@@ -622,15 +625,15 @@ sys.exit(128 + signals[0])
 STUDY_DRIVER = """
 import sys
 import ml_collections
-from train import study
-from train import study_runner
+from study import definition
+from study import runner
 fake_run, save_s, workdir = sys.argv[1:]
-study.train_command = lambda s, w, arm, seed: [
-    sys.executable, fake_run, study.run_dir(w, arm, seed), save_s]
-definition = ml_collections.ConfigDict({
+definition.train_command = lambda s, w, arm, seed: [
+    sys.executable, fake_run, definition.run_dir(w, arm, seed), save_s]
+two_arms = ml_collections.ConfigDict({
     "config": "train/configs/tiny.py", "arms": {"a": {}, "b": {}},
     "seeds": [0], "baseline": "a"})
-study_runner.run_study(definition, workdir, workers=2, poll_s=0.2)
+runner.run_study(two_arms, workdir, workers=2, poll_s=0.2)
 """
 
 
@@ -665,7 +668,7 @@ def _wait_for_signals(runs):
 
 
 # A stand-in for a run whose loss turns non-finite: it records its start and
-# the divergence, as `train.train` does, and exits with an error.
+# the divergence, as `train.loop` does, and exits with an error.
 DIVERGING_RUN = """
 import json, os, sys
 path = sys.argv[1]
@@ -755,9 +758,8 @@ def test_runs_of_a_killed_study_stop_and_save(tmp_path):
 def _run_in_process(study, workdir, arm, seed):
   """One (arm, seed) of ``study`` trained here, as `run_study` would in a
   child process (the runner's process handling is tested above)."""
-  from train import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(study_lib.run_config(study, arm, seed),
-                           study_lib.run_dir(str(workdir), arm, seed))
+  loop.train_and_evaluate(study_lib.run_config(study, arm, seed),
+                          study_lib.run_dir(str(workdir), arm, seed))
 
 
 @pytest.mark.campaign  # Eleven tiny runs: `make campaigns`, not `make test`.
@@ -787,7 +789,7 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
   assert summary1["selection"]["lcam"]["winner"] == "lcam"
   assert summary1["selection"]["lcam"]["complete"]
   assert "test acc." not in (stage1 / "summary.md").read_text()
-  lcam_run = metric_writers.read_metrics(
+  lcam_run = record_lib.read_metrics(
       study_lib.run_dir(str(stage1), "lcam", 1000))
   (epoch,) = lcam_run["epoch"]
   assert "val_accuracy" in epoch and "test_accuracy" not in epoch
@@ -834,7 +836,7 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
 
 def test_lcam_confirm_holds_stage_ones_derivation():
   """Stage 2's literals are what `derive()` reads from the committed stage 1."""
-  path = os.path.join(REPO, "train", "studies", "lcam_confirm.py")
+  path = os.path.join(REPO, "study", "studies", "lcam_confirm.py")
   spec = importlib.util.spec_from_file_location("lcam_confirm", path)
   confirm = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(confirm)

@@ -28,17 +28,15 @@ from train import checkpoints
 from train import checksums
 from train import config as config_lib
 from train import data
-from train import distributed
+from study import plot
+from train import devices
 from train import evaluate
+from train import loop
 from train import main
-from train import metric_writers
 from train import optimizers
-from train import plot
 from train import provenance
-from train import runs
+from train import record as record_lib
 from train import steps
-from train import train
-from train import workdir_lock
 from train.configs import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +101,7 @@ def colour_folder(tmp_path_factory):
 def straight_run(tmp_path_factory):
   """Two epochs of the tiny config, in one go."""
   workdir = tmp_path_factory.mktemp("straight")
-  train.train_and_evaluate(tiny_config(), str(workdir))
+  loop.train_and_evaluate(tiny_config(), str(workdir))
   return workdir
 
 
@@ -112,8 +110,8 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
                           "data.cache_dir": str(tmp_path / "cache"),
                           "num_epochs": 6, "batch_size": 32,
                           "schedule.learning_rate": 0.05})
-  train.train_and_evaluate(config, str(tmp_path))
-  records = metric_writers.read_metrics(tmp_path)
+  loop.train_and_evaluate(config, str(tmp_path))
+  records = record_lib.read_metrics(tmp_path)
   epochs = records["epoch"]
   assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
   assert epochs[-1]["train_loss"] < 0.5 * epochs[0]["train_loss"]
@@ -134,10 +132,10 @@ def test_loss_falls_and_outputs_are_written(colour_folder, tmp_path):
 def _resume_and_compare(workdir, straight_run):
   """Resumes the tiny run in ``workdir``; its arrays and epoch records must be
   the uninterrupted run's. Returns the resumed run's epoch records."""
-  train.train_and_evaluate(tiny_config(), str(workdir))
+  loop.train_and_evaluate(tiny_config(), str(workdir))
   assert_same_arrays(final_arrays(workdir), final_arrays(straight_run))
-  epochs = metric_writers.read_metrics(workdir)["epoch"]
-  straight_epochs = metric_writers.read_metrics(straight_run)["epoch"]
+  epochs = record_lib.read_metrics(workdir)["epoch"]
+  straight_epochs = record_lib.read_metrics(straight_run)["epoch"]
   for resumed, straight in zip(epochs, straight_epochs, strict=True):
     for key in ("train_loss", "phase_below_fraction", "test_accuracy"):
       assert resumed[key] == straight[key], key
@@ -146,7 +144,7 @@ def _resume_and_compare(workdir, straight_run):
 
 def test_resume_mid_epoch_is_exact(straight_run, tmp_path):
   # 4 steps an epoch: stop after 1.5 epochs, then resume for the rest.
-  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  loop.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   assert checkpoints.Checkpointer(str(tmp_path / "checkpoints"),
                                   tiny_config()).latest_step() == 6
   before_resume = _checkpoint_meta(tmp_path, 6)["epoch_elapsed_s"]
@@ -169,7 +167,7 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(
   checkpointer = checkpoints.Checkpointer(str(ckpt_dir), tiny_config())
   assert checkpointer.latest_step() == latest
   checkpointer.close()
-  state = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  state = loop.train_and_evaluate(tiny_config(), str(tmp_path))
   assert int(jax.device_get(state.step)) == latest
 
 
@@ -207,7 +205,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_falls_back(
   ckpt_dir = tmp_path / "checkpoints"
   damage(_largest_file(ckpt_dir / "8"))
   with caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    loop.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING
               and "checkpoint" in r.getMessage()]
@@ -228,7 +226,7 @@ def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(
     _flip_bytes(_largest_file(ckpt_dir / str(step)))
   with pytest.raises(checkpoints.DamagedCheckpointError,
                      match=r"^No intact checkpoint in .*: step 8: .*SHA-256"):
-    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    loop.train_and_evaluate(tiny_config(), str(tmp_path))
   assert checkpoints.committed_steps(str(ckpt_dir)) == steps
   with pytest.raises(checkpoints.DamagedCheckpointError, match="damaged"):
     checkpoints.load_state(str(tmp_path))
@@ -236,11 +234,11 @@ def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(
 
 def test_a_checkpoint_without_checksums_is_used_with_a_warning(
     straight_run, tmp_path, caplog):
-  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  loop.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   for step_dir in (tmp_path / "checkpoints").iterdir():
     (step_dir / checksums.FILENAME).unlink()
   with caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(tiny_config(), str(tmp_path))
+    loop.train_and_evaluate(tiny_config(), str(tmp_path))
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING
               and "checkpoint" in r.getMessage()]
@@ -263,7 +261,7 @@ def test_a_checkpoint_with_the_epoch_sums_in_its_state_resumes(straight_run,
                                                                tmp_path):
   # Before the host kept them, the train state held the epoch's sums (float32
   # arrays) and the meta data did not: such a checkpoint inside an epoch.
-  train.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
+  loop.train_and_evaluate(tiny_config(stop_after_steps=6), str(tmp_path))
   state = checkpoints.load_state(str(tmp_path))
   meta = _checkpoint_meta(tmp_path, 6)
   sums = {name: np.float32(value)
@@ -285,9 +283,9 @@ def test_pmap_and_jit_agree(dropout_rate, tmp_path):
   # With dropout both draw the same mask for each example.
   config = tiny_config(**{"stop_after_steps": 3,
                           "model.dropout_rate": dropout_rate})
-  train.train_and_evaluate(config, str(tmp_path / "pmap"))
+  loop.train_and_evaluate(config, str(tmp_path / "pmap"))
   config.parallel = "jit"
-  train.train_and_evaluate(config, str(tmp_path / "jit"))
+  loop.train_and_evaluate(config, str(tmp_path / "jit"))
   pmap, jit = final_arrays(tmp_path / "pmap"), final_arrays(tmp_path / "jit")
   assert pmap.keys() == jit.keys()
   for key in pmap:
@@ -311,7 +309,7 @@ def test_the_train_step_donates_the_state(parallel):
   # The new state takes the old one's buffers: a device holds it once.
   config = tiny_config(parallel=parallel)
   split = data.load_split(config.data.source, "train")
-  wrapped, state = train.create_steps_and_state(config, split, 4)
+  wrapped, state = loop.create_steps_and_state(config, split, 4)
   state = wrapped.put_state(state)
   batch = wrapped.put_batch(next(data.train_batches(split, config.batch_size,
                                                  seed=0, epoch=0)))
@@ -340,8 +338,8 @@ def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
   with tfds.testing.mock_data(data_dir=str(data_dir),
                               policy=tfds.testing.MockPolicy.USE_FILES,
                               as_data_source_fn=_random_examples):
-    state = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert metric_writers.read_metrics(tmp_path / "run")["train"]
+    state = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert record_lib.read_metrics(tmp_path / "run")["train"]
   # bf16 compute; parameters, statistics and optimizer state stay float32.
   for leaf in jax.tree.leaves((state.params, state.batch_stats,
                                state.opt_state)):
@@ -354,10 +352,10 @@ def test_evaluation_is_exact(parallel):
   config = tiny_config(parallel=parallel)
   test_split = data.load_split(config.data.source, "test")
   train_split = data.load_split(config.data.source, "train")
-  parallel_steps, state = train.create_steps_and_state(config, train_split,
+  parallel_steps, state = loop.create_steps_and_state(config, train_split,
                                                        4)
   state = parallel_steps.put_state(state)
-  result = train.evaluate(parallel_steps, state, test_split, 64)
+  result = loop.evaluate(parallel_steps, state, test_split, 64)
 
   host_state = jax.device_get(state)
   images = data.normalize(test_split.images, data.IMAGENET_MEAN,
@@ -404,7 +402,7 @@ def test_evaluation_is_exact(parallel):
 )
 def test_bad_configs_are_clear_errors(overrides, match, tmp_path):
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+    loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
 
@@ -413,18 +411,18 @@ def test_resuming_with_another_model_is_a_clear_error(straight_run, tmp_path):
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
                      match=r"model.name: checkpoint 'wrn-10-1', "
                      r"this run 'wrn-16-4'"):
-    train.train_and_evaluate(tiny_config(**{"model.name": "wrn-16-4"}),
+    loop.train_and_evaluate(tiny_config(**{"model.name": "wrn-16-4"}),
                              str(tmp_path))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  train.train_and_evaluate(tiny_config(stop_after_steps=3, log_every_steps=1),
+  loop.train_and_evaluate(tiny_config(stop_after_steps=3, log_every_steps=1),
                            str(tmp_path))
   config = tiny_config(**{"schedule.learning_rate": 1e30,
                           "log_every_steps": 1})
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(loop.NonFiniteLossError,
                      match=r"The training loss is nan at step \d+") as error:
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   bad_step = int(str(error.value).split(" at step ")[1].split()[0])
   checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"),
                                           config)
@@ -433,22 +431,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   # No checkpoint comes from an update with a non-finite loss.
   assert 3 <= latest < bad_step
   losses = {r["step"]: r["loss"]
-            for r in metric_writers.read_metrics(tmp_path)["train"]}
+            for r in record_lib.read_metrics(tmp_path)["train"]}
   assert all(np.isfinite(losses[s]) for s in range(1, latest + 1))
   assert losses[bad_step] is None  # NaN is written as null
   # The run's outcome is on record, for a study: it diverged at that step.
-  assert runs.load_run(tmp_path).diverged["step"] == bad_step
+  assert record_lib.load_run(tmp_path).diverged["step"] == bad_step
 
 
 def test_non_finite_loss_can_skip_steps(tmp_path):
   config = tiny_config(**{"schedule.learning_rate": 1e30, "num_epochs": 1,
                           "on_nonfinite_loss": "skip", "log_every_steps": 1,
                           "checkpoint_every_steps": 1, "keep_checkpoints": 0})
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = loop.train_and_evaluate(config, str(tmp_path))
   assert int(jax.device_get(state.step)) == 4
   # LCAM's own step counter stays aligned with the data's epochs.
   assert int(jax.device_get(optax_lcam.lcam_info(state.opt_state).step)) == 4
-  losses = [r["loss"] for r in metric_writers.read_metrics(tmp_path)["train"]]
+  losses = [r["loss"] for r in record_lib.read_metrics(tmp_path)["train"]]
   # losses[i] is the loss of step i + 1, computed after i updates.
   first_bad = losses.index(None)
   assert first_bad > 0 and all(loss is None for loss in losses[first_bad:])
@@ -511,7 +509,7 @@ def test_two_processes_agree_with_one(straight_run, tmp_path):
       # the loss sum: a rounding remainder that follows the summation order).
       np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
   # Only process 0 writes the logs.
-  assert len(metric_writers.read_metrics(tmp_path)["epoch"]) == 2
+  assert len(record_lib.read_metrics(tmp_path)["epoch"]) == 2
 
 
 # What `srun --ntasks=2` on one node sets (JAX's SLURM detection reads these).
@@ -531,34 +529,22 @@ def _slurm_job_id_with_a_free_port() -> int:
   raise RuntimeError("No free port in 61440-65535.")
 
 
-def test_jax_cluster_detection_is_asked(monkeypatch):
-  for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID",
-               "OMPI_MCA_orte_hnp_uri", "PMIX_NAMESPACE"):
+def test_cluster_detection_reads_what_jax_reads(monkeypatch):
+  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+               "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(name, raising=False)
-  assert distributed.detected_cluster() is None
+  assert devices.detected_cluster() is None
   for name, value in dict(_SLURM_STEP, SLURM_JOB_ID="7", SLURM_PROCID="1",
                           SLURM_LOCALID="1").items():
     monkeypatch.setenv(name, value)
-  assert distributed.detected_cluster() == ("slurm", 2)
-
-
-def test_a_cluster_that_jax_detects_only_half_runs_alone(monkeypatch):
-  from jax._src import clusters  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [])
-
-  class HalfThere(clusters.ClusterEnv):  # A Kubernetes pod outside a Job.
-    name = "half"
-
-    @classmethod
-    def is_env_present(cls):
-      return True
-
-    @classmethod
-    def get_process_count(cls):
-      raise RuntimeError("no Job")
-
-  assert clusters.ClusterEnv._cluster_types == [HalfThere]
-  assert distributed.detected_cluster() is None
+  assert devices.detected_cluster() == ("SLURM", 2)
+  assert devices.detected_cluster({"OMPI_COMM_WORLD_SIZE": "3"}) == (
+      "Open MPI", 3)
+  # An allocation without a task count, or with a count that is not one,
+  # is one process: the run goes on alone.
+  assert devices.detected_cluster({"SLURM_JOB_ID": "7"}) == ("SLURM", 1)
+  assert devices.detected_cluster({"SLURM_JOB_ID": "7",
+                                   "SLURM_NTASKS": "2(x3)"}) == ("SLURM", 1)
 
 
 def test_a_slurm_step_of_two_tasks_is_one_run_of_two_processes(tmp_path):
@@ -630,8 +616,8 @@ def test_loss_controlled_adamw_trains_and_logs_its_phases(tmp_path):
       "optimizer.name": "adamw", "optimizer.weight_decay": 0.05,
       "optimizer.loss_control": '{"b1": [0.95, 0.9]}',
       "schedule.learning_rate": 1e-3, "num_epochs": 1, "log_every_steps": 1})
-  train.train_and_evaluate(config, str(tmp_path))
-  records = metric_writers.read_metrics(tmp_path)
+  loop.train_and_evaluate(config, str(tmp_path))
+  records = record_lib.read_metrics(tmp_path)
   b1s = [r["b1"] for r in records["train"]]
   assert set(np.round(b1s, 6)) <= {0.95, 0.9} and len(b1s) == 4
   # The first step's loss is its epoch's mean: "above", so b1 = 0.9 next.
@@ -722,14 +708,14 @@ def test_resuming_with_other_steps_per_epoch_is_a_clear_error(colour_folder,
   config = tiny_config(**{"data.source": f"folder:{folder}",
                           "data.cache_dir": str(tmp_path / "cache"),
                           "batch_size": 32, "stop_after_steps": 2})
-  train.train_and_evaluate(config, str(tmp_path / "run"))  # 4 steps an epoch
+  loop.train_and_evaluate(config, str(tmp_path / "run"))  # 4 steps an epoch
   # The same path now holds 32 more training images: 5 steps an epoch.
   for i in range(32):
     shutil.copy(folder / "train/class_0/0.png",
                 folder / f"train/class_0/extra_{i}.png")
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
                      match=r"steps_per_epoch: checkpoint 4, this run 5"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def _cli_env(devices=8):
@@ -786,13 +772,13 @@ def _files(folder) -> dict[str, tuple[int, int]]:
 
 
 def test_a_workdir_has_one_holder_at_a_time(tmp_path):
-  with (workdir_lock.hold(str(tmp_path)),
-        pytest.raises(workdir_lock.WorkdirBusyError,
+  with (devices.hold(str(tmp_path)),
+        pytest.raises(devices.WorkdirBusyError,
                       match=f"the workdir {tmp_path} is in use by another "
                       f"run \\(pid {os.getpid()} on "),
-        workdir_lock.hold(str(tmp_path))):
+        devices.hold(str(tmp_path))):
     pass
-  with workdir_lock.hold(str(tmp_path)):  # Released at the end of the first.
+  with devices.hold(str(tmp_path)):  # Released at the end of the first.
     pass
 
 
@@ -824,7 +810,7 @@ def test_a_second_run_on_a_live_workdir_stops_and_a_killed_one_blocks_none(
 
 
 def test_evaluate_command_prints_the_exact_test_metrics(straight_run, capsys):
-  last_epoch = metric_writers.read_metrics(straight_run)["epoch"][-1]
+  last_epoch = record_lib.read_metrics(straight_run)["epoch"][-1]
   result = evaluate.evaluate_checkpoint(str(straight_run))
   assert result["step"] == 8 and result["test_examples"] == 96
   assert result["test_loss"] == pytest.approx(last_epoch["test_loss"],
@@ -851,7 +837,7 @@ def test_a_damaged_config_json_is_one_error_line(straight_run, tmp_path,
 
 
 def test_an_unreadable_workdir_file_is_one_error_line(tmp_path):
-  (tmp_path / metric_writers.METRICS_FILENAME).mkdir()
+  (tmp_path / record_lib.METRICS_FILENAME).mkdir()
   result = subprocess.run(_train_command(tmp_path), env=_cli_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-3000:]
@@ -870,7 +856,7 @@ def test_load_variables_gives_what_the_model_needs(straight_run):
   logits = models.create_model("wrn-10-1", 10).apply(variables, images,
                                                  train=False)
   accuracy = np.mean(np.argmax(np.asarray(logits), -1) == test_split.labels)
-  last_epoch = metric_writers.read_metrics(straight_run)["epoch"][-1]
+  last_epoch = record_lib.read_metrics(straight_run)["epoch"][-1]
   assert accuracy == last_epoch["test_accuracy"]
 
 
@@ -901,12 +887,12 @@ if "{where}" == "checkpoint":
     write(step_dir)
   checksums.write = write_checksums
 else:
-  write = metric_writers.MetricWriter.write
+  write = record_lib.MetricWriter.write
   def write_metrics(self, kind, step, metrics):
     if step >= 4:
-      full(os.path.join(sys.argv[-1], metric_writers.METRICS_FILENAME))
+      full(os.path.join(sys.argv[-1], record_lib.METRICS_FILENAME))
     write(self, kind, step, metrics)
-  metric_writers.MetricWriter.write = write_metrics
+  record_lib.MetricWriter.write = write_metrics
 main.run()
 """
 
@@ -944,18 +930,18 @@ def test_jax_backend_probing_stays_out_of_the_log():
 
 def test_validation_examples_are_held_out_and_evaluated(tmp_path):
   config = tiny_config(**{"data.validation_examples": 64})
-  train.train_and_evaluate(config, str(tmp_path))
-  records = metric_writers.read_metrics(tmp_path)
+  loop.train_and_evaluate(config, str(tmp_path))
+  records = record_lib.read_metrics(tmp_path)
   # 256 - 64 = 192 training examples: 3 steps of 64 an epoch.
   assert [r["step"] for r in records["epoch"]] == [3, 6]
   for record in records["epoch"]:
     assert {"val_loss", "val_accuracy", "test_loss",
             "test_accuracy"} <= record.keys()
   no_test = tmp_path / "no_test"
-  train.train_and_evaluate(
+  loop.train_and_evaluate(
       tiny_config(**{"data.validation_examples": 64, "data.eval_test": False,
                      "num_epochs": 1}), str(no_test))
-  (record,) = metric_writers.read_metrics(no_test)["epoch"]
+  (record,) = record_lib.read_metrics(no_test)["epoch"]
   assert "val_accuracy" in record and "test_accuracy" not in record
   # The held-out examples are the same for any seed, and not trained on.
   full = data.load_split(config.data.source, "train")
@@ -967,7 +953,7 @@ def test_validation_examples_are_held_out_and_evaluated(tmp_path):
   # Resuming with another number of held-out examples is refused.
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
                      match="validation_examples: checkpoint 64, this run 32"):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
         tiny_config(**{"data.validation_examples": 32, "num_epochs": 3}),
         str(tmp_path))
 
@@ -975,7 +961,7 @@ def test_validation_examples_are_held_out_and_evaluated(tmp_path):
 @pytest.mark.parametrize("count", [-1, 256, 1000])
 def test_impossible_validation_examples_are_clear_errors(count, tmp_path):
   with pytest.raises(ValueError, match=r"validation_examples|hold out"):
-    train.train_and_evaluate(
+    loop.train_and_evaluate(
         tiny_config(**{"data.validation_examples": count}), str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
 
@@ -983,7 +969,7 @@ def test_impossible_validation_examples_are_clear_errors(count, tmp_path):
 def test_run_records_hold_the_provenance(straight_run):
   run_record = next(
       json.loads(line) for line in
-      (straight_run / metric_writers.METRICS_FILENAME).read_text().splitlines()
+      (straight_run / record_lib.METRICS_FILENAME).read_text().splitlines()
       if json.loads(line)["kind"] == "run")
   head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
                         capture_output=True, text=True, check=False)
@@ -1036,7 +1022,7 @@ def test_evaluate_reads_a_config_json_older_than_its_fields(straight_run,
 
 
 def test_a_loss_rule_run_logs_its_phase_as_the_loss_fraction(straight_run):
-  for record in metric_writers.read_metrics(straight_run)["epoch"]:
+  for record in record_lib.read_metrics(straight_run)["epoch"]:
     assert record["loss_below_mean_fraction"] == record["phase_below_fraction"]
   # Its checkpoints keep the tree of runs before phases="random" existed.
   assert not [key for key in final_arrays(straight_run)
@@ -1048,8 +1034,8 @@ def test_random_phases_follow_the_epochs_probabilities_and_resume(tmp_path):
   overrides = {"optimizer.phases": "random",
                "optimizer.below_probability": (0.0, 1.0),
                "optimizer.phase_seed": 3, "log_every_steps": 1}
-  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "a"))
-  records = metric_writers.read_metrics(tmp_path / "a")
+  loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "a"))
+  records = record_lib.read_metrics(tmp_path / "a")
   epochs = records["epoch"]
   assert [r["phase_below_fraction"] for r in epochs] == [0.0, 1.0]
   # The loss's own phase is logged beside the draws: the first step of an
@@ -1061,11 +1047,11 @@ def test_random_phases_follow_the_epochs_probabilities_and_resume(tmp_path):
   arrays = final_arrays(tmp_path / "a")
   assert {"loss_below_mean"} <= {key.split("'")[-2] for key in arrays}
   # Stopped mid-epoch and resumed: the same arrays and epoch records.
-  train.train_and_evaluate(tiny_config(stop_after_steps=6, **overrides),
+  loop.train_and_evaluate(tiny_config(stop_after_steps=6, **overrides),
                            str(tmp_path / "b"))
-  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "b"))
+  loop.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "b"))
   assert_same_arrays(final_arrays(tmp_path / "b"), arrays)
-  resumed = metric_writers.read_metrics(tmp_path / "b")["epoch"]
+  resumed = record_lib.read_metrics(tmp_path / "b")["epoch"]
   for record, straight in zip(resumed, epochs, strict=True):
     for key in ("train_loss", "phase_below_fraction",
                 "loss_below_mean_fraction"):

@@ -1,7 +1,8 @@
-"""The training harness: data, the pmap/jit loop, checkpoints, logs and plots.
+"""The training harness: makes one run.
 
 `python -m train --config train/configs/quick.py --workdir DIR` trains (the
-loop is `train.train.train_and_evaluate(config, workdir)`);
-`python -m train.evaluate DIR` evaluates a workdir's latest checkpoint, and
-`train.checkpoints.load_variables(DIR)` loads its parameters.
+loop is `train.loop.train_and_evaluate(config, workdir)`), writing the run's
+record (`train.record`); `python -m train.evaluate DIR` evaluates a workdir's
+latest checkpoint, and `train.checkpoints.load_variables(DIR)` loads its
+parameters. Studies of many runs are the `study` package's.
 """

@@ -1,4 +1,4 @@
-"""`python -m train`: see train/main.py."""
+"""`python -m train`: trains one run (`train.main`; `--help` lists the fields)."""
 
 from train import main
 

@@ -34,11 +34,11 @@ import orbax.checkpoint as ocp
 
 from train import checksums
 from train import config as config_lib
-from train import runs
+from train import record
 
 CORRUPT_DIRNAME = "corrupt"
 # What Orbax adds to a checkpoint being written, until it commits it.
-_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_TMP_SUFFIX = ocp.step.TMP_DIR_SUFFIX
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -346,7 +346,7 @@ def disk_full_message(workdir: str, error: BaseException) -> str | None:
     what = f"the checkpoint of step {in_flight.group(1)}"
   else:
     what = filename or workdir
-  steps = committed_steps(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME))
+  steps = committed_steps(os.path.join(workdir, record.CHECKPOINTS_DIRNAME))
   previous = (f"the checkpoint of step {steps[-1]} is intact" if steps else
               "no checkpoint was saved before")
   existing = workdir
@@ -375,7 +375,7 @@ def load_state(workdir: str, step: int | None = None) -> dict[str, Any]:
       read (it is left where it is).
   """
   directory = os.path.abspath(
-      os.path.join(workdir, runs.CHECKPOINTS_DIRNAME))
+      os.path.join(workdir, record.CHECKPOINTS_DIRNAME))
   handlers = {"state": ocp.StandardCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:

@@ -17,13 +17,15 @@ import runpy
 from typing import Any
 
 from flax import traverse_util
-import jax
 import ml_collections
 
 import optax_lcam
-from train import runs
+from train import record
 from train import schedules
 from train.configs import default
+
+# The repository's root: config and study files are named relative to it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The config fields with a fixed set of values, and those values.
 CHOICES = {
@@ -79,7 +81,9 @@ def load(spec: str, function: str = "get_config") -> Any:
   """``path.py[:ARG]`` -> what ``function(ARG)`` of that file returns.
 
   Without ``:ARG`` the function is called without an argument. A relative
-  path is relative to the working directory.
+  path is relative to the working directory. A config (``get_config``) may
+  also be a run's ``config.json``: the run's own config (`read_json_config`),
+  to run it again.
 
   Raises:
     ConfigError: the file does not exist (naming the files beside it), or
@@ -93,6 +97,8 @@ def load(spec: str, function: str = "get_config") -> Any:
                     for file in glob.glob(os.path.join(folder, "[!_]*.py")))
     raise ConfigError("no such file." + (
         f" The files in {folder} are: {', '.join(beside)}." if beside else ""))
+  if path.endswith(".json") and function == "get_config":
+    return read_json_config(path)
   try:
     make = runpy.run_path(path)[function]
   except KeyError:
@@ -145,14 +151,23 @@ def override(config: ml_collections.ConfigDict,
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir's run was made with (its ``config.json``).
 
-  Fields added to the harness after the run was made keep their defaults
-  (``train/configs/default.py``), which are what the run did without them.
-
   Raises:
     FileNotFoundError: the workdir has no ``config.json``.
     ConfigError: it cannot be read.
   """
-  path = os.path.join(workdir, runs.CONFIG_FILENAME)
+  return read_json_config(os.path.join(workdir, record.CONFIG_FILENAME))
+
+
+def read_json_config(path: str) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a run's ``config.json``).
+
+  Fields added to the harness after the run was made keep their defaults
+  (``train/configs/default.py``), which are what the run did without them.
+
+  Raises:
+    FileNotFoundError: there is no such file.
+    ConfigError: it cannot be read, or holds a field the harness lacks.
+  """
   try:
     with open(path, encoding="utf-8") as f:
       saved = json.load(f)
@@ -161,7 +176,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path} is unreadable ({e}).") from e
   config = default.get_config()
-  config.update(saved)
+  try:
+    config.update(saved)
+  except (AttributeError, KeyError, TypeError) as e:
+    raise ConfigError(f"{path} is not a config of this harness ({e}).") from e
   return config
 
 
@@ -221,82 +239,3 @@ def as_config_errors(section: str):
     yield
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.{section}: {e}") from e
-
-
-def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
-  """``'{"b1": [0.95, 0.9]}'`` -> ``{"b1": (0.95, 0.9)}`` (below, above).
-
-  Raises:
-    ValueError: naming what is wrong, with an example.
-
-  Example:
-    >>> parse_loss_control('{"b1": [0.95, 0.9]}')
-    {'b1': (0.95, 0.9)}
-    >>> parse_loss_control("")
-    {}
-  """
-  if not text:
-    return {}
-  example = ('e.g. \'{"b1": [0.95, 0.9]}\': each controlled hyper-parameter '
-             "with its value below the running mean and at or above it")
-  try:
-    parsed = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(
-        f"loss_control={text!r} is not JSON ({e}); {example}.") from None
-  if not isinstance(parsed, dict) or not parsed or not all(
-      isinstance(pair, list) and len(pair) == 2
-      and all(isinstance(v, (int, float)) for v in pair)
-      for pair in parsed.values()):
-    raise ValueError(f"loss_control={text!r} is not a map of names to "
-                     f"[below, above] numbers; {example}.")
-  return {name: (float(below), float(above))
-          for name, (below, above) in parsed.items()}
-
-
-def host_device_count(batch_size: int, eval_batch_size: int,
-                      cpu_count: int) -> int:
-  """How many XLA devices to split a CPU host without an accelerator into.
-
-  XLA runs the convolutions of one CPU device's step mostly one after another,
-  so on a host without an accelerator the loop is faster with the host split
-  into several devices that the data-parallel step keeps busy at once (on two
-  cores, WRN-10-1 at batch 128: 1.4x with 2 devices against one; see
-  docs/benchmarks.md). Results do not depend on the device count. No more
-  devices than cores, to be safe: runs with 4 (and once with 2) devices on 2
-  cores stopped in a cross-device sum, see `train.steps.one_step_in_flight`.
-
-  Args:
-    batch_size: The global training batch size.
-    eval_batch_size: The global evaluation batch size.
-    cpu_count: The number of cores this process may use.
-
-  Returns:
-    The number of cores, at most 8, lowered until it divides both batch sizes.
-
-  Example:
-    >>> host_device_count(128, 1000, cpu_count=2)
-    2
-    >>> host_device_count(100, 1000, cpu_count=16)
-    5
-    >>> host_device_count(63, 1000, cpu_count=2)
-    1
-  """
-  count = max(1, min(8, cpu_count))
-  while batch_size % count or eval_batch_size % count:
-    count -= 1
-  return count
-
-
-def use_host_devices(config: ml_collections.ConfigDict) -> None:
-  """Splits a CPU host into ``config.host_devices`` devices (0: automatic).
-
-  Must run before JAX touches a device. It changes nothing where XLA_FLAGS
-  already sets ``--xla_force_host_platform_device_count`` and has no effect on
-  accelerators, whose devices JAX prefers.
-  """
-  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-    return
-  count = config.host_devices or host_device_count(
-      config.batch_size, config.eval_batch_size, len(os.sched_getaffinity(0)))
-  jax.config.update("jax_num_cpu_devices", count)

@@ -18,8 +18,9 @@ import jax
 from train import checkpoints
 from train import config as config_lib
 from train import data
-from train import runs
-from train import train
+from train import devices
+from train import loop
+from train import record
 
 
 def evaluate_checkpoint(workdir: str) -> dict[str, float]:
@@ -32,15 +33,15 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
   """
   config = config_lib.load_run_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, runs.CHECKPOINTS_DIRNAME)):
+  if not os.path.isdir(os.path.join(workdir, record.CHECKPOINTS_DIRNAME)):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   config_lib.validate(config, jax.device_count())
-  run, state, _ = train.set_up_training(config, workdir, test_split=True)
+  run, state, _ = loop.set_up_training(config, workdir, test_split=True)
   run.checkpointer.close()
   step = int(state.step)
   if not step:
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
-  metrics = train.evaluate(run.parallel, state, run.test_split,
+  metrics = loop.evaluate(run.parallel, state, run.test_split,
                            config.eval_batch_size)
   return {"step": step, "epoch": step / run.steps_per_epoch, **metrics,
           "test_examples": run.test_split.num_examples}
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     # Before JAX starts.
-    config_lib.use_host_devices(config_lib.load_run_config(args.workdir))
+    devices.use_host_devices(config_lib.load_run_config(args.workdir))
     result = evaluate_checkpoint(args.workdir)
   except (FileNotFoundError, data.DataError, config_lib.ConfigError,
           checkpoints.IncompatibleCheckpointError,

@@ -1,25 +1,29 @@
 """Command line: `python -m train --config train/configs/NAME.py --workdir DIR`.
 
 Any config field can be overridden, e.g. `--config.optimizer.beta_below=0.93`
-or `--config.data.source=folder:/data/cifar10_jpeg.tar.gz`.
+or `--config.data.source=folder:/data/cifar10_jpeg.tar.gz`; `--help` lists
+them with their values. `--config` also takes a run's own ``config.json``.
 """
 
 import argparse
 import atexit
 import logging as std_logging
+import os
 import signal
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from flax import traverse_util
+import ml_collections
 from ml_collections import config_flags
 
 from train import checkpoints
 from train import config as config_lib
 from train import data
-from train import train
-from train import workdir_lock
+from train import devices
+from train import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; "
@@ -29,7 +33,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs; "
 USER_ERRORS = (config_lib.ConfigError, data.DataError, FileNotFoundError,
                checkpoints.IncompatibleCheckpointError,
                checkpoints.DamagedCheckpointError,
-               train.NonFiniteLossError, workdir_lock.WorkdirBusyError)
+               loop.NonFiniteLossError, devices.WorkdirBusyError)
 
 
 def _quiet(record) -> bool:
@@ -44,15 +48,60 @@ def _quiet(record) -> bool:
           or record.name != "jax._src.xla_bridge")
 
 
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+DEFAULT_CONFIG = "train/configs/default.py"
+
+
+def help_text(config: ml_collections.ConfigDict, spec: str) -> str:
+  """The command's help: its usage, and every config field with its value.
+
+  Example:
+    >>> config = ml_collections.ConfigDict({"seed": 0, "data": {"augment": True}})
+    >>> print(help_text(config, "c.py").splitlines()[-2])
+      --config.data.augment=True
+  """
+  fields = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return "\n".join([
+      "usage: python -m train --config PATH.py[:ARG] --workdir DIR",
+      "                       [--config.FIELD=VALUE ...]",
+      "",
+      "Trains one run into DIR, or resumes it there (the same command).",
+      "  --config     train/configs/NAME.py (quick.py trains in minutes;",
+      "               default.py, the reference, comments every field),",
+      "               or a run's config.json to run it again",
+      "  --workdir    the run's folder: config.json, metrics.jsonl, ...",
+      "  --verbosity  -1: warnings only; 1: a traceback with an error",
+      "",
+      f"The fields of {spec}; set any with --config.FIELD=VALUE:",
+      *(f"  --config.{field}={_flag_value(value)}"
+        for field, value in fields.items()),
+      ""])
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else
+                                              "") + ")"
+  return str(value)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses the command line; a mistake exits with one ``error:`` line.
 
   The fields of the config that `train.config.load` gives for ``--config``
   become the flags ``--config.a.b=v``, parsed by their types (`config_flags`).
+  ``--help`` lists them with their values (`help_text`).
   """
   config_spec = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   config_spec.add_argument("--config")
   spec, argv = config_spec.parse_known_args(argv)
+  if any(flag in HELP_FLAGS for flag in argv[1:]):
+    path = spec.config or os.path.join(config_lib.REPO_ROOT, DEFAULT_CONFIG)
+    try:
+      print(help_text(config_lib.load(path), spec.config or DEFAULT_CONFIG))
+    except config_lib.ConfigError as e:
+      _exit_with_error(f"--config {spec.config}: {e}", status=2)
+    sys.exit(0)
   where = f"--config {spec.config}"  # What a ConfigError is about.
   try:
     if spec.config is not None:
@@ -88,9 +137,9 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet)
   try:
-    config_lib.use_host_devices(FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.TrainingInterrupted as e:
+    devices.use_host_devices(FLAGS.config)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except loop.TrainingInterrupted as e:
     print(e, file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt:  # Before the loop's handler, or a second Ctrl-C.

@@ -1,13 +1,44 @@
 """The optimizer of a training config: LCAM, SGD or AdamW, optionally with
 loss-controlled hyper-parameters (`create_optimizer`)."""
 
+import json
 from typing import Any
 
 import ml_collections
 import optax
 
 import optax_lcam
-from train import config as config_lib
+
+
+def parse_loss_control(text: str) -> dict[str, tuple[float, float]]:
+  """``'{"b1": [0.95, 0.9]}'`` -> ``{"b1": (0.95, 0.9)}`` (below, above).
+
+  Raises:
+    ValueError: naming what is wrong, with an example.
+
+  Example:
+    >>> parse_loss_control('{"b1": [0.95, 0.9]}')
+    {'b1': (0.95, 0.9)}
+    >>> parse_loss_control("")
+    {}
+  """
+  if not text:
+    return {}
+  example = ('e.g. \'{"b1": [0.95, 0.9]}\': each controlled hyper-parameter '
+             "with its value below the running mean and at or above it")
+  try:
+    parsed = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(
+        f"loss_control={text!r} is not JSON ({e}); {example}.") from None
+  if not isinstance(parsed, dict) or not parsed or not all(
+      isinstance(pair, list) and len(pair) == 2
+      and all(isinstance(v, (int, float)) for v in pair)
+      for pair in parsed.values()):
+    raise ValueError(f"loss_control={text!r} is not a map of names to "
+                     f"[below, above] numbers; {example}.")
+  return {name: (float(below), float(above))
+          for name, (below, above) in parsed.items()}
 
 
 def below_probability_schedule(
@@ -96,7 +127,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
                                        "eps": config.eps}
   arguments.update(learning_rate=learning_rate,
                    weight_decay=config.weight_decay)
-  controlled = config_lib.parse_loss_control(config.loss_control)
+  controlled = parse_loss_control(config.loss_control)
   if not controlled:
     if config.phases != "loss":
       raise ValueError(
@@ -118,7 +149,7 @@ def controlled_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The loss-controlled hyper-parameters of an optimizer config, if any."""
   if config.name == "lcam":
     return ("beta",)
-  return tuple(config_lib.parse_loss_control(config.loss_control))
+  return tuple(parse_loss_control(config.loss_control))
 
 
 

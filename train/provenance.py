@@ -14,16 +14,16 @@ import subprocess
 
 import jax
 
+from train import config as config_lib
 from train import data
 from train.data import cache
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 
 
 def _git(*args: str) -> str | None:
   try:
-    result = subprocess.run(["git", "-C", REPO_ROOT, *args],
+    result = subprocess.run(["git", "-C", config_lib.REPO_ROOT, *args],
                             capture_output=True, text=True, timeout=30,
                             check=False)
   except (OSError, subprocess.TimeoutExpired):

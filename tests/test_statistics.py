@@ -1,4 +1,4 @@
-"""Tests of train.study_statistics against independent computations."""
+"""Tests of study.statistics against independent computations."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from train import study_statistics as statistics
+from study import statistics
 
 ARM = np.array([0.712, 0.731, 0.705, 0.726, 0.719])
 AGAINST = np.array([0.701, 0.722, 0.709, 0.711, 0.703])

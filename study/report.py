@@ -1,7 +1,7 @@
 """A study's summary: ``summary.json``, ``summary.md`` and ``curves.png``.
 
-`summarize` reads a study directory's runs and computes, with
-`train.study_statistics`, each arm's statistics and provenance, the
+`summarize` reads a study directory's runs and computes, with `study.arms`
+and `study.statistics`, each arm's statistics and provenance, the
 comparisons, the selection of winners, and the unfinished and failed runs
 (the contents of ``summary.json``); `summary_markdown` renders them as
 Markdown tables (accuracies in %, differences in points); `write_summary`
@@ -19,9 +19,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from train import plot
-from train import study as study_lib
-from train import study_statistics as statistics
+from study import arms as arms_lib
+from study import definition as study_lib
+from study import groups as groups_lib
+from study import plot
+from study import statistics
+from train import record
 
 
 def _percent(value, digits=2) -> str:
@@ -69,9 +72,10 @@ def _arms_table(summary: dict[str, Any]) -> list[str]:
   label = _metric_label(metric)
   # Steps in the "below" phase; where recorded, also the steps whose loss was
   # below the running mean (they differ under phases="random").
-  fractions = {"phase_below_fraction": "steps in below phase"}
-  if any("loss_below_mean_fraction" in s for s in summary["arms"].values()):
-    fractions["loss_below_mean_fraction"] = "loss below mean"
+  fractions = {record.PHASE_BELOW_FRACTION: "steps in below phase"}
+  if any(record.LOSS_BELOW_MEAN_FRACTION in s
+         for s in summary["arms"].values()):
+    fractions[record.LOSS_BELOW_MEAN_FRACTION] = "loss below mean"
   header = (["arm", "n", f"final {label} % (mean ± std)", "95% CI",
              f"best {label} %"]
             + [f"epochs to {_percent(t, 0)}%" for t in targets]
@@ -222,7 +226,7 @@ def summarize(workdir: str, baseline: str | None = None,
     ``(summary, finished)``: the contents of ``summary.json`` (per arm its
     statistics and provenance, the comparisons of `comparison_pairs`, the
     unfinished and failed runs) and, per arm, its finished runs as
-    `train.runs.Run`.
+    `train.record.Run`.
 
   Raises:
     study_lib.StudyError: for a directory without a study or with bad statistics
@@ -242,14 +246,14 @@ def summarize(workdir: str, baseline: str | None = None,
             for s in statuses if not s.finished and s.failure]
   for status in statuses:
     if status.finished:
-      if np.isfinite(statistics.final(status.run, metric)):
+      if np.isfinite(arms_lib.final(status.run, metric)):
         finished[status.arm].append(status.run)
       else:
         failed.append({"arm": status.arm, "seed": status.seed,
                        "reason": f"final {metric} is null or NaN",
                        "log_tail": None})
   targets = list(study.get("targets", ()))
-  final_by_seed = {arm: {r.config["seed"]: statistics.final(r, metric)
+  final_by_seed = {arm: {r.config["seed"]: arms_lib.final(r, metric)
                          for r in runs} for arm, runs in finished.items()}
   comparisons = [
       {"arm": arm, "against": against,
@@ -263,7 +267,7 @@ def summarize(workdir: str, baseline: str | None = None,
   for c, p in zip(secondary, statistics.holm(
       [c[primary_test]["p_value"] for c in secondary])):
     c["holm_p_value"] = p
-  arms = {arm: statistics.arm_statistics(runs, targets, metric)
+  arms = {arm: arms_lib.arm_statistics(runs, targets, metric)
           for arm, runs in finished.items()}
   selection = {}
   if study.get("families"):
@@ -303,7 +307,7 @@ def write_summary(workdir: str) -> str:
   markdown = summary_markdown(summary)
   with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
     f.write(markdown)
-  groups = [plot.RunGroup(label=arm, runs=runs)
+  groups = [groups_lib.RunGroup(label=arm, runs=runs)
             for arm, runs in finished.items() if runs]
   if groups:
     plot.plot_runs(groups, os.path.join(workdir, "curves.png"))

@@ -1,4 +1,4 @@
-"""Tests for train.periodic: progress off a terminal, stopping on a signal."""
+"""Tests for train.progress: progress off a terminal, stopping on a signal."""
 
 import io
 import os
@@ -6,12 +6,13 @@ import signal
 
 import pytest
 
-from train import periodic
+from train import progress as progress_lib
+from train import signals
 
 
 def test_progress_off_a_terminal_is_a_line_every_tenth_of_the_epoch():
   stream = io.StringIO()
-  progress = periodic.Progress(100, stream=stream)
+  progress = progress_lib.Progress(100, stream=stream)
   for epoch, start in ((1, 0), (2, 37)):  # The second epoch is resumed.
     progress.start_epoch(epoch, start)
     for step in range(start + 1, 101):
@@ -27,7 +28,7 @@ def test_progress_off_a_terminal_is_a_line_every_tenth_of_the_epoch():
 
 def test_disabled_progress_prints_nothing():
   stream = io.StringIO()
-  progress = periodic.Progress(10, enabled=False, stream=stream)
+  progress = progress_lib.Progress(10, enabled=False, stream=stream)
   progress.start_epoch(1, 0)
   progress.update(10, {"loss": 1.0})
   progress.end_epoch()
@@ -42,7 +43,7 @@ def test_a_repeated_sigterm_changes_nothing_and_a_second_ctrl_c_interrupts(
   for signum in previous:
     signal.signal(signum, lambda signum, frame: received.append(signum))
   try:
-    with periodic.StopOnSignals() as stop:
+    with signals.StopOnSignals() as stop:
       assert stop.signum is None
       os.kill(os.getpid(), first)
       assert stop.signum == first and not received

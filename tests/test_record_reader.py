@@ -1,16 +1,15 @@
-"""Tests for train.runs: reading a training workdir."""
+"""Tests for train.record: reading a training workdir."""
 
 import json
 
 import numpy as np
 import pytest
 
-from train import metric_writers
-from train import runs
+from train import record
 
 
 def _write_lines(path, records):
-  path.write_text("".join(json.dumps(record) + "\n" for record in records))
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _epoch(epoch, accuracy):
@@ -22,13 +21,13 @@ def _make_run(root, name, config, records):
   workdir = root / name
   workdir.mkdir()
   if config is not None:
-    (workdir / runs.CONFIG_FILENAME).write_text(json.dumps(config))
-  _write_lines(workdir / metric_writers.METRICS_FILENAME, records)
+    (workdir / record.CONFIG_FILENAME).write_text(json.dumps(config))
+  _write_lines(workdir / record.METRICS_FILENAME, records)
   return workdir
 
 
 def test_the_file_names_of_a_workdir():
-  assert (runs.CONFIG_FILENAME, runs.CHECKPOINTS_DIRNAME) == (
+  assert (record.CONFIG_FILENAME, record.CHECKPOINTS_DIRNAME) == (
       "config.json", "checkpoints")
 
 
@@ -36,7 +35,7 @@ def test_load_run_reads_config_and_deduplicated_epochs(tmp_path):
   resumed = _epoch(2, 0.99)  # A resumed run logs epoch 2 again.
   workdir = _make_run(tmp_path, "run", {"seed": 3},
                       [_epoch(1, 0.5), _epoch(2, 0.6), _epoch(3, 0.7), resumed])
-  run = runs.load_run(workdir)
+  run = record.load_run(workdir)
   assert run.name == "run" and run.config == {"seed": 3}
   epochs, accuracy = run.curve("test_accuracy")
   np.testing.assert_array_equal(epochs, [1, 2, 3])
@@ -44,40 +43,40 @@ def test_load_run_reads_config_and_deduplicated_epochs(tmp_path):
   _, missing = run.curve("no_such_field")
   assert np.all(np.isnan(missing))
   # The metrics file names its workdir too.
-  assert runs.load_run(workdir / metric_writers.METRICS_FILENAME).name == "run"
+  assert record.load_run(workdir / record.METRICS_FILENAME).name == "run"
 
 
 def test_load_run_rejects_a_directory_without_metrics(tmp_path):
-  with pytest.raises(runs.NotARunError, match="not a training workdir"):
-    runs.load_run(tmp_path)
-  with pytest.raises(runs.NotARunError, match="does not exist"):
-    runs.load_run(tmp_path / "missing")
+  with pytest.raises(record.NotARunError, match="not a training workdir"):
+    record.load_run(tmp_path)
+  with pytest.raises(record.NotARunError, match="does not exist"):
+    record.load_run(tmp_path / "missing")
 
 
 def test_read_config_is_empty_without_a_config(tmp_path):
-  assert runs.read_config(tmp_path) == {}
-  (tmp_path / runs.CONFIG_FILENAME).write_text('{"model": ')
+  assert record.read_config(tmp_path) == {}
+  (tmp_path / record.CONFIG_FILENAME).write_text('{"model": ')
   with pytest.raises(ValueError):
-    runs.read_config(tmp_path)
+    record.read_config(tmp_path)
 
 
 def test_load_runs_drops_repeats_and_runs_without_an_epoch(tmp_path):
   done = _make_run(tmp_path, "done", None, [_epoch(1, 0.5)])
   starting = _make_run(tmp_path, "starting", None,
                        [{"kind": "train", "step": 1, "loss": 2.3}])
-  loaded, labels, skipped = runs.load_runs([done, starting, done],
+  loaded, labels, skipped = record.load_runs([done, starting, done],
                                            ["a", "b", "c"])
   assert [run.name for run in loaded] == ["done"] and labels == ["a"]
   assert skipped == [str(starting)]
   with pytest.raises(ValueError, match="labels"):
-    runs.load_runs([done], ["a", "b"])
+    record.load_runs([done], ["a", "b"])
 
 
 def test_a_run_holds_every_start(tmp_path):
   start = {"kind": "run", "step": 0, "commit": "abc"}
   workdir = _make_run(tmp_path, "run", None, [start, _epoch(1, 0.5), start])
-  with open(workdir / metric_writers.METRICS_FILENAME, "a") as f:
+  with open(workdir / record.METRICS_FILENAME, "a") as f:
     f.write('{"kind": "run", "ste')  # A killed run's last line.
-  run = runs.load_run(workdir)
+  run = record.load_run(workdir)
   assert list(run.all_starts) == [start, start]
   assert len(run.starts) == 1  # One per step.

@@ -1,8 +1,8 @@
 """Runs a study's (arm, seed) runs on this host, N at a time.
 
 `run_study` keeps up to ``workers`` runs going, each an ordinary
-``python -m train`` process in its own session and workdir (`train.study`
-names them), with its share of the host: a GPU of ``CUDA_VISIBLE_DEVICES``
+``python -m train`` process in its own session and workdir
+(`study.definition` names them), with its share of the host: a GPU of ``CUDA_VISIBLE_DEVICES``
 (and a part of its memory when runs share it), else a part of the cores; a
 TPU host runs one at a time. A failed run is retried from its checkpoint;
 Ctrl-C or SIGTERM makes every run save and stop. `pending_commands` prints
@@ -12,8 +12,9 @@ the same runs as shell commands for any other scheduler.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import contextlib
 import ctypes
+import glob
+import math
 import os
 import shlex
 import signal
@@ -25,8 +26,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from train import metric_writers
-from train import study as study_lib
+from study import definition as study_lib
+from train import record
+from train import signals
 
 
 def visible_gpus(environ=os.environ) -> list[str]:
@@ -63,16 +65,28 @@ def visible_gpus(environ=os.environ) -> list[str]:
   return gpus
 
 
-def host_has_tpu() -> bool:
-  """Whether this host has TPU chips, found as JAX finds them (PCI ids).
+# Google's PCI vendor id, and the device ids of its TPU chips (v2 to v7), as
+# JAX finds a host's TPUs.
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063",
+                   "0x006f", "0x0076")
+
+
+def host_has_tpu(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+  """Whether this host has TPU chips, found by their PCI ids as JAX finds them.
 
   JAX is not started: a TPU serves one process at a time.
   """
-  try:
-    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except (ImportError, AttributeError, OSError):
-    return False
+  for device in glob.glob(os.path.join(pci_devices, "*")):
+    try:
+      with open(os.path.join(device, "vendor"), encoding="ascii") as f:
+        vendor = f.read().strip()
+      with open(os.path.join(device, "device"), encoding="ascii") as f:
+        if vendor == GOOGLE_PCI_VENDOR and f.read().strip() in TPU_PCI_DEVICES:
+          return True
+    except OSError:
+      continue
+  return False
 
 
 # What JAX preallocates of a GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
@@ -190,6 +204,21 @@ def _record_outcome(path: str, returncode: int) -> None:
             + "".join(tail))
 
 
+def format_duration(seconds: float) -> str:
+  """``M:SS`` or ``H:MM:SS``.
+
+  >>> format_duration(83.4), format_duration(3725)
+  ('1:23', '1:02:05')
+  """
+  if not math.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(round(float(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes}:{secs:02d}"
+
+
 class StudyProgress:
   """One line for the study: done, running, failed, pending, and an ETA."""
 
@@ -213,7 +242,7 @@ class StudyProgress:
             f"{pending} pending")
     eta = self.eta_seconds(runs)
     if eta is not None:
-      line += f"; ETA {metric_writers.format_duration(eta)}"
+      line += f"; ETA {format_duration(eta)}"
     if line != self._last:
       print(line, file=self._stream, flush=True)
       self._last = line
@@ -225,8 +254,8 @@ class StudyProgress:
     epochs timed while the machine had other work would otherwise pull the
     estimate up long after the machine is quiet again.
     """
-    times = [r["epoch_time_s"] for status in runs for r in status.run.epochs
-             if r.get("epoch_time_s")]
+    times = [r[record.EPOCH_TIME_S] for status in runs
+             for r in status.run.epochs if r.get(record.EPOCH_TIME_S)]
     if not times:
       return None
     remaining = sum(max(self._planned_epochs[r.arm] - r.epochs_done, 0)
@@ -275,9 +304,7 @@ class _Pool:
   def kill(self) -> None:
     """Kills every run at once (each in its own process group)."""
     for process, _ in list(self.running.values()):
-      if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-          os.killpg(process.pid, signal.SIGKILL)
+      signals.end_process_group(process, ((signal.SIGKILL, 0.0),))
 
   def reap(self, queue: list[study_lib.RunStatus], stopping: bool) -> None:
     """Records the runs that ended; queues failed ones again while allowed."""
@@ -331,37 +358,28 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   progress = StudyProgress(len(shares), {
       arm: study_lib.run_config(study, arm, study.seeds[0]).num_epochs
       for arm in study.arms})
-  signals = []
-
-  def on_signal(signum, frame):
-    del frame
-    signals.append(signum)
-    queue.clear()
-    if len(signals) == 1:
-      print("study: stopping; each run saves a checkpoint (Ctrl-C again "
-            "kills them).", file=sys.stderr, flush=True)
-      pool.stop()
-    elif signum == signal.SIGINT:
-      print("study: killing the runs; each resumes from its latest complete "
-            "checkpoint.", file=sys.stderr, flush=True)
-      pool.kill()
-
-  previous_handlers = {sig: signal.signal(sig, on_signal)
-                       for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
+  told = False
+  with signals.StopOnSignals() as stop:
     while queue or pool.running:
-      if signals:
+      try:
+        if stop.signum:
+          queue.clear()
+          pool.stop()  # Each run once: those started since are asked too.
+          if not told:
+            told = True
+            print("study: stopping; each run saves a checkpoint (Ctrl-C "
+                  "again kills them).", file=sys.stderr, flush=True)
+        pool.start(queue)
+        pool.reap(queue, stopping=bool(stop.signum))
+        progress.update(study_lib.study_runs(study, workdir, arms, seeds),
+                        pool.running_paths())
+        if pool.running:
+          time.sleep(poll_s)
+      except KeyboardInterrupt:  # Ctrl-C again: StopOnSignals let it through.
+        print("study: killing the runs; each resumes from its latest "
+              "complete checkpoint.", file=sys.stderr, flush=True)
         queue.clear()
-        pool.stop()  # Runs started while the signal came, if any.
-      pool.start(queue)
-      pool.reap(queue, stopping=bool(signals))
-      progress.update(study_lib.study_runs(study, workdir, arms, seeds),
-                      pool.running_paths())
-      if pool.running:
-        time.sleep(poll_s)
-  finally:
-    for sig, handler in previous_handlers.items():
-      signal.signal(sig, handler)
+        pool.kill()
   return study_lib.study_runs(study, workdir, arms, seeds)
 
 

@@ -6,8 +6,8 @@ seeds (`scipy.stats.t`), paired t-tests over the seeds two arms share
 (`scipy.stats.ttest_ind` with ``equal_var=False``), equivalence tests (TOST)
 built from one-sided versions of the same tests, and the power of a t-test
 from the noncentral t (`scipy.stats.nct`). The compared metric is one where
-higher is better (an accuracy). `train.study` reads a study's runs and calls
-these; `train.plot`'s table shows the same `final_and_best` summary.
+higher is better (an accuracy). What each arm's runs measured is
+`study.arms`'; `study.report` calls both.
 """
 
 from collections.abc import Mapping, Sequence
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from train import runs as runs_lib
 
 TESTS = ("paired", "welch")
 MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
@@ -51,111 +50,6 @@ def _t_interval(values: np.ndarray, confidence: float) -> list[float]:
   low, high = stats.t.interval(confidence, len(values) - 1, loc=mean,
                                scale=sem)
   return [float(low), float(high)]
-
-
-def epochs_to_target(runs: Sequence[runs_lib.Run], target: float,
-                     metric: str = "test_accuracy"):
-  """The median first epoch at which a run's ``metric`` reaches ``target``.
-
-  A run that never reaches it counts as infinitely late, so the median is
-  None when half of the runs or more never get there.
-  """
-  firsts = []
-  for run in runs:
-    epochs, values = run.curve(metric)
-    reached = epochs[values >= target]
-    firsts.append(float(reached[0]) if len(reached) else math.inf)
-  median = float(np.median(firsts)) if firsts else math.inf
-  return {"median": median if math.isfinite(median) else None,
-          "reached": int(np.isfinite(firsts).sum()), "n": len(firsts)}
-
-
-def final(run: runs_lib.Run, field: str) -> float:
-  """The last epoch's value of an epoch-record field (NaN without one).
-
-  This is "final" everywhere: in a study's summary and in ``train.plot``'s
-  table. A run whose last epoch record has no value of the field (it was
-  not evaluated then, or the value was NaN) has no final value, even if an
-  earlier epoch has one.
-  """
-  _, values = run.curve(field)
-  return float(values[-1]) if len(values) else math.nan
-
-
-def best(run: runs_lib.Run, field: str) -> float:
-  """The highest value of an epoch-record field (NaN without epochs)."""
-  _, values = run.curve(field)
-  values = values[np.isfinite(values)]
-  return float(np.max(values)) if len(values) else math.nan
-
-
-def best_epoch(run: runs_lib.Run, field: str) -> float:
-  """The first epoch at the highest value of a field (NaN without values)."""
-  epochs, values = run.curve(field)
-  finite = np.isfinite(values)
-  return float(epochs[finite][np.argmax(values[finite])]) if finite.any() else (
-      math.nan)
-
-
-def final_and_best(runs: Sequence[runs_lib.Run],
-                   metric: str = "test_accuracy") -> dict[str, Any]:
-  """The `final` and `best` ``metric`` of the runs that have a final value.
-
-  Runs without a `final` value are left out (a study counts a finished one
-  as failed). ``final`` and ``best`` are `mean_std_ci` over the runs left;
-  ``last_epoch`` and ``best_epoch`` list, per run left, the epoch of its
-  final value and the first epoch at its best (`best_epoch`).
-  """
-  runs = [run for run in runs if np.isfinite(final(run, metric))]
-  return {"n": len(runs),
-          "final": mean_std_ci([final(run, metric) for run in runs]),
-          "best": mean_std_ci([best(run, metric) for run in runs]),
-          "last_epoch": [float(run.curve(metric)[0][-1]) for run in runs],
-          "best_epoch": [best_epoch(run, metric) for run in runs]}
-
-
-def _finite_mean(values: np.ndarray) -> float:
-  values = values[np.isfinite(values)]
-  return float(np.mean(values)) if len(values) else math.nan
-
-
-def _wall_time_s(run: runs_lib.Run) -> float:
-  return float(sum(r.get("epoch_time_s") or 0.0 for r in run.epochs) + sum(
-      r.get("time_to_first_step_s") or 0.0 for r in run.starts))
-
-
-def arm_statistics(runs: Sequence[runs_lib.Run], targets: Sequence[float],
-                   metric: str = "test_accuracy") -> dict[str, Any]:
-  """The statistics of one arm's finished runs, on the epoch field ``metric``.
-
-  Runs of a loss-controlled optimizer also get the mean over epochs of the
-  fraction of steps in the "below" phase (``phase_below_fraction``), and,
-  where recorded, of steps whose loss was below the running mean
-  (``loss_below_mean_fraction``): the same under the loss rule, different
-  under ``phases="random"``.
-  """
-  summary = final_and_best(runs, metric)
-  statistics = {
-      "n": len(runs),
-      "seeds": [run.config.get("seed") for run in runs],
-      f"final_{metric}": summary["final"],
-      f"best_{metric}": summary["best"],
-      "epochs_to_target": {str(t): epochs_to_target(runs, t, metric)
-                           for t in targets},
-      "final_train_loss": {
-          k: v for k, v in mean_std_ci(
-              [final(r, "train_loss") for r in runs]).items()
-          if k != "ci95"},
-      "wall_time_s": float(np.mean([_wall_time_s(r) for r in runs]))
-                     if runs else None,
-  }
-  for field in ("phase_below_fraction", "loss_below_mean_fraction"):
-    fractions = [_finite_mean(r.curve(field)[1]) for r in runs]
-    if runs and np.isfinite(fractions).all():
-      statistics[field] = {
-          k: v for k, v in mean_std_ci(fractions).items() if k != "ci95"}
-  statistics["provenance"] = runs_lib.provenance(runs)
-  return statistics
 
 
 # -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for train.metric_writers: metrics.jsonl and TensorBoard."""
+"""Tests for train.record: metrics.jsonl and TensorBoard."""
 
 import json
 import logging
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import metric_writers
+from train import record
 
 
 def _lines(workdir):
@@ -42,7 +42,7 @@ def _events(workdir):
 
 
 def test_records_are_flushed_json_lines_that_read_metrics_returns(tmp_path):
-  writer = metric_writers.MetricWriter(str(tmp_path), tensorboard=False)
+  writer = record.MetricWriter(str(tmp_path), tensorboard=False)
   writer.write("train", 10, {
       "loss": np.float32(2.5), "beta": jnp.asarray(0.95, jnp.bfloat16),
       "count": np.int64(7), "nan": float("nan"), "inf": jnp.inf})
@@ -53,14 +53,14 @@ def test_records_are_flushed_json_lines_that_read_metrics_returns(tmp_path):
        "count": 7, "nan": None, "inf": None},
       {"kind": "epoch", "step": 40, "epoch": 1, "test_accuracy": 0.5}]
   writer.close()
-  metrics = metric_writers.read_metrics(str(tmp_path))
+  metrics = record.read_metrics(str(tmp_path))
   assert metrics["train"][0]["loss"] == 2.5
   assert metrics["epoch"] == [{"kind": "epoch", "step": 40, "epoch": 1,
                                "test_accuracy": 0.5}]
 
 
 def test_kind_and_step_are_reserved(tmp_path):
-  with (metric_writers.MetricWriter(str(tmp_path), tensorboard=False) as w,
+  with (record.MetricWriter(str(tmp_path), tensorboard=False) as w,
         pytest.raises(ValueError, match="reserved")):
     w.write("train", 1, {"step": 3})
 
@@ -77,7 +77,7 @@ def test_read_metrics_keeps_the_last_record_of_a_step_and_sorts(tmp_path):
   ]
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-  metrics = metric_writers.read_metrics(str(path))  # A file path works too.
+  metrics = record.read_metrics(str(path))  # A file path works too.
   assert [(r["step"], r["loss"]) for r in metrics["train"]] == [
       (10, 3.0), (20, 1.5)]
   assert [(r["epoch"], r["train_loss"]) for r in metrics["epoch"]] == [
@@ -88,24 +88,24 @@ def test_a_truncated_line_is_skipped_and_a_resumed_writer_ends_it(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"kind": "train", "step": 1, "loss": 2.0}\n'
                   '{"kind": "train", "step": 2, "lo')
-  assert [r["step"] for r in metric_writers.read_metrics(str(path))[
+  assert [r["step"] for r in record.read_metrics(str(path))[
       "train"]] == [1]
-  with metric_writers.MetricWriter(str(tmp_path), tensorboard=False) as w:
+  with record.MetricWriter(str(tmp_path), tensorboard=False) as w:
     w.write("train", 2, {"loss": 1.0})
   with pytest.warns(UserWarning, match=r"unreadable lines \[2\]"):
-    metrics = metric_writers.read_metrics(str(tmp_path))
+    metrics = record.read_metrics(str(tmp_path))
   assert [(r["step"], r["loss"]) for r in metrics["train"]] == [
       (1, 2.0), (2, 1.0)]
 
 
 def test_read_metrics_without_a_file_raises(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"metrics.jsonl"):
-    metric_writers.read_metrics(str(tmp_path))
+    record.read_metrics(str(tmp_path))
 
 
 def test_tensorboard_gets_each_number_as_a_kind_slash_name_scalar(tmp_path):
   _event_pb2()
-  with metric_writers.MetricWriter(str(tmp_path)) as writer:
+  with record.MetricWriter(str(tmp_path)) as writer:
     writer.write("train", 5, {"loss": np.float32(2.25), "note": "text"})
     writer.write("epoch", 10, {"test_loss": float("nan")})
   scalars = {(v.tag, e.step): v.simple_value for e in _events(tmp_path)
@@ -120,10 +120,10 @@ def test_a_resumed_run_keeps_the_tensorboard_points_of_its_restart_step(
   # The first run logged steps 5 and 6 and was resumed from step 6: the
   # resumed run logs from step 7 on, so TensorBoard hides steps >= 7 only.
   event_pb2 = _event_pb2()
-  with metric_writers.MetricWriter(str(tmp_path)) as writer:
+  with record.MetricWriter(str(tmp_path)) as writer:
     for step in (5, 6, 7):
       writer.write("train", step, {"loss": 1.0})
-  with metric_writers.MetricWriter(str(tmp_path), resume_step=6) as writer:
+  with record.MetricWriter(str(tmp_path), resume_step=6) as writer:
     writer.write("train", 7, {"loss": 0.5})
   restarts = [e.step for e in _events(tmp_path)
               if e.session_log.status == event_pb2.SessionLog.START]
@@ -134,7 +134,7 @@ def test_without_tensorboardx_only_metrics_jsonl_is_written(
     tmp_path, monkeypatch, caplog):
   monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
   with (caplog.at_level(logging.WARNING),
-        metric_writers.MetricWriter(str(tmp_path)) as writer):
+        record.MetricWriter(str(tmp_path)) as writer):
     writer.write("train", 1, {"loss": 1.0})
   assert [r.getMessage() for r in caplog.records] == [
       "tensorboardX is not installed: no TensorBoard events (metrics.jsonl "
@@ -144,7 +144,7 @@ def test_without_tensorboardx_only_metrics_jsonl_is_written(
 
 def test_a_disabled_writer_creates_nothing(tmp_path):
   workdir = tmp_path / "run"
-  with metric_writers.MetricWriter(str(workdir), enabled=False) as writer:
+  with record.MetricWriter(str(workdir), enabled=False) as writer:
     writer.write("train", 1, {"loss": 1.0})
   assert not workdir.exists()
 
@@ -152,7 +152,7 @@ def test_a_disabled_writer_creates_nothing(tmp_path):
 def test_close_on_a_full_disk_stops_tensorboards_thread(tmp_path,
                                                         monkeypatch):
   event_file_writer = pytest.importorskip("tensorboardX.event_file_writer")
-  writer = metric_writers.MetricWriter(str(tmp_path))
+  writer = record.MetricWriter(str(tmp_path))
   writer.write("train", 1, {"loss": 1.0})
 
   def full_disk(*unused_args):

@@ -27,13 +27,13 @@ import models
 from train import checkpoints
 from train import config as config_lib
 from train import data
-from train import distributed
-from train import metric_writers
+from train import devices
 from train import optimizers
-from train import periodic
+from train import progress as progress_lib
+from train import record
 from train import provenance
-from train import runs
 from train import schedules
+from train import signals
 from train import steps
 
 
@@ -103,7 +103,8 @@ def evaluate(parallel: steps.ParallelSteps, state, split: data.Split,
   """Exact loss and accuracy on every example of ``split``.
 
   Returns:
-    ``{f"{prefix}_loss", f"{prefix}_accuracy"}``.
+    ``{split_field(prefix, "loss"), split_field(prefix, "accuracy")}``
+    (`train.record.split_field`).
   """
   totals = None
   for batch in data.eval_batches(split, batch_size,
@@ -113,8 +114,9 @@ def evaluate(parallel: steps.ParallelSteps, state, split: data.Split,
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  return {f"{prefix}_loss": float(totals["loss"]) / count,
-          f"{prefix}_accuracy": float(totals["correct"]) / count}
+  return {record.split_field(prefix, "loss"): float(totals["loss"]) / count,
+          record.split_field(prefix, "accuracy"):
+              float(totals["correct"]) / count}
 
 
 # -----------------------------------------------------------------------------
@@ -206,7 +208,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
   parallel, state = create_steps_and_state(config, train_split,
                                            steps_per_epoch)
   checkpointer = checkpoints.Checkpointer(
-      os.path.join(workdir, runs.CHECKPOINTS_DIRNAME), config,
+      os.path.join(workdir, record.CHECKPOINTS_DIRNAME), config,
       keep=config.keep_checkpoints,
       facts={"steps_per_epoch": steps_per_epoch,
              "num_train_examples": train_split.num_examples},
@@ -234,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoint with the same remaining batches, and does nothing when the run
   is complete. SIGINT (Ctrl-C) or SIGTERM stops training after the step in
   flight, with a checkpoint of that step. One run at a time holds the
-  workdir (`distributed.hold_workdir`).
+  workdir (`devices.hold_workdir`).
 
   Args:
     config: A training config (see ``train/configs/default.py``).
@@ -246,12 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     TrainingInterrupted: after a signal, once the checkpoint is saved.
     NonFiniteLossError: with ``on_nonfinite_loss="stop"``.
-    workdir_lock.WorkdirBusyError: another run holds ``workdir``.
+    devices.WorkdirBusyError: another run holds ``workdir``.
   """
   config_lib.validate(config)
-  distributed.maybe_initialize_distributed(config.distributed)
+  devices.maybe_initialize_distributed(config.distributed)
   run_start = time.perf_counter()
-  with distributed.hold_workdir(workdir), periodic.StopOnSignals() as stop:
+  with devices.hold_workdir(workdir), signals.StopOnSignals() as stop:
     config_lib.validate(config, jax.device_count())
     setup, state, meta = set_up_training(config, workdir)
     with contextlib.closing(setup.checkpointer):
@@ -259,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
-           stop: periodic.StopOnSignals, run_start: float
+           stop: signals.StopOnSignals, run_start: float
            ) -> steps.TrainState:
   """The loop: trains from the state's step to the stop step.
 
@@ -280,17 +282,17 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
     return state
   if setup.is_chief:
     os.makedirs(setup.workdir, exist_ok=True)
-    with open(os.path.join(setup.workdir, runs.CONFIG_FILENAME), "w") as f:
+    with open(os.path.join(setup.workdir, record.CONFIG_FILENAME), "w") as f:
       f.write(config.to_json(indent=2))
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
                  "Resuming" if start else "Starting", start,
                  setup.total_steps, spe, jax.device_count())
-  progress = periodic.Progress(spe, enabled=setup.is_chief and config.progress)
+  progress = progress_lib.Progress(spe, enabled=setup.is_chief and config.progress)
   # Inside an epoch: its sums and time before the checkpoint.
   sums = _epoch_sums(meta.get("epoch_sums"))
   epoch_start = time.perf_counter() - meta.get("epoch_elapsed_s", 0.0)
   pending, clock = [], None
-  with metric_writers.MetricWriter(setup.workdir, enabled=setup.is_chief,
+  with record.MetricWriter(setup.workdir, enabled=setup.is_chief,
                                    resume_step=start) as writer:
     try:
       for step, batch in zip(range(start + 1, setup.stop_step + 1),
@@ -306,8 +308,8 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
           jax.block_until_ready(metrics)
           clock = (time.perf_counter(), step)
           if run_start is not None:
-            writer.write("run", step, {
-                "time_to_first_step_s": clock[0] - run_start,
+            writer.write(record.RUN_KIND, step, {
+                record.TIME_TO_FIRST_STEP_S: clock[0] - run_start,
                 **setup.provenance})
             run_start = None
         end_of_epoch = step % spe == 0
@@ -326,34 +328,34 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
             if config.on_nonfinite_loss == "skip":
               logging.warning("%s The step's update was skipped.", message)
               continue
-            writer.write("train", done, _train_record(
+            writer.write(record.TRAIN_KIND, done, _train_record(
                 done, values, spe, _images_per_sec(clock, done, config)))
             # The run's outcome, for a study: diverged, not failed.
-            writer.write(runs.DIVERGED_KIND, done, {"epoch": done / spe})
+            writer.write(record.DIVERGED_KIND, done, {record.EPOCH: done / spe})
             raise NonFiniteLossError(
                 f"{message} Training stopped; the last checkpoint before it "
                 "is kept. Lower the learning rate, or set "
                 "--config.on_nonfinite_loss=skip to skip such steps.")
-          record = _train_record(step, fetched[-1][1], spe,
+          logged = _train_record(step, fetched[-1][1], spe,
                                  _images_per_sec(clock, step, config))
-          writer.write("train", step, record)
+          writer.write(record.TRAIN_KIND, step, logged)
           progress.update((step - 1) % spe + 1, {
-              k: record[k] for k in ("loss", "beta", "images_per_sec")
-              if k in record})
+              k: logged[k] for k in ("loss", "beta", record.IMAGES_PER_SEC)
+              if k in logged})
         if end_of_epoch:
           progress.end_epoch()
           epoch = step // spe
-          record = _epoch_record(epoch, sums, optimizers.controlled_names(
+          epoch_record = _epoch_record(epoch, sums, optimizers.controlled_names(
               config.optimizer), time.perf_counter() - epoch_start)
           every = config.eval_every_epochs
           if every and (epoch % every == 0 or step == setup.total_steps):
-            for prefix, split in (("val", setup.validation_split),
-                                  ("test", setup.test_split)):
+            for prefix, split in zip(record.SPLITS, (setup.validation_split,
+                                                     setup.test_split)):
               if split is not None:
-                record.update(evaluate(parallel, state, split,
+                epoch_record.update(evaluate(parallel, state, split,
                                        config.eval_batch_size, prefix))
-          writer.write("epoch", step, record)
-          logging.info("epoch %d: %s", epoch, json.dumps(record))
+          writer.write(record.EPOCH_KIND, step, epoch_record)
+          logging.info("epoch %d: %s", epoch, json.dumps(epoch_record))
         if save or signum:
           setup.checkpointer.save(
               step, state, epoch_sums=_json_sums(sums), epoch_elapsed_s=(
@@ -369,7 +371,7 @@ def _every(step: int, every: int) -> bool:
   return bool(every) and step % every == 0
 
 
-def _stop_signal(stop: periodic.StopOnSignals, synced: bool) -> int:
+def _stop_signal(stop: signals.StopOnSignals, synced: bool) -> int:
   """The signal that asks to stop, or 0.
 
   With several processes they must stop at the same step: they agree at
@@ -395,12 +397,12 @@ def _images_per_sec(clock: tuple[float, int], step: int,
 
 def _train_record(step: int, values: dict, steps_per_epoch: int,
                   images_per_sec: float | None) -> dict[str, float]:
-  record = {k: float(v) for k, v in values.items()
+  fields = {k: float(v) for k, v in values.items()
             if k not in ("below_mean", "loss_below_mean")}
-  record["epoch"] = step / steps_per_epoch
+  fields[record.EPOCH] = step / steps_per_epoch
   if images_per_sec is not None:  # Not at the epoch's first step.
-    record["images_per_sec"] = images_per_sec
-  return record
+    fields[record.IMAGES_PER_SEC] = images_per_sec
+  return fields
 
 
 def _epoch_sums(saved: dict | None = None) -> dict[str, Any]:
@@ -437,11 +439,14 @@ def _json_sums(sums: dict[str, Any]) -> dict[str, float | int]:
 def _epoch_record(epoch: int, sums: dict[str, Any], controlled: tuple[str, ...],
                   epoch_time_s: float) -> dict[str, float]:
   num_steps = max(sums["steps"], 1)
-  record = {"epoch": epoch, "train_loss": float(sums["loss"]) / num_steps,
-            "epoch_time_s": epoch_time_s}
+  fields = {record.EPOCH: epoch,
+            record.TRAIN_LOSS: float(sums["loss"]) / num_steps,
+            record.EPOCH_TIME_S: epoch_time_s}
   if controlled:
     below = sums["below_mean"] / num_steps
-    record.update(phase_below_fraction=below, phase_above_fraction=1 - below,
-                  loss_below_mean_fraction=sums["loss_below_mean"] / num_steps)
-  return record
+    fields.update({
+        record.PHASE_BELOW_FRACTION: below,
+        record.PHASE_ABOVE_FRACTION: 1 - below,
+        record.LOSS_BELOW_MEAN_FRACTION: sums["loss_below_mean"] / num_steps})
+  return fields
 

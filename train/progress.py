@@ -1,13 +1,10 @@
-"""What the training loop shows and hears between steps.
+"""What the training loop shows between steps: an epoch's progress.
 
-`Progress` shows an epoch's progress (with the loss and the images per
-second), and `StopOnSignals` turns Ctrl-C (SIGINT) and SIGTERM into a request
-to stop once the step in flight is done.
+`Progress` shows it with the loss and the images per second: a bar on a
+terminal, a few plain lines in a log.
 """
 
-import signal
 import sys
-import threading
 from typing import TextIO
 
 from rich import console as rich_console
@@ -72,42 +69,3 @@ class Progress:
       self._bar.stop()
       self._bar.remove_task(self._task)
       self._task = None
-
-
-class StopOnSignals:
-  """A context in which SIGINT and SIGTERM ask the loop to stop.
-
-  The first signal sets `signum`; the loop stops after the step in flight,
-  saves a checkpoint and raises. Then SIGINT's handler before the context
-  comes back, so a second Ctrl-C interrupts at once. A repeated SIGTERM
-  changes nothing: a batch system, or `train.study` on behalf of a batch
-  system, may send it more than once, and it must not kill a run that is
-  saving its checkpoint. Outside the main thread (where Python cannot handle
-  signals) the context does nothing.
-  """
-
-  SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-
-  def __enter__(self) -> "StopOnSignals":
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle)
-                        for s in self.SIGNALS}
-    return self
-
-  def _handle(self, signum, frame) -> None:
-    del frame
-    self.signum = self.signum or signum
-    self._restore(signal.SIGINT)
-
-  def _restore(self, *signums: int) -> None:
-    """Gives ``signums`` (all by default) their handlers before the context."""
-    for signum in signums or list(self._previous):
-      if signum in self._previous:
-        signal.signal(signum, self._previous.pop(signum))
-
-  def __exit__(self, *exc_info) -> None:
-    self._restore()

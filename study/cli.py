@@ -1,0 +1,104 @@
+"""The command line of studies: ``python -m study run|commands|summarize|power``.
+
+  python -m study run STUDY --workdir DIR [--workers N] [--arms A,B]
+      [--seeds 0,1] [--retries K]
+  python -m study commands STUDY --workdir DIR
+  python -m study summarize DIR [--baseline ARM | --compare ARM:AGAINST]
+  python -m study power DIR --margin M
+
+STUDY is a study file, ``study/studies/NAME.py[:ARG]`` or just ``NAME``
+(`study.definition`). ``run`` keeps N runs going at once (on a CPU host the
+cores are split between them; with several GPUs each run gets its own) and
+re-running it continues every unfinished run where it stopped;
+``commands`` prints one shell command per pending run for any other
+scheduler; ``summarize`` reads the runs and writes ``summary.md``,
+``summary.json`` and ``curves.png`` into DIR (`study.report`); ``power``
+sizes a next study from a finished one's spread.
+"""
+
+import argparse
+from collections.abc import Sequence
+import sys
+
+from study import definition
+from study import report
+from study import runner
+from study import statistics
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m study",
+      description="Run, list and summarize studies (arms x seeds).")
+  commands = parser.add_subparsers(dest="command", required=True)
+  run = commands.add_parser("run", help="run every unfinished (arm, seed)")
+  listing = commands.add_parser(
+      "commands", help="print one shell command per pending run")
+  for sub in (run, listing):
+    sub.add_argument("study", metavar="STUDY",
+                     help="study/studies/NAME.py[:ARG] or NAME")
+    sub.add_argument("--workdir", required=True, metavar="DIR")
+  run.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="runs at once (default 1)")
+  run.add_argument("--retries", type=int, default=1, metavar="K",
+                   help="tries again a failed run up to K times (default 1)")
+  run.add_argument("--arms", metavar="A,B", help="only these arms")
+  run.add_argument("--seeds", metavar="0,1", help="only these seeds")
+  summary = commands.add_parser("summarize", help="write summary.{md,json}, "
+                                "curves.png and print the table")
+  summary.add_argument("workdir", metavar="DIR")
+  summary.add_argument("--baseline", metavar="ARM",
+                       help="post hoc: compare every arm with ARM instead of "
+                            "the study's comparisons or baseline")
+  summary.add_argument("--compare", metavar="ARM:AGAINST", action="append",
+                       help="post hoc: compare ARM with AGAINST instead of "
+                            "the study's comparisons (repeat; first primary)")
+  summary.add_argument("--margin", type=float, metavar="M",
+                       help="post hoc: an equivalence margin (0.005 is half "
+                            "a point) instead of the study's")
+  power = commands.add_parser(
+      "power", help="seeds a new study needs, from a finished study's spread")
+  power.add_argument("workdir", metavar="DIR")
+  power.add_argument("--margin", type=float, required=True, metavar="M",
+                     help="the margin in the metric's units (0.005 is half "
+                          "a point of accuracy)")
+  power.add_argument("--test", choices=statistics.TESTS, default="welch",
+                     help="the primary test (default welch)")
+  power.add_argument("--arms", metavar="A,B",
+                     help="the arms whose spread to pool (default all)")
+  return parser.parse_args(argv)
+
+
+def _split(text: str | None, cast=str):
+  return None if text is None else [cast(x) for x in text.split(",") if x]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(argv)
+  try:
+    if args.command == "summarize":
+      if args.baseline or args.compare or args.margin is not None:
+        report.print_post_hoc(args)
+      else:
+        print(report.write_summary(args.workdir), end="")
+      return 0
+    if args.command == "power":
+      print(report.power_plan(args.workdir, args.margin, args.test,
+                              _split(args.arms)), end="")
+      return 0
+    study = definition.load_study(args.study)
+    if args.command == "commands":
+      definition.save_study(study, args.workdir)
+      print("\n".join(runner.pending_commands(study, args.workdir)))
+      return 0
+    if args.workers < 1:
+      raise definition.StudyError(
+          f"--workers must be at least 1, got {args.workers}.")
+    runs = runner.run_study(study, args.workdir, workers=args.workers,
+                            retries=args.retries, arms=_split(args.arms),
+                            seeds=_split(args.seeds, int))
+  except (definition.StudyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(report.write_summary(args.workdir), end="")
+  return 0 if all(r.done for r in runs) else 1
