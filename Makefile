@@ -23,9 +23,9 @@ DATA ?= $(if $(wildcard $(SHARED_CIFAR10)),folder:$(SHARED_CIFAR10),tfds:cifar10
 ARGS ?=
 # Where `make package` builds the sdist and the wheel (emptied first).
 DIST ?= dist
-# The accelerator kit's wheels: what a lent machine (Python 3.12, manylinux
-# x86-64, no network) lacks of the harness's dependencies; see
-# docs/benchmarks.md, "Measured on an accelerator".
+# The accelerator kit's wheels: what a GPU host without network access
+# (Python 3.12, manylinux x86-64) often lacks of the harness's dependencies;
+# see docs/benchmarks.md, "Measured on an accelerator".
 WHEELHOUSE ?= .whl
 WHEEL_PYTHON ?= 3.12
 WHEEL_PLATFORM ?= manylinux2014_x86_64

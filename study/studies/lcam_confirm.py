@@ -22,14 +22,16 @@ the test set, with 13 seeds per arm (0 to 12; stage 1 used seed 1000):
   the same mix of momenta without the loss signal. A placebo. Each seed draws
   its own phases (``phase_seed`` is the run's seed).
 * ``e-lcam-8-epochs``, ``f-sgd-8-epochs``: (b) and (a) in 8 epochs, schedule
-  A's 15-epoch boundaries (3, 6, 9) scaled to (1.6, 3.2, 4.8). The paper
+  A's 15-epoch boundaries (3, 6, 9) scaled to (1.6, 3.2, 4.8), at the
+  learning rates tuned for 15 epochs (none was tuned for 8). The paper
   claims tuned-SGD accuracy in about half the epochs: (e) against (a).
 
 Comparisons, the first primary: (b)-(a); then (b)-(c), (b)-(d), (e)-(a) and
 (e)-(f), all on final test accuracy, Welch's test, with an equivalence test
-(TOST) at ±0.6 points. The margin and the 13 seeds were fixed in
-docs/results.md from study 1's spread before stage 1 ran (`python -m
-train.study power results/cifar10_cpu --margin 0.006`).
+(TOST) at ±0.6 points. The margin and the 13 seeds were fixed from study 1's
+spread (`python -m train.study power results/cifar10_cpu --margin 0.006`) in
+README.md, commit 5c5602a, on 2 December 2026 at 06:23 UTC: about 13 minutes
+after stage 1's first run started, and before any run of this study.
 
 The values below are literals, copied from `derive()` on the committed
 stage 1 (rounded to 4 decimals); tests/test_study.py checks that they agree.
