@@ -49,7 +49,7 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(PY) -m train --config $(CONFIG) --workdir $(WORKDIR) \
 		--config.data.source=$(DATA) $(ARGS)
-	$(PY) -m train.plot $(WORKDIR) -o $(WORKDIR)/curves.png
+	$(PY) -m study.plot $(WORKDIR) -o $(WORKDIR)/curves.png
 
 test: venv
 	$(PY) -m pytest -q $(ARGS)

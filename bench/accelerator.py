@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,8 @@ import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from train import signals  # noqa: E402  (standard library only)
+from train import signals
+
 WHEELHOUSE = os.path.join(REPO, ".whl")
 DEFAULT_ARCHIVE = os.path.join(REPO, ".data", "cifar10_jpeg.tar.gz")
 SHARED_ARCHIVE = os.path.join(

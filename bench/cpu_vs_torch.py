@@ -1,6 +1,7 @@
 """The harness's training loop on the CPU against the same step in PyTorch.
 
-Runs `train.loop.train_and_evaluate` with the quick config (WRN-10-1, batch 128, LCAM
+Runs `train.loop.train_and_evaluate` with the quick config (WRN-10-1, batch
+128, LCAM
 with coupled weight decay) on synthetic CIFAR-sized data in a few runs that
 resume one another, and between them times the PyTorch peer (the same network
 and batch, `torch.optim.SGD` with momentum and weight decay, see

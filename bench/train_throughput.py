@@ -1,12 +1,12 @@
 """The training loop's throughput against a bare jit-compiled step, in one run.
 
-Runs `train.loop.train_and_evaluate` on synthetic CIFAR-sized data (everything: the
-host-side batches, the step, logging, checkpoints) in a few runs that resume
-one another, and between them times the bare compiled step of the same model,
-batch and devices on one batch already on the devices. Prints the median
-images/s of both, their ratio, how often each run compiled the train step
-(once is right: no recompilation after the first step), and the time from the
-start of `train_and_evaluate` to the end of its first step.
+Runs `train.loop.train_and_evaluate` on synthetic CIFAR-sized data (everything:
+the host-side batches, the step, logging, checkpoints) in a few runs that
+resume one another, and between them times the bare compiled step of the same
+model, batch and devices on one batch already on the devices. Prints the median
+images/s of both, their ratio, how often each run compiled the train step (once
+is right: no recompilation after the first step), and the time from the start
+of `train_and_evaluate` to the end of its first step.
 
   python bench/train_throughput.py [--model wrn-10-1] [--batch 128]
       [--steps 150] [--segments 3] [--devices 8] [--parallel pmap]

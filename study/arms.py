@@ -98,7 +98,7 @@ def arm_statistics(runs: Sequence[record.Run], targets: Sequence[float],
   under ``phases="random"``.
   """
   summary = final_and_best(runs, metric)
-  statistics = {
+  entry = {
       "n": len(runs),
       "seeds": [run.config.get("seed") for run in runs],
       f"final_{metric}": summary["final"],
@@ -115,11 +115,11 @@ def arm_statistics(runs: Sequence[record.Run], targets: Sequence[float],
   for field in (record.PHASE_BELOW_FRACTION, record.LOSS_BELOW_MEAN_FRACTION):
     fractions = [_finite_mean(r.curve(field)[1]) for r in runs]
     if runs and np.isfinite(fractions).all():
-      statistics[field] = {
+      entry[field] = {
           k: v for k, v in statistics.mean_std_ci(fractions).items()
           if k != "ci95"}
-  statistics["provenance"] = provenance(runs)
-  return statistics
+  entry["provenance"] = provenance(runs)
+  return entry
 
 
 # Provenance key in the summary -> field of the "run" records.

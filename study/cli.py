@@ -1,4 +1,4 @@
-"""The command line of studies: ``python -m study run|commands|summarize|power``.
+"""The command line: ``python -m study run|commands|summarize|power``.
 
   python -m study run STUDY --workdir DIR [--workers N] [--arms A,B]
       [--seeds 0,1] [--retries K]

@@ -17,6 +17,7 @@ import json
 import os
 import re
 from typing import Any
+import warnings
 
 from flax import traverse_util
 import numpy as np
@@ -25,7 +26,6 @@ from study import arms
 from study import statistics
 from train import config as config_lib
 from train import record
-
 
 # Where a differing field goes in a group label; lower comes first.
 _LABEL_ORDER = ("optimizer", "model", "data", "schedule")

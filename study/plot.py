@@ -26,7 +26,6 @@ from study import groups as groups_lib
 from study.groups import RunGroup
 from train import record
 
-
 # (field, panel title, y label, transform of the values, log scale)
 _PANELS = (
     (record.TEST_ACCURACY, "Test error", "test error (%)",

@@ -1,12 +1,12 @@
 """Runs a study's (arm, seed) runs on this host, N at a time.
 
-`run_study` keeps up to ``workers`` runs going, each an ordinary
-``python -m train`` process in its own session and workdir
-(`study.definition` names them), with its share of the host: a GPU of ``CUDA_VISIBLE_DEVICES``
-(and a part of its memory when runs share it), else a part of the cores; a
-TPU host runs one at a time. A failed run is retried from its checkpoint;
-Ctrl-C or SIGTERM makes every run save and stop. `pending_commands` prints
-the same runs as shell commands for any other scheduler.
+`run_study` keeps up to ``workers`` runs going, each an ordinary ``python -m
+train`` process in its own session and workdir (`study.definition` names them),
+with its share of the host: a GPU of ``CUDA_VISIBLE_DEVICES`` (and a part of
+its memory when runs share it), else a part of the cores; a TPU host runs one
+at a time. A failed run is retried from its checkpoint; Ctrl-C or SIGTERM makes
+every run save and stop. `pending_commands` prints the same runs as shell
+commands for any other scheduler.
 """
 
 from __future__ import annotations

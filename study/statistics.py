@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-
 TESTS = ("paired", "welch")
 MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
 POWER = 0.8

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from study import groups
+from study import groups as groups_lib
 from study import plot
 from train import record as runs_lib
 
@@ -78,7 +78,7 @@ def runs_fixture(tmp_path):
 
 def test_group_runs_groups_seeds_and_labels_by_differing_fields(runs):
   dirs, _ = runs
-  groups = groups.group_runs(runs_lib.load_run(d) for d in dirs.values())
+  groups = groups_lib.group_runs(runs_lib.load_run(d) for d in dirs.values())
   assert [(g.label, [r.name for r in g.runs]) for g in groups] == [
       ("lcam 0.95/0.9", ["lcam_a_s0", "lcam_a_s1"]),
       ("lcam 0.9/0.9", ["sgd_s0", "sgd_s1"]),
@@ -93,13 +93,13 @@ def test_group_labels_fall_back_to_directory_names(tmp_path):
       runs_lib.load_run(_make_run(tmp_path, "base_seed1", dict(same, seed=1),
                               [0.6])),
   ]
-  (group,) = groups.group_runs(runs)
+  (group,) = groups_lib.group_runs(runs)
   assert group.label == "base" and len(group.runs) == 2
 
   # Runs without a config are never grouped together.
   bare = [runs_lib.load_run(_make_run(tmp_path, n, None, [0.5]))
           for n in ("bare_a", "bare_b")]
-  assert [g.label for g in groups.group_runs(bare)] == ["bare_a", "bare_b"]
+  assert [g.label for g in groups_lib.group_runs(bare)] == ["bare_a", "bare_b"]
 
 
 def test_labels_name_other_differing_fields():
@@ -108,21 +108,21 @@ def test_labels_name_other_differing_fields():
              {"optimizer.name": "lcam", "optimizer.beta_below": 0.93,
               "optimizer.beta_above": 0.9, "schedule.name": "cosine",
               "num_epochs": 100}]
-  differing = groups.differing_config_keys(configs)
-  assert [groups.config_label(c, differing) for c in configs] == [
+  differing = groups_lib.differing_config_keys(configs)
+  assert [groups_lib.config_label(c, differing) for c in configs] == [
       "sgd momentum=0.9", "lcam 0.93/0.9 num_epochs=100"]
 
 
 def test_group_curve_aligns_runs_of_different_lengths(tmp_path):
   runs = [runs_lib.load_run(_make_run(tmp_path, "a", {"seed": 0}, [0.2, 0.4])),
           runs_lib.load_run(_make_run(tmp_path, "b", {"seed": 1}, [0.4]))]
-  (group,) = groups.group_runs(runs)
-  epochs, mean, low, high = groups.group_curve(group, "test_accuracy")
+  (group,) = groups_lib.group_runs(runs)
+  epochs, mean, low, high = groups_lib.group_curve(group, "test_accuracy")
   np.testing.assert_array_equal(epochs, [1, 2])
   np.testing.assert_allclose(mean, [0.3, 0.4])
   np.testing.assert_allclose(low, [0.2, 0.4])
   np.testing.assert_allclose(high, [0.4, 0.4])
-  _, mean, low, high = groups.group_curve(group, "no_such_field")
+  _, mean, low, high = groups_lib.group_curve(group, "no_such_field")
   assert np.isnan(np.concatenate([mean, low, high])).all()
 
 
@@ -133,8 +133,8 @@ def _table_row(table, label):
 
 def test_summary_table_reports_final_and_best_accuracy(runs):
   dirs, accuracies = runs
-  groups = groups.group_runs(runs_lib.load_run(d) for d in dirs.values())
-  table = groups.summary_table(groups)
+  groups = groups_lib.group_runs(runs_lib.load_run(d) for d in dirs.values())
+  table = groups_lib.summary_table(groups)
 
   final = 100 * np.array([accuracies["lcam_a_s0"][-1],
                           accuracies["lcam_a_s1"][-1]])
@@ -158,7 +158,8 @@ def test_summary_table_handles_runs_without_test_accuracy(tmp_path):
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text(json.dumps(
       {"kind": "epoch", "epoch": 1, "step": 10, "train_loss": 1.0}) + "\n")
-  table = groups.summary_table(groups.group_runs([runs_lib.load_run(workdir)]))
+  table = groups_lib.summary_table(
+      groups_lib.group_runs([runs_lib.load_run(workdir)]))
   assert _table_row(table, "no_eval").split()[1:] == ["0"] + ["n/a"] * 4
 
 
@@ -168,7 +169,7 @@ def test_summary_table_final_is_the_last_epochs_accuracy(tmp_path):
   unevaluated = [{"kind": "epoch", "epoch": 3, "step": 30, "train_loss": 0.5}]
   _make_run(tmp_path, "late", {"seed": 0}, [0.5, 0.6], extra_lines=unevaluated)
   _make_run(tmp_path, "done", {"seed": 1}, [0.5, 0.6])
-  table = groups.summary_table(groups.group_runs(
+  table = groups_lib.summary_table(groups_lib.group_runs(
       [runs_lib.load_run(tmp_path / name) for name in ("late", "done")],
       labels=["late", "done"]))
   assert _table_row(table, "late").split()[1:] == ["0"] + ["n/a"] * 4
@@ -261,7 +262,7 @@ def _is_plain_decimal(text):
 def test_loss_axis_shows_the_data_with_readable_plain_decimal_ticks(
     tmp_path, losses):
   workdir = _loss_run(tmp_path, "run", 0, losses)
-  figure = plot.plot_runs(groups.group_runs([runs_lib.load_run(workdir)]),
+  figure = plot.plot_runs(groups_lib.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   loss_axis = figure.axes[1]
   assert loss_axis.get_yscale() == "log"
@@ -283,7 +284,7 @@ def test_loss_axis_shows_the_data_with_readable_plain_decimal_ticks(
 def test_error_axis_labels_are_plain_decimals_without_an_offset(tmp_path):
   accuracies = [0.72351, 0.72352, 0.72354]  # errors 27.649-27.646 %
   workdir = _make_run(tmp_path, "run", {"seed": 0}, accuracies)
-  figure = plot.plot_runs(groups.group_runs([runs_lib.load_run(workdir)]),
+  figure = plot.plot_runs(groups_lib.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   error_axis = figure.axes[0]
   low, high = error_axis.get_ylim()
@@ -298,7 +299,7 @@ def test_error_axis_labels_are_plain_decimals_without_an_offset(tmp_path):
 
 def test_epoch_axis_shows_whole_epochs(tmp_path):
   workdir = _loss_run(tmp_path, "run", 0, [1.5, 1.2, 1.1])
-  figure = plot.plot_runs(groups.group_runs([runs_lib.load_run(workdir)]),
+  figure = plot.plot_runs(groups_lib.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   low, high = figure.axes[0].get_xlim()
   ticks = [t for t in figure.axes[0].get_xticks() if low <= t <= high]
@@ -314,7 +315,8 @@ def test_legend_counts_distinct_seeds(tmp_path):
   same_seed = [_loss_run(tmp_path, f"same{i}", 0, [1.5, 1.2]) for i in range(3)]
   seeds = [_loss_run(tmp_path, f"seed{i}", i, [1.4, 1.1], num_epochs=99)
            for i in range(3)]
-  groups = groups.group_runs(runs_lib.load_run(d) for d in same_seed + seeds)
+  groups = groups_lib.group_runs(
+      runs_lib.load_run(d) for d in same_seed + seeds)
   figure = plot.plot_runs(groups, tmp_path / "curves.png")
   texts = _legend_texts(figure)
   assert len(texts) == 2
@@ -335,7 +337,7 @@ def test_logging_and_device_fields_do_not_split_or_label_groups(tmp_path):
                 schedule={"name": "cosine"},
                 data={"source": "cifar10", "cache_dir": "/tmp/x"}),
   ]
-  groups = groups.group_runs(runs_lib.load_run(d) for d in dirs)
+  groups = groups_lib.group_runs(runs_lib.load_run(d) for d in dirs)
   assert [(g.label, len(g.runs)) for g in groups] == [("step", 2),
                                                       ("cosine", 1)]
 
@@ -363,7 +365,7 @@ def test_runs_that_never_test_plot_their_validation_error(tmp_path):
       line["val_accuracy"] = line.pop("test_accuracy")
   (workdir / "metrics.jsonl").write_text(
       "".join(json.dumps(line) + "\n" for line in lines))
-  figure = plot.plot_runs(groups.group_runs([runs_lib.load_run(workdir)]),
+  figure = plot.plot_runs(groups_lib.group_runs([runs_lib.load_run(workdir)]),
                           tmp_path / "curves.png")
   error_axis = figure.axes[0]
   assert error_axis.get_title() == "Validation error"

@@ -24,11 +24,11 @@ import pytest
 
 import models
 import optax_lcam
+from study import plot
 from train import checkpoints
 from train import checksums
 from train import config as config_lib
 from train import data
-from study import plot
 from train import devices
 from train import evaluate
 from train import loop
@@ -874,7 +874,8 @@ def test_command_line_mistakes_are_one_error_line(tmp_path):
 # second checkpoint (in Orbax's background thread), or the metrics of step 4.
 _DISK_FULL_SCRIPT = """
 import errno, os, sys
-from train import checksums, main, metric_writers
+from train import checksums, main
+from train import record as record_lib
 def full(path):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 if "{where}" == "checkpoint":

@@ -1,4 +1,4 @@
-"""`python -m train`: trains one run (`train.main`; `--help` lists the fields)."""
+"""`python -m train`: trains one run (`train.main`; `--help` lists fields)."""
 
 from train import main
 

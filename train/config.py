@@ -47,7 +47,7 @@ _NON_NEGATIVE_FIELDS = (
 # Fields that do not make two runs different experiments: the seeds, where
 # data is cached, and how a run is logged, saved, spread over devices,
 # evaluated or cut short. A section (``distributed``) stands for its fields.
-# Runs that differ only in these are seeds of one experiment (`train.plot`).
+# Runs that differ only in these are seeds of one experiment (`study.plot`).
 NON_EXPERIMENT_FIELDS = (
     "seed", "optimizer.phase_seed", "data.data_dir", "data.cache_dir",
     "eval_batch_size", "eval_every_epochs", "log_every_steps",

@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 
 
-
 def detected_cluster(environ=os.environ) -> tuple[str, int] | None:
   """A multi-process job that JAX's own detection would join, and its size.
 

@@ -30,8 +30,8 @@ from train import data
 from train import devices
 from train import optimizers
 from train import progress as progress_lib
-from train import record
 from train import provenance
+from train import record
 from train import schedules
 from train import signals
 from train import steps
@@ -287,7 +287,8 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
                  "Resuming" if start else "Starting", start,
                  setup.total_steps, spe, jax.device_count())
-  progress = progress_lib.Progress(spe, enabled=setup.is_chief and config.progress)
+  progress = progress_lib.Progress(
+      spe, enabled=setup.is_chief and config.progress)
   # Inside an epoch: its sums and time before the checkpoint.
   sums = _epoch_sums(meta.get("epoch_sums"))
   epoch_start = time.perf_counter() - meta.get("epoch_elapsed_s", 0.0)

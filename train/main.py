@@ -56,8 +56,8 @@ def help_text(config: ml_collections.ConfigDict, spec: str) -> str:
   """The command's help: its usage, and every config field with its value.
 
   Example:
-    >>> config = ml_collections.ConfigDict({"seed": 0, "data": {"augment": True}})
-    >>> print(help_text(config, "c.py").splitlines()[-2])
+    >>> config = ml_collections.ConfigDict({"data": {"augment": True}})
+    >>> print(help_text(config, "c.py").splitlines()[-1])
       --config.data.augment=True
   """
   fields = traverse_util.flatten_dict(config.to_dict(), sep=".")
@@ -75,7 +75,7 @@ def help_text(config: ml_collections.ConfigDict, spec: str) -> str:
       f"The fields of {spec}; set any with --config.FIELD=VALUE:",
       *(f"  --config.{field}={_flag_value(value)}"
         for field, value in fields.items()),
-      ""])
+  ])
 
 
 def _flag_value(value) -> str:

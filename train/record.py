@@ -170,7 +170,7 @@ class MetricWriter:
       if summary is not None:
         _close_summary(summary)
 
-  def __enter__(self) -> "MetricWriter":
+  def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc_info) -> None:

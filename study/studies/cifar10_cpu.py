@@ -1,6 +1,6 @@
 """LCAM against SGD on real CIFAR-10, at the scale of a 2-core CPU machine.
 
-  python -m train.study run cifar10_cpu --workdir results/cifar10_cpu
+  python -m study run cifar10_cpu --workdir results/cifar10_cpu
 
 The reference recipe scaled down: WRN-10-1 (77,850 parameters), batch 128,
 lr 0.1, coupled weight decay 5e-4, schedule A (x0.2 after epochs 31, 61 and 91

@@ -1,7 +1,7 @@
 """LCAM against SGD at the reference recipe, for a machine with accelerators.
 
-  python -m train.study run cifar10_gpu --workdir runs/cifar10_gpu --workers 8
-  python -m train.study run "cifar10_gpu:folder:/data/cifar10_jpeg.tar.gz" ...
+  python -m study run cifar10_gpu --workdir runs/cifar10_gpu --workers 8
+  python -m study run "cifar10_gpu:folder:/data/cifar10_jpeg.tar.gz" ...
 
 WRN-16-8 (10,961,370 parameters) on CIFAR-10, batch 128, lr 0.1, coupled
 weight decay 5e-4, schedule A over the reference's 150 epochs, bfloat16

@@ -1,8 +1,8 @@
 """Stage 2 of the decisive LCAM study: the tuned arms and their controls.
 
-  python -m train.study run lcam_confirm --workdir results/lcam_confirm --retries 5
-  python -m train.study summarize results/lcam_confirm
-  python train/studies/lcam_confirm.py   # derives the values below from stage 1
+  python -m study run lcam_confirm --workdir results/lcam_confirm --retries 5
+  python -m study summarize results/lcam_confirm
+  python study/studies/lcam_confirm.py   # derives the values below from stage 1
 
 Stage 1 (`lcam_tuning`, `results/lcam_tuning/`) tuned SGD and LCAM on 5,000
 held-out training examples, one seed per configuration, and chose each
@@ -29,7 +29,7 @@ the test set, with 13 seeds per arm (0 to 12; stage 1 used seed 1000):
 Comparisons, the first primary: (b)-(a); then (b)-(c), (b)-(d), (e)-(a) and
 (e)-(f), all on final test accuracy, Welch's test, with an equivalence test
 (TOST) at ±0.6 points. The margin and the 13 seeds were fixed from study 1's
-spread (`python -m train.study power results/cifar10_cpu --margin 0.006`) in
+spread (`python -m study power results/cifar10_cpu --margin 0.006`) in
 README.md, commit 5c5602a, on 2 December 2026 at 06:23 UTC: about 13 minutes
 after stage 1's first run started, and before any run of this study.
 
@@ -92,7 +92,7 @@ def derive(stage_1: str = STAGE_1) -> dict:
   incomplete = [family for family, s in selection.items() if not s["complete"]]
   if incomplete:
     raise ValueError(f"Stage 1 has not finished its families {incomplete}: "
-                     "run `python -m train.study run lcam_tuning`.")
+                     "run `python -m study run lcam_tuning`.")
   sgd = arms[selection["sgd"]["winner"]]
   lcam = arms[selection["lcam"]["winner"]]
   path = os.path.join(stage_1, selection["lcam"]["winner"].replace("/", "_"),

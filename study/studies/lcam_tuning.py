@@ -1,7 +1,7 @@
 """Stage 1 of the decisive LCAM study: tune SGD and LCAM on a validation split.
 
-  python -m train.study run lcam_tuning --workdir results/lcam_tuning --retries 5
-  python -m train.study summarize results/lcam_tuning
+  python -m study run lcam_tuning --workdir results/lcam_tuning --retries 5
+  python -m study summarize results/lcam_tuning
 
 Study 1's recipe (`cifar10_cpu`): WRN-10-1, batch 128, coupled weight decay
 5e-4, 15 epochs, schedule A scaled to 15 epochs (x0.2 after epochs 3, 6 and

@@ -1,8 +1,8 @@
 """Stage 1b of the decisive LCAM study: tuning past stage 1's largest rate.
 
-  python -m train.study run lcam_tuning_edge --workdir results/lcam_tuning_edge --retries 5
-  python -m train.study summarize results/lcam_tuning_edge
-  python train/studies/lcam_tuning_edge.py   # the repeat against stage 1
+  python -m study run lcam_tuning_edge --workdir results/lcam_tuning_edge --retries 5
+  python -m study summarize results/lcam_tuning_edge
+  python study/studies/lcam_tuning_edge.py   # the repeat against stage 1
 
 Both winners of stage 1 (`lcam_tuning`, `results/lcam_tuning/`) sit at its
 largest learning rate, 0.2, so the optimum may lie beyond it. This study
@@ -44,7 +44,7 @@ Rule, fixed before the first run:
   stage 1.
 * The union is valid only on the same numbers: the repeat must reproduce
   every loss, accuracy and phase field of stage 1's record of that
-  configuration (``python train/studies/lcam_tuning_edge.py`` prints the
+  configuration (``python study/studies/lcam_tuning_edge.py`` prints the
   comparison). If it does not, stage 1's twelve configurations are run again
   at this study's commit and the union uses those.
 
@@ -169,8 +169,8 @@ def compare_records(ours: str, theirs: str) -> tuple[int, list[str]]:
     ``(values compared, differences as lines)``.
   """
   sys.path.insert(0, REPO_ROOT)
-  from train import metric_writers  # pylint: disable=g-import-not-at-top
-  records = [metric_writers.read_metrics(path) for path in (ours, theirs)]
+  from train import record  # pylint: disable=g-import-not-at-top
+  records = [record.read_metrics(path) for path in (ours, theirs)]
   compared, differences = 0, []
   for kind in ("train", "epoch"):
     mine = {r["step"]: r for r in records[0].get(kind, [])}

@@ -1,6 +1,6 @@
 """The paper's experiments on one dataset, 3 seeds each, baselines included.
 
-  python -m train.study run paper:cifar100 --workdir runs/paper_cifar100
+  python -m study run paper:cifar100 --workdir runs/paper_cifar100
 
 WRN-28-10, batch 128, 150 epochs (`train/configs/reference.py`): schedule A with
 the four momentum pairs of the paper (0.9/0.9 and 0.95/0.95 are plain SGD),
