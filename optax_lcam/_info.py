@@ -1,5 +1,6 @@
 """Reading LCAM's state out of any optax optimizer state, for logging."""
 
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -33,9 +34,31 @@ class LCAMInfo(NamedTuple):
   loss_below_mean: jax.Array
 
 
+def _variable_values(opt_state: Any) -> Any:
+  """``opt_state`` with each Flax NNX Variable replaced by its value.
+
+  `nnx.Optimizer` keeps the arrays of its ``opt_state`` in `nnx.Variable`
+  objects (``OptArray``, ``OptVariable``). Flax is not a dependency, and a
+  state cannot hold its Variables unless `flax.nnx` has been imported, so it
+  is looked up, not imported.
+  """
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None:
+    return opt_state
+  is_variable = lambda x: isinstance(x, nnx.Variable)
+
+  def value_of(x: Any) -> Any:
+    if not is_variable(x):
+      return x
+    return x.get_value() if hasattr(x, "get_value") else x.value
+
+  return jax.tree.map(value_of, opt_state, is_leaf=is_variable)
+
+
 def _find_all(opt_state: Any, types: tuple[type, ...]) -> list[Any]:
   is_wanted = lambda x: isinstance(x, types)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_wanted)
+  return [x for x in jax.tree.leaves(_variable_values(opt_state),
+                                     is_leaf=is_wanted)
           if is_wanted(x)]
 
 
@@ -44,13 +67,15 @@ def find_lcam_state(opt_state: Any) -> ScaleByLCAMState:
 
   Works through `optax.chain`, `optax.inject_hyperparams`,
   `optax.MultiSteps`, `optax.apply_if_finite` and any other nesting of tuples,
-  NamedTuples, dicts and lists.
+  NamedTuples, dicts and lists, and on the ``opt_state`` of a Flax
+  `nnx.Optimizer`, whose arrays are held in `nnx.Variable` objects.
 
   Args:
     opt_state: An optimizer state that contains exactly one LCAM state.
 
   Returns:
-    The LCAM state.
+    The LCAM state, with arrays as leaves (the values of a state's
+    `nnx.Variable` objects).
 
   Raises:
     ValueError: When there is no LCAM state, or more than one.
@@ -69,7 +94,8 @@ def lcam_info(opt_state: Any) -> LCAMInfo:
 
   Args:
     opt_state: An optimizer state holding one LCAM state anywhere inside it
-      (chained, injected, multi-step, ...).
+      (chained, injected, multi-step, ...), or the ``opt_state`` of a Flax
+      `nnx.Optimizer`.
 
   Returns:
     An `LCAMInfo`. Works on replicated (pmapped) states too: each field then
@@ -125,10 +151,11 @@ def find_loss_control_state(
 
   Args:
     opt_state: An optimizer state that contains exactly one of them, at any
-      depth (chained, injected, multi-step, ...).
+      depth (chained, injected, multi-step, ...), or the ``opt_state`` of a
+      Flax `nnx.Optimizer`.
 
   Returns:
-    The `ScaleByLCAMState` or `LossControlledState`.
+    The `ScaleByLCAMState` or `LossControlledState`, with arrays as leaves.
 
   Raises:
     ValueError: When there is none, or more than one.
@@ -149,7 +176,8 @@ def loss_control_info(opt_state: Any) -> LossControlInfo:
   Works on the state of `loss_controlled` and on LCAM's.
 
   Args:
-    opt_state: An optimizer state holding one such state anywhere inside it.
+    opt_state: An optimizer state holding one such state anywhere inside it,
+      or the ``opt_state`` of a Flax `nnx.Optimizer`.
 
   Returns:
     A `LossControlInfo`. On replicated (pmapped) states each field has the

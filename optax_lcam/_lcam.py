@@ -17,7 +17,7 @@ from optax_lcam import _phase
 _MISSING_LOSS = (
     "LCAM chooses its momentum from the training loss: pass the mini-batch "
     "loss to the update as `update(grads, state, params, value=loss)` (e.g. "
-    "from `jax.value_and_grad`).")
+    f"from `jax.value_and_grad`). {_phase.TRAIN_STATE_HINT}")
 
 
 class ScaleByLCAMState(NamedTuple):
@@ -73,12 +73,18 @@ class ScaleByLCAMState(NamedTuple):
 
 
 def _check_unit_interval(name: str, value: Any) -> None:
-  if _phase.is_concrete_number(value) and not 0.0 <= value < 1.0:
+  known = _phase.known_real(value)
+  if known is not None and not 0.0 <= known < 1.0:
     raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
-def _heavy_ball(updates, momentum, beta, nesterov, accumulator_dtype):
-  """``b = beta * b + g``, with the beta cast to each leaf's dtype."""
+def _heavy_ball(updates, momentum, beta, nesterov):
+  """``b = beta * b + g``, with the beta cast to each leaf's dtype.
+
+  The new buffer keeps the old one's dtype (``accumulator_dtype``, or the
+  parameters'), also when the updates come in a wider one (float32 updates of
+  bfloat16 parameters), so that the state's dtypes never change.
+  """
   def accumulate(g, m):
     return g + beta.astype(m.dtype) * m
 
@@ -95,7 +101,9 @@ def _heavy_ball(updates, momentum, beta, nesterov, accumulator_dtype):
   directions = jax.tree.map(
       lambda d, g: None if g is None else d.astype(g.dtype),
       directions, updates, is_leaf=is_none)
-  new_momentum = optax.tree.cast(new_momentum, accumulator_dtype)
+  new_momentum = jax.tree.map(
+      lambda b, m: None if b is None else b.astype(m.dtype),
+      new_momentum, momentum, is_leaf=is_none)
   return directions, new_momentum
 
 
@@ -135,7 +143,8 @@ def scale_by_lcam(
   carries over from one epoch to the next; only the loss statistics are reset.
 
   The loss of each step must be passed as ``update(..., value=loss)``: the
-  mean mini-batch loss before the update, without any weight-decay term.
+  mean mini-batch loss before the update, without any weight-decay term (a
+  real scalar; a complex one is a TypeError).
 
   Ablations of the reference rule: ``averaging="ema"`` compares each loss
   with a debiased exponential moving average of the losses (decay
@@ -171,10 +180,10 @@ def scale_by_lcam(
   Args:
     beta_below: Momentum used after a loss strictly below the running mean.
     beta_above: Momentum used after a loss at or above the running mean.
-    steps_per_epoch: Number of optimizer updates per epoch (``ceil(N /
-      batch_size)`` when the last partial batch is kept; ``ceil(N /
-      (batch_size * k))`` with k accumulated micro-batches per update).
-      Required with ``averaging="epoch"``.
+    steps_per_epoch: Number of optimizer updates per epoch, a positive
+      integer (``ceil(N / batch_size)`` when the last partial batch is kept;
+      ``ceil(N / (batch_size * k))`` with k accumulated micro-batches per
+      update). Required with ``averaging="epoch"``.
     beta_init: Momentum of the first update (and of every update before
       ``start_step``).
     averaging: ``"epoch"`` (the reference: mean of the current epoch's losses)
@@ -186,7 +195,8 @@ def scale_by_lcam(
       ``beta_init``.
     nesterov: Whether to use Nesterov momentum (``beta * b_t + g_t``).
     accumulator_dtype: Optional dtype of the momentum buffer; if None, that of
-      the parameters.
+      the parameters. The buffer keeps it whatever the dtype of the incoming
+      updates.
     axis_name: If set, the loss is averaged over this named axis
       (``lax.pmean``) before use, so that replicas under ``jax.pmap`` or
       ``shard_map`` take the same decisions.
@@ -203,9 +213,12 @@ def scale_by_lcam(
     as the keyword argument ``value``.
 
   Raises:
-    ValueError: For a concrete hyper-parameter out of range, an unknown
-      ``averaging`` or ``phases``, or ``averaging="epoch"`` without
-      ``steps_per_epoch``.
+    ValueError: For a hyper-parameter out of range (a number, or a 0-d NumPy
+      or JAX array that is not traced: traced values, as under
+      `optax.inject_hyperparams` inside `jax.jit`, are not checked), a
+      ``steps_per_epoch`` that is not a positive integer (a string or a bool
+      included), an unknown ``averaging`` or ``phases``, or
+      ``averaging="epoch"`` without ``steps_per_epoch``.
     TypeError: For a ``below_probability`` that is neither a number nor a
       schedule.
 
@@ -281,7 +294,7 @@ def scale_by_lcam(
                                   pending_beta(state, initial_beta),
                                   new_beta, initial_beta, rule)
     directions, momentum = _heavy_ball(updates, state.momentum, beta,
-                                       nesterov, accumulator_dtype)
+                                       nesterov)
     return directions, ScaleByLCAMState(momentum=momentum, beta=new_beta,
                                         loss_phase=loss_phase)
 

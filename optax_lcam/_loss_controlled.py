@@ -23,7 +23,7 @@ _INJECTED_STATES = (optax.InjectStatefulHyperparamsState,
 _MISSING_LOSS = (
     "loss_controlled chooses the hyper-parameters from the training loss: "
     "pass the mini-batch loss to the update as `update(grads, state, params, "
-    "value=loss)` (e.g. from `jax.value_and_grad`).")
+    f"value=loss)` (e.g. from `jax.value_and_grad`). {_phase.TRAIN_STATE_HINT}")
 
 _HOW_TO_INJECT = (
     "Build the inner optimizer with `optax.inject_hyperparams`, e.g. "
@@ -149,6 +149,77 @@ def _abstract_inner_state(inner: optax.GradientTransformation) -> Any:
     return None
 
 
+def _is_narrower_than_float32(x: Any) -> bool:
+  dtype = jnp.result_type(x)
+  return bool(jnp.issubdtype(dtype, jnp.floating)) and (
+      jnp.finfo(dtype).bits < 32)
+
+
+def _hyperparams_in_float32(inner: optax.GradientTransformation,
+                            injected: Any, params: optax.Params) -> Any:
+  """The injected state with its float hyper-parameters in float32 at least.
+
+  `optax.inject_hyperparams` keeps them in the parameters' dtype unless built
+  with ``hyperparam_dtype``: with bfloat16 parameters AdamW's ``b2 = 0.999``
+  becomes 1 and its first update NaN. The values are made again by the
+  inner's ``init`` on float32 scalars shaped like the parameters' tree (cheap),
+  and the injected update keeps them in float32.
+
+  Raises:
+    ValueError: When that ``init`` fails; the message says what to pass.
+  """
+  narrow = [name for name, value in injected.hyperparams.items()
+            if _is_narrower_than_float32(value)]
+  if not narrow:
+    return injected
+  scalars = jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params)
+  try:
+    wide_state: Any = inner.init(scalars)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"The inner optimizer keeps {narrow} in the parameters' dtype, "
+        f"{jnp.result_type(injected.hyperparams[narrow[0]])}: build it with "
+        "`optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)`."
+    ) from e
+  return injected._replace(
+      hyperparams={**injected.hyperparams,
+                   **{n: wide_state.hyperparams[n] for n in narrow}})
+
+
+def _check_kept_in_float32(injected: Any, new_injected: Any) -> None:
+  """Raises when the inner's update narrowed float32 hyper-parameters.
+
+  optax's `inject_hyperparams` keeps float32 arrays from version 0.2.8 on;
+  before, its update casts them to the parameters' dtype unless built with
+  ``hyperparam_dtype``. Dtypes are static: this costs nothing at run time.
+  Scheduled hyper-parameters are computed afresh at every update, and left
+  out.
+  """
+  scheduled = getattr(injected, "hyperparams_states", {})
+  narrowed = sorted(
+      name for name, value in new_injected.hyperparams.items()
+      if name not in scheduled and _is_narrower_than_float32(value)
+      and not _is_narrower_than_float32(injected.hyperparams[name]))
+  if narrowed:
+    raise ValueError(
+        f"The inner optimizer's update casts {narrowed} to "
+        f"{jnp.result_type(new_injected.hyperparams[narrowed[0]])}: build "
+        "it with `optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32)`"
+        ".")
+
+
+def _cast_floats_like(tree: Any, like: Any) -> Any:
+  """``tree`` with each float leaf in the dtype of its ``like`` leaf."""
+  def cast(x, y):
+    if x is None:
+      return x
+    dtype = jnp.result_type(y)
+    if not jnp.issubdtype(dtype, jnp.floating) or jnp.result_type(x) == dtype:
+      return x
+    return jnp.asarray(x).astype(dtype)
+  return jax.tree.map(cast, tree, like, is_leaf=lambda x: x is None)
+
+
 def loss_controlled(
     inner: optax.GradientTransformation,
     below: Mapping[str, jax.typing.ArrayLike],
@@ -195,6 +266,14 @@ def loss_controlled(
   overwrites them, so a value set there by hand lasts one step at most. The
   loss is also passed on to the inner as ``value``.
 
+  The inner's float hyper-parameters are kept in float32 (or wider), whatever
+  the parameters' dtype: `optax.inject_hyperparams` alone keeps them in the
+  parameters' dtype unless built with ``hyperparam_dtype``, and in bfloat16
+  AdamW's ``b2 = 0.999`` rounds to 1 and its first update is NaN. The updates
+  and the inner's state keep the dtypes they came in (the gradients', the
+  state's at ``init``), so loss control works wherever the inner optimizer
+  does, at the precision of the optimizer without `inject_hyperparams`.
+
   Args:
     inner: The optimizer to control, made by `optax.inject_hyperparams`,
       e.g. ``optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)``.
@@ -231,7 +310,13 @@ def loss_controlled(
       message lists the names it has), a value whose shape does not fit, or
       a bad rule option. These are checked when ``loss_controlled`` is called
       whenever the inner's ``init`` can run on a scalar parameter (for every
-      optax optimizer without a mask); otherwise ``init`` checks them.
+      optax optimizer without a mask); otherwise ``init`` checks them. With
+      bfloat16 or float16 parameters, also from ``init`` or the first update
+      when the inner's hyper-parameters cannot be kept in float32 (an inner
+      whose ``init`` fails on scalars, or optax before 0.2.8, whose
+      `inject_hyperparams` casts them to the parameters' dtype at every
+      update): the message says to build the inner with
+      ``hyperparam_dtype=jnp.float32``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -282,8 +367,9 @@ def loss_controlled(
   def init_fn(params: optax.Params) -> LossControlledState:
     inner_state = inner.init(params)
     _check_controllable(inner_state, names, static, below, above)
-    return LossControlledState(loss_phase=_phase.init(rule),
-                               controlled_state=inner_state)
+    return LossControlledState(
+        loss_phase=_phase.init(rule),
+        controlled_state=_hyperparams_in_float32(inner, inner_state, params))
 
   def update_fn(
       updates: optax.Updates,
@@ -309,15 +395,20 @@ def loss_controlled(
                                     undecided=pending)
     decided = _phase.phase_values(loss_phase, below, above, undecided=pending)
     used = _phase.values_in_force(step, pending, decided, pending, rule)
-    updates, injected = inner.update(
+    new_updates, new_injected = inner.update(
         updates, _with_values(injected, used), params, value=value,
         **extra_args)
+    _check_kept_in_float32(injected, new_injected)
+    # Float32 hyper-parameters make the inner compute in float32: its updates
+    # and state go back to the dtypes they came in.
+    new_updates = _cast_floats_like(new_updates, updates)
+    new_injected = _cast_floats_like(new_injected, injected)
     stored = jax.tree.map(
         lambda d, u: jnp.where(step + 1 < rule.start_step, u, d),
         decided, used)
-    return updates, LossControlledState(
+    return new_updates, LossControlledState(
         loss_phase=loss_phase,
-        controlled_state=_with_values(injected, stored))
+        controlled_state=_with_values(new_injected, stored))
 
   # optax types `update` as taking any state; this one takes its own.
   return optax.GradientTransformationExtraArgs(

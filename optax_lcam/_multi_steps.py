@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lcam import _phase
+
 
 class MultiStepsMeanLossState(NamedTuple):
   """State of `multi_steps_with_mean_loss`.
@@ -93,7 +95,8 @@ def multi_steps_with_mean_loss(
     if value is None:
       raise TypeError(
           "Pass the micro-batch loss to the update as `value=loss`: it is "
-          "averaged over the micro-batches and given to the inner optimizer.")
+          "averaged over the micro-batches and given to the inner optimizer. "
+          f"{_phase.TRAIN_STATE_HINT}")
     loss_sum = state.micro_loss_sum + jnp.asarray(value).astype(jnp.float32)
     micro_steps_done = jnp.asarray(state.multi_steps.mini_step) + 1
     mean_loss = loss_sum / micro_steps_done.astype(jnp.float32)

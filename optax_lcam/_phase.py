@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, TypeGuard
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 AVERAGING_MODES = ("epoch", "ema")
@@ -29,6 +30,14 @@ PHASE_MODES = ("loss", "random")
 # or of the incoming loss, so that bf16 models compare losses accurately and the
 # state's dtypes never change between steps.
 STATS_DTYPE = jnp.float32
+
+# Ends the "pass the loss as `value=`" errors: the loss may have been passed,
+# and dropped on the way by Flax's TrainState.
+TRAIN_STATE_HINT = (
+    "Flax's `TrainState.apply_gradients` does not pass extra arguments such "
+    "as `value` on to the optimizer: use the subclass of `TrainState` whose "
+    "`apply_gradients` does, in the usage guide's section \"Flax linen "
+    '`TrainState`" (docs/usage.md).')
 
 # The epoch mean is compared exactly for epochs of up to this many steps.
 _EXACT_MAX_STEPS = 2 ** 16
@@ -116,6 +125,42 @@ def is_concrete_number(x: Any) -> TypeGuard[float]:
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def is_traced(x: Any) -> bool:
+  """Whether ``x`` is a traced value, whose value is not known yet.
+
+  A hyper-parameter of `optax.inject_hyperparams` is one inside `jax.jit`.
+  """
+  return isinstance(x, jax.core.Tracer)
+
+
+def known_real(x: Any) -> float | int | None:
+  """``x``'s value, when it is a real number known now; else None.
+
+  Args:
+    x: A hyper-parameter as given to a factory.
+
+  Returns:
+    A Python int or float for a Python or NumPy integer or float and for a
+    0-d NumPy or concrete JAX array of such a dtype; None for a traced value
+    (see `is_traced`), an array spread over several hosts, a bool, a complex
+    number and anything else, so that checks made with it are the same for
+    every kind of number.
+  """
+  if is_traced(x) or not isinstance(
+      x, (numbers.Number, np.ndarray, np.generic, jax.Array)):
+    return None
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return None
+  value = np.asarray(x)
+  if value.shape != ():
+    return None
+  if jnp.issubdtype(value.dtype, jnp.integer):
+    return int(value)
+  if jnp.issubdtype(value.dtype, jnp.floating):
+    return float(value)
+  return None
+
+
 def starts_at_first_step(rule: PhaseRule) -> bool:
   """Whether ``rule.start_step`` is known, when tracing, to be 0."""
   return is_concrete_number(rule.start_step) and rule.start_step == 0
@@ -124,8 +169,9 @@ def starts_at_first_step(rule: PhaseRule) -> bool:
 def validate_rule(rule: PhaseRule) -> None:
   """Raises a ValueError for options of the rule that cannot work.
 
-  Traced values (from `optax.inject_hyperparams`) are not checked: a Python
-  ``if`` on them would fail.
+  Numbers are checked whatever their kind (Python, NumPy, or 0-d concrete
+  arrays). Traced values (from `optax.inject_hyperparams` under `jax.jit`) are
+  not: a Python ``if`` on them would fail.
   """
   if rule.averaging not in AVERAGING_MODES:
     raise ValueError(
@@ -138,12 +184,17 @@ def validate_rule(rule: PhaseRule) -> None:
         "in one epoch, e.g. ceil(num_train_examples / batch_size)). Pass it, "
         'or use averaging="ema", which needs no epoch length.')
   steps = rule.steps_per_epoch
-  if is_concrete_number(steps) and (steps <= 0 or int(steps) != steps):
-    raise ValueError(
-        f"`steps_per_epoch` must be a positive integer, got {steps!r}.")
-  if is_concrete_number(rule.ema_decay) and not 0.0 <= rule.ema_decay < 1.0:
+  if steps is not None and not is_traced(steps):
+    known_steps = known_real(steps)
+    if known_steps is None or known_steps <= 0 or not float(
+        known_steps).is_integer():
+      raise ValueError(
+          f"`steps_per_epoch` must be a positive integer, got {steps!r}.")
+  ema_decay = known_real(rule.ema_decay)
+  if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"`ema_decay` must be in [0, 1), got {rule.ema_decay!r}.")
-  if is_concrete_number(rule.start_step) and rule.start_step < 0:
+  start_step = known_real(rule.start_step)
+  if start_step is not None and start_step < 0:
     raise ValueError(f"`start_step` must be >= 0, got {rule.start_step!r}.")
   _validate_random_options(rule)
 
@@ -159,12 +210,14 @@ def _validate_random_options(rule: PhaseRule) -> None:
     raise TypeError(
         "`below_probability` must be a number in [0, 1] or a schedule of the "
         f"step, got {probability!r}.")
-  if is_concrete_number(probability) and not 0.0 <= probability <= 1.0:
+  known_probability = known_real(probability)
+  if known_probability is not None and not 0.0 <= known_probability <= 1.0:
     raise ValueError(
         f"`below_probability` must be in [0, 1], got {probability!r}.")
   seed = rule.phase_seed
-  if isinstance(seed, bool) or (is_concrete_number(seed) and (
-      int(seed) != seed or not 0 <= seed < 2 ** 31)):
+  known_seed = known_real(seed)
+  if isinstance(seed, bool) or (known_seed is not None and (
+      not float(known_seed).is_integer() or not 0 <= known_seed < 2 ** 31)):
     raise ValueError(
         f"`phase_seed` must be an integer in [0, 2**31), got {seed!r}.")
 
@@ -212,11 +265,15 @@ def loss_from_value(value: Any, axis_name: str | None,
     The loss, a float32 scalar.
 
   Raises:
-    TypeError: When there is no loss.
+    TypeError: When there is no loss, or it is complex.
     ValueError: When the loss is not a scalar.
   """
   if value is None:
     raise TypeError(missing_message)
+  if jnp.iscomplexobj(value):
+    raise TypeError(
+        "`value` must be the step's loss, a real number, got a complex one "
+        f"({jnp.result_type(value)}).")
   loss = jnp.asarray(value).astype(STATS_DTYPE)
   if loss.shape != ():
     raise ValueError(

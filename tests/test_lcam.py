@@ -236,6 +236,36 @@ def test_updates_keep_the_parameters_dtype(dtype):
       assert params.dtype == dtype
 
 
+def test_inject_hyperparams_in_float32_with_bfloat16_parameters():
+  # inject_hyperparams keeps its numbers in the parameters' dtype unless told:
+  # in bfloat16, 0.95 becomes 0.94921875. With hyperparam_dtype=jnp.float32
+  # the betas are exact and the state keeps its dtypes.
+  params, objective = _parabola(jnp.bfloat16)
+  plain = optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=3)
+  injected = optax.inject_hyperparams(
+      optax_lcam.lcam, static_args=("steps_per_epoch",),
+      hyperparam_dtype=jnp.float32)(0.1, 0.95, 0.9, steps_per_epoch=3)
+  rounded = optax.inject_hyperparams(
+      optax_lcam.lcam, static_args=("steps_per_epoch",))(
+          0.1, 0.95, 0.9, steps_per_epoch=3)
+  assert float(rounded.init(params).hyperparams["beta_below"]) == 0.94921875
+  state, plain_state = injected.init(params), plain.init(params)
+  dtypes = jax.tree.map(lambda x: x.dtype, state)
+  assert state.hyperparams["beta_below"] == np.float32(0.95)
+  for _ in range(4):
+    value, grads = jax.value_and_grad(objective)(params)
+    updates, state = jax.jit(injected.update)(grads, state, params,
+                                              value=value)
+    plain_updates, plain_state = plain.update(grads, plain_state, params,
+                                              value=value)
+    assert jax.tree.map(lambda x: x.dtype, state) == dtypes
+    np.testing.assert_allclose(np.asarray(updates, np.float32),
+                               np.asarray(plain_updates, np.float32),
+                               rtol=2e-2, atol=1e-3)
+    params = optax.apply_updates(params, updates)
+    assert params.dtype == jnp.bfloat16
+
+
 def test_inside_optax_multi_steps():
   opt = optax.MultiSteps(optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4),
                          every_k_schedule=2)
@@ -509,6 +539,14 @@ def test_missing_value_is_a_clear_type_error():
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"steps_per_epoch": -3}, "steps_per_epoch"),
         ({"steps_per_epoch": 2.5}, "steps_per_epoch"),
+        ({"steps_per_epoch": "8"}, "steps_per_epoch"),
+        ({"steps_per_epoch": True}, "steps_per_epoch"),
+        ({"steps_per_epoch": jnp.array(0)}, "steps_per_epoch"),
+        ({"beta_below": jnp.array(1.5)}, "beta_below"),
+        ({"beta_below": np.float32(1.5)}, "beta_below"),
+        ({"beta_above": np.array(-0.1)}, "beta_above"),
+        ({"beta_init": jnp.array(1.0, jnp.bfloat16)}, "beta_init"),
+        ({"ema_decay": jnp.array(1.0), "averaging": "ema"}, "ema_decay"),
         ({"steps_per_epoch": None}, "needs `steps_per_epoch`"),
         ({"averaging": "median"}, "Unknown `averaging`"),
         ({"start_step": -1}, "start_step"),
@@ -520,6 +558,33 @@ def test_bad_hyperparameters_are_clear_value_errors(kwargs, match):
     optax_lcam.scale_by_lcam(**kwargs)
   with pytest.raises(ValueError, match=match):
     optax_lcam.lcam(0.1, **kwargs)
+
+
+def test_concrete_arrays_are_accepted_and_traced_values_not_checked():
+  # Concrete 0-d arrays in range are used as numbers are; a traced value
+  # (inject_hyperparams' steps_per_epoch and betas under jit) cannot be
+  # checked and must not be concretized.
+  opt = optax_lcam.lcam(0.1, jnp.array(0.95), np.float32(0.9),
+                        steps_per_epoch=np.int64(4))
+  _, states = _run(opt, jnp.array(0.0), GOLDEN_GRADS, GOLDEN_LOSSES)
+  assert int(optax_lcam.lcam_info(states[-1]).step) == 6
+  injected = optax.inject_hyperparams(optax_lcam.lcam)(
+      0.1, 0.95, 0.9, steps_per_epoch=4)
+  _, states = _run(injected, jnp.array(0.0), GOLDEN_GRADS, GOLDEN_LOSSES)
+  pending = [float(optax_lcam.lcam_info(s).beta) for s in states[:5]]
+  np.testing.assert_allclose(pending, GOLDEN_BETAS_USED_AT_STEPS_1_TO_5,
+                             rtol=1e-6)
+
+
+def test_complex_loss_is_a_clear_type_error():
+  opt = optax_lcam.lcam(0.1, steps_per_epoch=5)
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  for loss in (1.0 + 0.0j, jnp.array(2.0 + 1.0j), np.complex64(1.0)):
+    with pytest.raises(TypeError, match="complex"):
+      opt.update(jnp.ones(2), state, params, value=loss)
+  with pytest.raises(TypeError, match="complex"):
+    jax.jit(opt.update)(jnp.ones(2), state, params, value=1.0j)
 
 
 def test_ema_averaging_needs_no_epoch_length():
@@ -550,6 +615,48 @@ def test_lcam_info_finds_the_state_anywhere():
     optax_lcam.lcam_info(optax.sgd(0.1).init(params))
   with pytest.raises(ValueError, match="found 2"):
     optax_lcam.lcam_info((lcam.init(params), lcam.init(params)))
+
+
+def test_info_reads_a_flax_nnx_optimizer_state():
+  # nnx.Optimizer keeps its state's arrays in nnx Variables (OptArray).
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(3, 1, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+      model, optax_lcam.lcam(0.1, 0.95, 0.9, steps_per_epoch=4),
+      wrt=nnx.Param)
+  x = jnp.ones((8, 3))
+
+  @nnx.jit
+  def step(model, optimizer, target):
+    loss, grads = nnx.value_and_grad(
+        lambda m: jnp.mean((m(x)[:, 0] - target) ** 2))(model)
+    optimizer.update(model, grads, value=loss)
+    return loss
+
+  losses = [float(step(model, optimizer, jnp.full(8, t)))
+            for t in (5.0, 0.0)]
+  info = optax_lcam.lcam_info(optimizer.opt_state)
+  assert int(info.step) == 2
+  assert float(info.mean_loss) == pytest.approx(np.mean(losses), rel=1e-6)
+  assert bool(info.below_mean) and float(info.beta) == pytest.approx(0.95)
+  control = optax_lcam.loss_control_info(optimizer.opt_state)
+  assert isinstance(control.hyperparams["beta"], jax.Array)
+  assert float(control.hyperparams["beta"]) == pytest.approx(0.95)
+  assert isinstance(optax_lcam.find_lcam_state(optimizer.opt_state).beta,
+                    jax.Array)
+
+
+def test_flax_train_state_without_the_loss_names_train_state():
+  # Flax's TrainState.apply_gradients passes `value` to `replace`, not to
+  # the optimizer: the error says so.
+  train_state = pytest.importorskip("flax.training.train_state")
+  params = {"w": jnp.zeros(2)}
+  lcam = optax_lcam.lcam(0.1, steps_per_epoch=4)
+  for tx in (lcam, optax_lcam.multi_steps_with_mean_loss(lcam, 2)):
+    state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+    with pytest.raises(
+        TypeError, match=r"value=loss.*TrainState.*Flax linen `TrainState`"):
+      state.apply_gradients(grads={"w": jnp.ones(2)}, value=1.0)
 
 
 def test_multi_steps_with_mean_loss_ignores_skipped_micro_steps():

@@ -149,8 +149,91 @@ def test_init_on_abstract_parameters():
               "b": jax.ShapeDtypeStruct((4,), jnp.bfloat16)}
   state = jax.eval_shape(_adamw_controlled().init, abstract)
   assert optax.tree.get(state, "mu")["w"].shape == (3, 4)
-  assert state.controlled_state.hyperparams["b1"].dtype == jnp.bfloat16
+  # Float hyper-parameters are kept in float32, not in the parameters' dtype.
+  assert state.controlled_state.hyperparams["b1"].dtype == jnp.float32
+  assert optax.tree.get(state, "nu")["w"].dtype == jnp.bfloat16
   assert state.loss_phase.phase_step.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("hyperparam_dtype", [None, jnp.float32])
+def test_adamw_in_bfloat16_is_plain_adamw(hyperparam_dtype):
+  # inject_hyperparams alone keeps AdamW's numbers in bfloat16: b2 = 0.999
+  # rounds to 1, the bias correction divides by zero and the update is NaN.
+  params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]], jnp.bfloat16),
+            "b": jnp.array([0.25, -1.0], jnp.bfloat16)}
+  objective = lambda p: jnp.sum((p["w"] @ p["b"] - 1.0) ** 2)
+  inner = inject(optax.adamw, hyperparam_dtype=hyperparam_dtype)(1e-3)
+  opt = optax_lcam.loss_controlled(inner, below={"b1": 0.95},
+                                   above={"b1": 0.8}, steps_per_epoch=3)
+  plain = optax.adamw(1e-3)
+  state, plain_state = jax.jit(opt.init)(params), plain.init(params)
+  dtypes = jax.tree.map(lambda x: x.dtype, state)
+  update = jax.jit(opt.update)
+  for step in range(3):
+    value, grads = jax.value_and_grad(objective)(params)
+    updates, state = update(grads, state, params, value=value)
+    plain_updates, plain_state = plain.update(grads, plain_state, params)
+    assert jax.tree.map(lambda x: x.dtype, updates) == jax.tree.map(
+        lambda x: x.dtype, params)
+    assert jax.tree.map(lambda x: x.dtype, state) == dtypes
+    assert all(bool(jnp.all(jnp.isfinite(u)))
+               for u in jax.tree.leaves(updates))
+    if step == 0:  # The inner's own b1 = 0.9: AdamW's step.
+      chex.assert_trees_all_close(
+          jax.tree.map(lambda u: u.astype(jnp.float32), updates),
+          jax.tree.map(lambda u: u.astype(jnp.float32), plain_updates),
+          rtol=1e-2, atol=1e-5)
+    params = optax.apply_updates(params, updates)
+  hyperparams = state.controlled_state.hyperparams
+  assert hyperparams["b2"].dtype == jnp.float32
+  assert float(hyperparams["b2"]) == pytest.approx(0.999)
+
+
+def test_inner_that_narrows_float32_hyperparameters_is_refused():
+  # Before optax 0.2.8, inject_hyperparams' update cast every float
+  # hyper-parameter to the parameters' dtype; this inner does the same.
+  inner = inject(optax.adamw)(1e-3)
+
+  def narrowing_update(updates, state, params=None, **extra_args):
+    updates, state = inner.update(updates, state, params, **extra_args)
+    return updates, state._replace(
+        hyperparams=optax.tree.cast(state.hyperparams, jnp.bfloat16))
+
+  opt = optax_lcam.loss_controlled(
+      optax.GradientTransformationExtraArgs(inner.init, narrowing_update),
+      below={"b1": 0.95}, above={"b1": 0.8}, steps_per_epoch=3)
+  params = jnp.ones(2, jnp.bfloat16)
+  with pytest.raises(ValueError, match=r"hyperparam_dtype=jnp.float32"):
+    opt.update(params, opt.init(params), params, value=1.0)
+
+
+def _sgd_of_vectors(learning_rate, momentum):
+  """SGD whose init refuses scalar parameters."""
+  sgd = optax.sgd(learning_rate, momentum)
+
+  def init(params):
+    if any(jnp.ndim(p) == 0 for p in jax.tree.leaves(params)):
+      raise ValueError("vectors only")
+    return sgd.init(params)
+
+  return optax.GradientTransformation(init, sgd.update)
+
+
+def test_inner_that_cannot_init_on_scalars_needs_float32_hyperparameters():
+  # The float32 values are made by the inner's init on scalars; an inner that
+  # refuses them must be built with float32 hyper-parameters.
+  params = jnp.ones(2, jnp.bfloat16)
+  for hyperparam_dtype in (None, jnp.float32):
+    opt = optax_lcam.loss_controlled(
+        inject(_sgd_of_vectors, hyperparam_dtype=hyperparam_dtype)(
+            0.1, momentum=0.9),
+        below={"momentum": 0.95}, above={"momentum": 0.5}, steps_per_epoch=3)
+    if hyperparam_dtype is None:
+      with pytest.raises(ValueError, match=r"hyperparam_dtype=jnp.float32"):
+        opt.init(params)
+    else:
+      updates, _ = opt.update(params, opt.init(params), params, value=1.0)
+      assert updates.dtype == jnp.bfloat16
 
 
 def test_buffer_donation_under_jit():
@@ -232,8 +315,22 @@ def test_with_flax_nnx_optimizer():
 
   losses = [float(step(model, optimizer)) for _ in range(4)]
   assert losses[-1] < losses[0]
-  info = optax_lcam.loss_control_info(nnx.as_pure(optimizer.opt_state))
+  # The state's arrays are nnx Variables; the info holds their values.
+  info = optax_lcam.loss_control_info(optimizer.opt_state)
   assert int(info.step) == 4
+  assert float(info.mean_loss) == pytest.approx(np.mean(losses[3:]))
+  assert isinstance(info.hyperparams["b1"], jax.Array)
+  assert float(info.hyperparams["b1"]) == pytest.approx(0.8)
+
+
+def test_flax_train_state_without_the_loss_names_train_state():
+  train_state = pytest.importorskip("flax.training.train_state")
+  params = {"w": jnp.zeros(2)}
+  state = train_state.TrainState.create(apply_fn=None, params=params,
+                                        tx=_adamw_controlled())
+  with pytest.raises(TypeError,
+                     match=r"value=loss.*TrainState.*Flax linen `TrainState`"):
+    state.apply_gradients(grads={"w": jnp.ones(2)}, value=1.0)
 
 
 def test_loss_control_info_needs_exactly_one_state():
@@ -295,6 +392,10 @@ def test_loss_control_info_needs_exactly_one_state():
          ValueError, "needs `steps_per_epoch`"),
         (lambda: optax_lcam.loss_controlled(
             inject(optax.adamw)(1e-3), {"b1": 0.95}, {"b1": 0.9},
+            steps_per_epoch="8"),
+         ValueError, "`steps_per_epoch` must be a positive integer"),
+        (lambda: optax_lcam.loss_controlled(
+            inject(optax.adamw)(1e-3), {"b1": 0.95}, {"b1": 0.9},
             steps_per_epoch=3, averaging="median"),
          ValueError, "Unknown `averaging`"),
         (lambda: optax_lcam.loss_controlled(
@@ -308,8 +409,8 @@ def test_loss_control_info_needs_exactly_one_state():
     ],
     ids=["not-injected", "factory", "unknown-name", "static", "scheduled",
          "different-keys", "empty", "not-a-dict", "schedule-value", "shape",
-         "no-epoch-length", "bad-averaging", "bad-phases",
-         "bad-probability"],
+         "no-epoch-length", "epoch-length-string", "bad-averaging",
+         "bad-phases", "bad-probability"],
 )
 def test_construction_errors_are_clear(make, error, match):
   with pytest.raises(error, match=match):
@@ -336,6 +437,13 @@ def test_missing_loss_is_a_clear_type_error():
   params = jnp.zeros(2)
   with pytest.raises(TypeError, match="value=loss"):
     opt.update(jnp.ones(2), opt.init(params), params)
+
+
+def test_complex_loss_is_a_clear_type_error():
+  opt = _adamw_controlled()
+  params = jnp.zeros(2)
+  with pytest.raises(TypeError, match="complex"):
+    opt.update(jnp.ones(2), opt.init(params), params, value=1.0 + 0.5j)
 
 
 def test_state_field_names_are_distinct_inside_a_chain():

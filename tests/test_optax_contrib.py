@@ -3,10 +3,12 @@
 The checks of optax's `optax/contrib/_common_test.py`, applied to `lcam` and
 to `loss_controlled` (AdamW with its ``b1`` controlled): an unexpected keyword
 argument without recompiling, convergence under `jax.lax.scan`, equal results
-inside `optax.inject_hyperparams`, zero updates from `optax.MultiSteps` between
-emitting steps, state shapes and dtypes fixed under `jax.lax.cond`, and a
-schedule wherever a signature allows one. Both optimizers take the loss as
-``value``, so every step here passes it.
+inside `optax.inject_hyperparams`, updates in the parameters' dtype (bfloat16
+and float32), zero updates from `optax.MultiSteps` between emitting steps and
+the plain optimizer's update when it emits (bfloat16 and float32), state shapes
+and dtypes fixed under `jax.lax.cond`, and a schedule wherever a signature
+allows one. Both optimizers take the loss as ``value``, so every step here
+passes it.
 """
 
 from collections.abc import Callable
@@ -33,10 +35,9 @@ def _lcam(learning_rate: optax.ScalarOrSchedule = 1e-3, **rule):
 
 
 def _injected_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3):
-  # inject_hyperparams keeps the hyper-parameters in the parameters' dtype: in
-  # bfloat16, AdamW's default b2 = 0.999 rounds to 1 and its updates are NaN.
-  # (With hyperparam_dtype=jnp.float32, the updates would be float32.)
-  return inject(optax.adamw)(learning_rate=learning_rate, b1=0.9, b2=0.99)
+  # AdamW's defaults, b2 = 0.999 included: inject_hyperparams alone would
+  # round it to 1 in bfloat16, and loss_controlled keeps it in float32.
+  return inject(optax.adamw)(learning_rate=learning_rate, b1=0.9)
 
 
 def _controlled_adamw(learning_rate: optax.ScalarOrSchedule = 1e-3, **rule):
@@ -201,6 +202,26 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(name,
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_updates_keep_the_parameters_dtype(name, dtype):
+  opt = OPTIMIZERS[name].make()
+  params = jnp.array([1.0, 2.0], dtype)
+  value, grads = jax.value_and_grad(lambda p: jnp.sum(p ** 2))(params)
+  state = jax.jit(opt.init)(params)
+  updates, _ = jax.jit(opt.update)(grads, state, params, value=value)
+  assert updates.dtype == params.dtype
+  assert bool(jnp.all((updates != 0) & jnp.isfinite(updates)))
+
+
+# The plain optimizers that `OPTIMIZERS` stand for, for the emitted update.
+PLAIN = {
+    "lcam": lambda: optax.chain(optax.add_decayed_weights(0.0),
+                                optax.sgd(1e-3, momentum=0.9)),
+    "loss_controlled": lambda: optax.adamw(1e-3, b1=0.9),
+}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize(
     "wrapper", [optax.MultiSteps, optax_lcam.multi_steps_with_mean_loss],
     ids=["MultiSteps", "multi_steps_with_mean_loss"])
@@ -217,8 +238,13 @@ def test_multi_steps_emit_zero_updates_between_steps(name, wrapper, dtype):
     assert updates.dtype == params.dtype
     if micro_step < 2:
       chex.assert_trees_all_equal(updates, jnp.zeros_like(params))
-  # The third micro-step emits.
+  # The third micro-step emits the plain optimizer's first update (on the
+  # same gradient three times), finite in bfloat16 too.
   assert bool(jnp.all((updates != 0) & jnp.isfinite(updates)))
+  plain = PLAIN[name]()
+  expected, _ = plain.update(grads, plain.init(params), params)
+  chex.assert_trees_all_close(updates.astype(jnp.float32),
+                              expected.astype(jnp.float32), rtol=1e-2)
 
 
 @pytest.mark.parametrize(
