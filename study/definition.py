@@ -166,13 +166,6 @@ def run_dir(workdir: str, arm: str, seed: int) -> str:
                       f"seed{seed}")
 
 
-def _flag_value(value: Any) -> str:
-  if isinstance(value, (tuple, list)):
-    return "(" + ",".join(_flag_value(v) for v in value) + ("," if len(
-        value) == 1 else "") + ")"
-  return str(value)
-
-
 def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
                   seed: int) -> list[str]:
   """The ``python -m train`` command line of one run, to run in `REPO_ROOT`.
@@ -182,7 +175,7 @@ def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
   """
   return [sys.executable, "-m", "train", "--config", study.config,
           "--workdir", run_dir(workdir, arm, seed)] + [
-              f"--config.{field}={_flag_value(value)}"
+              f"--config.{field}={config_lib.flag_value(value)}"
               for field, value in run_overrides(study, arm, seed).items()]
 
 

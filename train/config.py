@@ -111,6 +111,18 @@ def load(spec: str, function: str = "get_config") -> Any:
     raise ConfigError(str(e)) from e
 
 
+def flag_value(value: Any) -> str:
+  """A field's value as ``--config.FIELD=`` takes it.
+
+  >>> flag_value((3, 6, 9)), flag_value((0.5,)), flag_value(0.1)
+  ('(3,6,9)', '(0.5,)', '0.1')
+  """
+  if isinstance(value, (tuple, list)):
+    return "(" + ",".join(flag_value(v) for v in value) + ("," if len(
+        value) == 1 else "") + ")"
+  return str(value)
+
+
 def check_field(config: ml_collections.ConfigDict, field: str) -> None:
   """Raises `ConfigError` unless ``config`` has the dotted ``field``.
 

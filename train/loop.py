@@ -329,7 +329,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
             if config.on_nonfinite_loss == "skip":
               logging.warning("%s The step's update was skipped.", message)
               continue
-            writer.write(record.TRAIN_KIND, done, _train_record(
+            writer.write(record.TRAIN_KIND, done, record.train_fields(
                 done, values, spe, _images_per_sec(clock, done, config)))
             # The run's outcome, for a study: diverged, not failed.
             writer.write(record.DIVERGED_KIND, done, {record.EPOCH: done / spe})
@@ -337,7 +337,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
                 f"{message} Training stopped; the last checkpoint before it "
                 "is kept. Lower the learning rate, or set "
                 "--config.on_nonfinite_loss=skip to skip such steps.")
-          logged = _train_record(step, fetched[-1][1], spe,
+          logged = record.train_fields(step, fetched[-1][1], spe,
                                  _images_per_sec(clock, step, config))
           writer.write(record.TRAIN_KIND, step, logged)
           progress.update((step - 1) % spe + 1, {
@@ -346,8 +346,9 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
         if end_of_epoch:
           progress.end_epoch()
           epoch = step // spe
-          epoch_record = _epoch_record(epoch, sums, optimizers.controlled_names(
-              config.optimizer), time.perf_counter() - epoch_start)
+          epoch_record = record.epoch_fields(
+              epoch, sums, optimizers.controlled_names(config.optimizer),
+              time.perf_counter() - epoch_start)
           every = config.eval_every_epochs
           if every and (epoch % every == 0 or step == setup.total_steps):
             for prefix, split in zip(record.SPLITS, (setup.validation_split,
@@ -396,16 +397,6 @@ def _images_per_sec(clock: tuple[float, int], step: int,
   return (step - clock[1]) * config.batch_size / elapsed
 
 
-def _train_record(step: int, values: dict, steps_per_epoch: int,
-                  images_per_sec: float | None) -> dict[str, float]:
-  fields = {k: float(v) for k, v in values.items()
-            if k not in ("below_mean", "loss_below_mean")}
-  fields[record.EPOCH] = step / steps_per_epoch
-  if images_per_sec is not None:  # Not at the epoch's first step.
-    fields[record.IMAGES_PER_SEC] = images_per_sec
-  return fields
-
-
 def _epoch_sums(saved: dict | None = None) -> dict[str, Any]:
   """The sums over an epoch's finite steps: zero, or as a checkpoint saved them.
 
@@ -435,19 +426,3 @@ def _add_step(sums: dict[str, Any], values: dict) -> dict[str, Any]:
 def _json_sums(sums: dict[str, Any]) -> dict[str, float | int]:
   return {name: float(value) if name == "loss" else value
           for name, value in sums.items()}
-
-
-def _epoch_record(epoch: int, sums: dict[str, Any], controlled: tuple[str, ...],
-                  epoch_time_s: float) -> dict[str, float]:
-  num_steps = max(sums["steps"], 1)
-  fields = {record.EPOCH: epoch,
-            record.TRAIN_LOSS: float(sums["loss"]) / num_steps,
-            record.EPOCH_TIME_S: epoch_time_s}
-  if controlled:
-    below = sums["below_mean"] / num_steps
-    fields.update({
-        record.PHASE_BELOW_FRACTION: below,
-        record.PHASE_ABOVE_FRACTION: 1 - below,
-        record.LOSS_BELOW_MEAN_FRACTION: sums["loss_below_mean"] / num_steps})
-  return fields
-

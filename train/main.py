@@ -50,39 +50,28 @@ def _quiet(record) -> bool:
 
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 DEFAULT_CONFIG = "train/configs/default.py"
+HELP = """\
+usage: python -m train --config PATH.py[:ARG] --workdir DIR [--config.F=V ...]
+
+Trains one run into DIR, or resumes it there (the same command).
+  --config     train/configs/NAME.py (quick.py trains in minutes; default.py,
+               the reference, comments every field), or a run's config.json
+  --workdir    the run's folder: config.json, metrics.jsonl, checkpoints/
+  --verbosity  -1: warnings only; 1: a traceback with an error
+"""
 
 
 def help_text(config: ml_collections.ConfigDict, spec: str) -> str:
   """The command's help: its usage, and every config field with its value.
 
-  Example:
-    >>> config = ml_collections.ConfigDict({"data": {"augment": True}})
-    >>> print(help_text(config, "c.py").splitlines()[-1])
-      --config.data.augment=True
+  >>> config = ml_collections.ConfigDict({"a": {"b": (1,)}})
+  >>> help_text(config, "c.py").splitlines()[-1]
+  '  --config.a.b=(1,)'
   """
   fields = traverse_util.flatten_dict(config.to_dict(), sep=".")
-  return "\n".join([
-      "usage: python -m train --config PATH.py[:ARG] --workdir DIR",
-      "                       [--config.FIELD=VALUE ...]",
-      "",
-      "Trains one run into DIR, or resumes it there (the same command).",
-      "  --config     train/configs/NAME.py (quick.py trains in minutes;",
-      "               default.py, the reference, comments every field),",
-      "               or a run's config.json to run it again",
-      "  --workdir    the run's folder: config.json, metrics.jsonl, ...",
-      "  --verbosity  -1: warnings only; 1: a traceback with an error",
-      "",
-      f"The fields of {spec}; set any with --config.FIELD=VALUE:",
-      *(f"  --config.{field}={_flag_value(value)}"
-        for field, value in fields.items()),
-  ])
-
-
-def _flag_value(value) -> str:
-  if isinstance(value, (tuple, list)):
-    return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else
-                                              "") + ")"
-  return str(value)
+  return (f"{HELP}\nThe fields of {spec}; set any with --config.FIELD=VALUE:\n"
+          + "".join(f"  --config.{field}={config_lib.flag_value(value)}\n"
+                    for field, value in fields.items()))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -98,7 +87,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   if any(flag in HELP_FLAGS for flag in argv[1:]):
     path = spec.config or os.path.join(config_lib.REPO_ROOT, DEFAULT_CONFIG)
     try:
-      print(help_text(config_lib.load(path), spec.config or DEFAULT_CONFIG))
+      print(help_text(config_lib.load(path), spec.config or DEFAULT_CONFIG),
+            end="")
     except config_lib.ConfigError as e:
       _exit_with_error(f"--config {spec.config}: {e}", status=2)
     sys.exit(0)

@@ -76,6 +76,35 @@ TEST_ACCURACY = split_field("test", "accuracy")
 VAL_ACCURACY = split_field("val", "accuracy")
 
 
+def train_fields(step: int, values: dict, steps_per_epoch: int,
+                 images_per_sec: float | None) -> dict[str, float]:
+  """A train record: a logged step's metrics, its epoch and the rate."""
+  fields = {k: float(v) for k, v in values.items()
+            if k not in ("below_mean", "loss_below_mean")}
+  fields[EPOCH] = step / steps_per_epoch
+  if images_per_sec is not None:  # Not at the epoch's first step.
+    fields[IMAGES_PER_SEC] = images_per_sec
+  return fields
+
+
+def epoch_fields(epoch: int, sums: dict[str, Any],
+                 controlled: tuple[str, ...], epoch_time_s: float
+                 ) -> dict[str, float]:
+  """An epoch record before its evaluations, from the epoch's sums (the
+  loss of its finite steps, their count and phases; `train.loop`)."""
+  num_steps = max(sums["steps"], 1)
+  fields = {EPOCH: epoch,
+            TRAIN_LOSS: float(sums["loss"]) / num_steps,
+            EPOCH_TIME_S: epoch_time_s}
+  if controlled:
+    below = sums["below_mean"] / num_steps
+    fields.update({
+        PHASE_BELOW_FRACTION: below,
+        PHASE_ABOVE_FRACTION: 1 - below,
+        LOSS_BELOW_MEAN_FRACTION: sums["loss_below_mean"] / num_steps})
+  return fields
+
+
 def _json_value(value):
   if value is None or isinstance(value, (bool, str)):
     return value
