@@ -5,6 +5,7 @@
   python -m study commands STUDY --workdir DIR
   python -m study summarize DIR [--baseline ARM | --compare ARM:AGAINST]
   python -m study power DIR --margin M
+  python -m study compare RUN_DIR OTHER_RUN_DIR [--until-step N]
 
 STUDY is a study file, ``study/studies/NAME.py[:ARG]`` or just ``NAME``
 (`study.definition`). ``run`` keeps N runs going at once (on a CPU host the
@@ -13,7 +14,8 @@ re-running it continues every unfinished run where it stopped;
 ``commands`` prints one shell command per pending run for any other
 scheduler; ``summarize`` reads the runs and writes ``summary.md``,
 ``summary.json`` and ``curves.png`` into DIR (`study.report`); ``power``
-sizes a next study from a finished one's spread.
+sizes a next study from a finished one's spread; ``compare`` checks that two
+runs made the same numbers.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from study import definition
 from study import report
 from study import runner
 from study import statistics
+from train import record
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,6 +59,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   summary.add_argument("--margin", type=float, metavar="M",
                        help="post hoc: an equivalence margin (0.005 is half "
                             "a point) instead of the study's")
+  compare = commands.add_parser(
+      "compare", help="compare two runs' records value by value (timings "
+      "aside); exit 1 if any differs")
+  compare.add_argument("run", metavar="RUN_DIR")
+  compare.add_argument("other", metavar="OTHER_RUN_DIR")
+  compare.add_argument("--until-step", type=int, metavar="N",
+                       help="only the steps up to N (a short run against a "
+                            "longer one)")
   power = commands.add_parser(
       "power", help="seeds a new study needs, from a finished study's spread")
   power.add_argument("workdir", metavar="DIR")
@@ -82,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       else:
         print(report.write_summary(args.workdir), end="")
       return 0
+    if args.command == "compare":
+      compared, found = record.differences(args.run, args.other,
+                                           args.until_step)
+      print("\n".join(found[:20] + [
+          f"{compared} values compared, {len(found)} differ."]))
+      return 1 if found else 0
     if args.command == "power":
       print(report.power_plan(args.workdir, args.margin, args.test,
                               _split(args.arms)), end="")

@@ -80,3 +80,29 @@ def test_a_run_holds_every_start(tmp_path):
   run = record.load_run(workdir)
   assert list(run.all_starts) == [start, start]
   assert len(run.starts) == 1  # One per step.
+
+
+def test_differences_compare_every_value_but_the_timings(tmp_path, capsys):
+  from study import cli  # pylint: disable=g-import-not-at-top
+  steps = [{"kind": "train", "step": s, "loss": 1.0 / s,
+            "images_per_sec": 100.0 + s} for s in (1, 2, 3)]
+  a = _make_run(tmp_path, "a", {}, steps + [dict(_epoch(1, 0.5),
+                                                 epoch_time_s=3.0)])
+  slower = [dict(r, images_per_sec=1.0) for r in steps]
+  b = _make_run(tmp_path, "b", {}, slower + [dict(_epoch(1, 0.5),
+                                                  epoch_time_s=9.0)])
+  assert record.differences(a, b) == (14, [])
+  changed = _make_run(tmp_path, "c", {}, slower[:2] + [
+      dict(slower[2], loss=0.3)])
+  compared, found = record.differences(a, changed)
+  assert compared == 14
+  assert found == ["train step 3 loss: 0.3333333333333333 against 0.3",
+                   "epoch step 10 epoch: 1 against missing",
+                   "epoch step 10 kind: epoch against missing",
+                   "epoch step 10 step: 10 against missing",
+                   "epoch step 10 test_accuracy: 0.5 against missing",
+                   "epoch step 10 train_loss: 1.0 against missing"]
+  assert record.differences(a, changed, until_step=2) == (6, [])
+  assert cli.main(["compare", str(a), str(b)]) == 0
+  assert cli.main(["compare", str(a), str(changed)]) == 1
+  assert capsys.readouterr().out.endswith("14 values compared, 6 differ.\n")

@@ -27,7 +27,8 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   """The test metrics of the latest checkpoint in ``workdir``.
 
   Returns:
-    ``{"step", "epoch", "test_loss", "test_accuracy", "test_examples"}``.
+    The step, the epoch, the test split's fields of an epoch record (loss
+    and accuracy, `train.record.split_field`) and its number of examples.
 
   Raises:
     FileNotFoundError: no ``config.json`` or no checkpoint in ``workdir``.
@@ -42,7 +43,7 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   if not step:
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   metrics = loop.evaluate(run.parallel, state, run.test_split,
-                           config.eval_batch_size)
+                          config.eval_batch_size)
   return {"step": step, "epoch": step / run.steps_per_epoch, **metrics,
           "test_examples": run.test_split.num_examples}
 

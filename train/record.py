@@ -261,6 +261,43 @@ def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
   return latest_records(read_records(workdir_or_file))
 
 
+# Fields that measure time or speed, not the training's numbers.
+TIMING_FIELDS = (EPOCH_TIME_S, IMAGES_PER_SEC, TIME_TO_FIRST_STEP_S)
+
+
+def differences(workdir: str, other: str, until_step: int | None = None
+                ) -> tuple[int, list[str]]:
+  """Two runs' train and epoch records compared, value by value.
+
+  Every field but the timings (`TIMING_FIELDS`) must be equal, bit for bit
+  as JSON wrote it; a record or field only one run has is a difference.
+
+  Args:
+    workdir: a run's workdir (or its ``metrics.jsonl``).
+    other: the run to compare it with.
+    until_step: compare the steps up to this one only (a short run against
+      a longer one's record).
+
+  Returns:
+    ``(values compared, one line per difference)``.
+  """
+  records = [read_metrics(path) for path in (workdir, other)]
+  compared, found = 0, []
+  for kind in (TRAIN_KIND, EPOCH_KIND):
+    ours, theirs = ({r["step"]: r for r in run.get(kind, [])
+                     if until_step is None or r["step"] <= until_step}
+                    for run in records)
+    for step in sorted(ours.keys() | theirs.keys()):
+      a, b = ours.get(step, {}), theirs.get(step, {})
+      for field in sorted((a.keys() | b.keys()) - set(TIMING_FIELDS)):
+        compared += 1
+        if a.get(field, "missing") != b.get(field, "missing"):
+          found.append(f"{kind} step {step} {field}: "
+                       f"{a.get(field, 'missing')} against "
+                       f"{b.get(field, 'missing')}")
+  return compared, found
+
+
 class NotARunError(ValueError):
   """A directory that is not a training workdir (no metrics.jsonl)."""
 

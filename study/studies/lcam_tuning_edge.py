@@ -171,44 +171,15 @@ def get_study(extend: str = "") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(study, allow_dotted_keys=True)
 
 
-# Record fields that measure time or speed, not the training's numbers.
-TIMING_FIELDS = ("epoch_time_s", "images_per_sec", "time_to_first_step_s")
-
-
-def compare_records(ours: str, theirs: str) -> tuple[int, list[str]]:
-  """Compares two runs' ``train`` and ``epoch`` records, field by field.
-
-  Every number but the timings (`TIMING_FIELDS`) must be equal, bit for bit
-  as JSON wrote it.
-
-  Returns:
-    ``(values compared, differences as lines)``.
-  """
-  sys.path.insert(0, REPO_ROOT)
-  from train import record  # pylint: disable=g-import-not-at-top
-  records = [record.read_metrics(path) for path in (ours, theirs)]
-  compared, differences = 0, []
-  for kind in ("train", "epoch"):
-    mine = {r["step"]: r for r in records[0].get(kind, [])}
-    other = {r["step"]: r for r in records[1].get(kind, [])}
-    for step in sorted(mine.keys() | other.keys()):
-      a, b = mine.get(step, {}), other.get(step, {})
-      for field in sorted((a.keys() | b.keys()) - set(TIMING_FIELDS)):
-        compared += 1
-        if a.get(field, "missing") != b.get(field, "missing"):
-          differences.append(f"{kind} step {step} {field}: "
-                             f"{a.get(field, 'missing')} against "
-                             f"{b.get(field, 'missing')}")
-  return compared, differences
-
-
 def main(workdir: str = "results/lcam_tuning_edge") -> int:
   """Prints the repeat's comparison with stage 1's record; 0 if identical."""
   name = REPEAT_ARM.replace("/", "_").removeprefix("repeat-")
   ours = os.path.join(REPO_ROOT, workdir, REPEAT_ARM.replace("/", "_"),
                       f"seed{SEED}")
   theirs = os.path.join(REPO_ROOT, STAGE_1, name, f"seed{SEED}")
-  compared, differences = compare_records(ours, theirs)
+  sys.path.insert(0, REPO_ROOT)
+  from train import record  # pylint: disable=g-import-not-at-top
+  compared, differences = record.differences(ours, theirs)
   configs = []
   for path in (ours, theirs):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
