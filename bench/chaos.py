@@ -20,11 +20,22 @@ one ``error:`` line about the full disk, and the workdir, copied to a roomy
 disk, must resume to the uninterrupted run's arrays. Where ``mount`` is not
 allowed, it says so and skips that part (``--no-disk`` skips it always).
 
+Last, a tiny study (two arms, one seed) under the same treatment
+(``--no-study`` skips it): its runner killed with SIGKILL at a random moment
+and run again; a second runner started beside the first (refused at once, in
+one line); the records of two finished runs damaged (a last line cut, a
+``config.json`` deleted) and the study run again; ``summarize`` on a full
+disk (one line, the old summary kept). Every run must end with the numbers
+of an undisturbed study's runs (`python -m study compare`).
+
   python bench/chaos.py [--trials 5] [--stops 3] [--seed 0] [--no-disk]
+      [--no-study]
 """
 
 import argparse
 import collections
+import contextlib
+import functools
 import os
 from pathlib import Path
 import random
@@ -53,6 +64,8 @@ def parse_args(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--no-disk", action="store_true",
                       help="skip the full-disk part")
+  parser.add_argument("--no-study", action="store_true",
+                      help="skip the study part")
   parser.add_argument("--max-delay", type=float, default=None,
                       help="longest wait, in seconds after a run's first "
                       "new checkpoint, before a signal (default: as long as "
@@ -226,6 +239,116 @@ def full_disk(root: Path, reference: dict,
   return clean and same
 
 
+STUDY = """
+import ml_collections
+def get_study():
+  return ml_collections.ConfigDict({
+      "config": "train/configs/tiny.py", "overrides": {"num_epochs": 1},
+      "arms": {"sgd": {"optimizer.name": "sgd"}, "lcam": {}}, "seeds": [0],
+      "baseline": "sgd"}, allow_dotted_keys=True)
+"""
+
+
+def study_command(study_file: Path, workdir: Path, *rest: str) -> list[str]:
+  return [sys.executable, "-m", "study", *rest, *(
+      [str(study_file), "--workdir"] if rest[0] == "run" else []),
+          str(workdir)]
+
+
+def _same_runs(workdir: Path, reference: Path) -> bool:
+  """Whether every run of the study made the reference study's numbers."""
+  from train import record  # pylint: disable=g-import-not-at-top
+  return all(not record.differences(
+      workdir / arm / "seed0", reference / arm / "seed0",
+      kinds=(record.EPOCH_KIND,))[1] for arm in ("sgd", "lcam"))
+
+
+def _wait_until_free(workdir: Path, timeout_s: float = 120.0) -> None:
+  """Waits until no run holds its workdir's lock."""
+  from train import devices  # pylint: disable=g-import-not-at-top
+  deadline = time.monotonic() + timeout_s
+  for run in workdir.glob("*/seed0"):
+    while time.monotonic() < deadline:
+      try:
+        with devices.hold(str(run)):
+          break
+      except devices.WorkdirBusyError:
+        time.sleep(0.2)
+
+
+def study_chaos(root: Path, rng: random.Random,
+                counts: collections.Counter) -> bool:
+  """The study-level cases (see the module's docstring); True if all pass."""
+  study_file = root / "chaos_study.py"
+  study_file.write_text(STUDY)
+  run = functools.partial(subprocess.run, env=environment(), cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+  reference = root / "study_reference"
+  if run(study_command(study_file, reference, "run")).returncode:
+    print("study: the undisturbed study failed")
+    return False
+  workdir = root / "study_chaos"
+  first = subprocess.Popen(study_command(study_file, workdir, "run"),
+                           env=environment(), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+  while first.poll() is None and not list(workdir.glob("*/seed0/train.log")):
+    time.sleep(0.05)
+  second = run(study_command(study_file, workdir, "run"))
+  refused = second.returncode == 1 and second.stderr.startswith(
+      "error: the study in") and len(second.stderr.splitlines()) == 1
+  counts["study: second runner refused" if refused else
+         "study: second runner NOT REFUSED"] += 1
+  time.sleep(rng.uniform(0.0, 20.0))
+  os.killpg(first.pid, signal.SIGKILL)
+  first.communicate(timeout=60)
+  _wait_until_free(workdir)  # The runs save and end on the runner's death.
+  again = run(study_command(study_file, workdir, "run"))
+  killed_ok = again.returncode == 0 and _same_runs(workdir, reference)
+  counts["study: killed runner resumed the same" if killed_ok else
+         "study: killed runner DIFFERENT"] += 1
+  metrics = workdir / "sgd" / "seed0" / "metrics.jsonl"
+  metrics.write_bytes(metrics.read_bytes()[:-20])  # A cut last line.
+  (workdir / "lcam" / "seed0" / "config.json").unlink()
+  listed = run(study_command(study_file, workdir, "summarize"))
+  repaired = run(study_command(study_file, workdir, "run"))
+  damaged_ok = ("Unfinished runs" in listed.stdout and listed.returncode == 0
+                and repaired.returncode == 0 and _same_runs(workdir,
+                                                            reference))
+  counts["study: damaged records repaired" if damaged_ok else
+         "study: damaged records NOT REPAIRED"] += 1
+  return refused and killed_ok and damaged_ok and study_full_disk(
+      root, workdir, run, counts)
+
+
+def study_full_disk(root: Path, workdir: Path, run, counts) -> bool:
+  """``summarize`` of a study on a full tmpfs: one line, old files kept."""
+  disk = root / "study_disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs",
+                     str(disk)], capture_output=True, check=False).returncode:
+    counts["study full disk skipped"] += 1
+    return True
+  try:
+    shutil.copytree(workdir, disk / "study", ignore=shutil.ignore_patterns(
+        "checkpoints", "tensorboard", "train.log"))
+    old = (disk / "study" / "summary.md").read_bytes()
+    with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(
+        OSError):
+      while True:
+        f.write(b"\0" * 65536)
+    result = run(study_command(Path(), disk / "study", "summarize"))
+    clean = (result.returncode == 1 and result.stderr.startswith(
+        "error: the summary is not saved") and len(
+            result.stderr.splitlines()) == 1 and (
+                disk / "study" / "summary.md").read_bytes() == old)
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+  counts["study full disk: one line, old summary kept" if clean else
+         "study full disk: NOT CLEAN"] += 1
+  return clean
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   os.environ.update(environment())
@@ -247,8 +370,9 @@ def main(argv=None) -> int:
       print(f"trial {number + 1} of {args.trials}: "
             f"{'same' if same else 'DIFFERENT'}", flush=True)
     disk_ok = args.no_disk or full_disk(Path(root), reference, counts)
+    study_ok = args.no_study or study_chaos(Path(root), rng, counts)
   print(", ".join(f"{name}: {n}" for name, n in sorted(counts.items())))
-  return 1 if counts["DIFFERENT"] or not disk_ok else 0
+  return 1 if counts["DIFFERENT"] or not disk_ok or not study_ok else 0
 
 
 if __name__ == "__main__":

@@ -84,14 +84,22 @@ def _split(text: str | None, cast=str):
   return None if text is None else [cast(x) for x in text.split(",") if x]
 
 
+# Exit statuses of `run`: every run finished (or diverged); some failed;
+# stopped by a signal with runs unfinished (75, EX_TEMPFAIL: run it again).
+FINISHED, FAILED, STOPPED = 0, 1, 75
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parse_args(argv)
   try:
     if args.command == "summarize":
       if args.baseline or args.compare or args.margin is not None:
         report.print_post_hoc(args)
-      else:
-        print(report.write_summary(args.workdir), end="")
+        return 0
+      return _write_summary(args.workdir)
+    if args.command == "power":
+      print(report.power_plan(args.workdir, args.margin, args.test,
+                              _split(args.arms)), end="")
       return 0
     if args.command == "compare":
       compared, found = record.differences(args.run, args.other,
@@ -99,10 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       print("\n".join(found[:20] + [
           f"{compared} values compared, {len(found)} differ."]))
       return 1 if found else 0
-    if args.command == "power":
-      print(report.power_plan(args.workdir, args.margin, args.test,
-                              _split(args.arms)), end="")
-      return 0
     study = definition.load_study(args.study)
     if args.command == "commands":
       definition.save_study(study, args.workdir)
@@ -111,11 +115,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
       raise definition.StudyError(
           f"--workers must be at least 1, got {args.workers}.")
-    runs = runner.run_study(study, args.workdir, workers=args.workers,
-                            retries=args.retries, arms=_split(args.arms),
-                            seeds=_split(args.seeds, int))
-  except (definition.StudyError, ValueError) as e:
+    result = runner.run_study(study, args.workdir, workers=args.workers,
+                              retries=args.retries, arms=_split(args.arms),
+                              seeds=_split(args.seeds, int))
+  except (definition.StudyError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(report.write_summary(args.workdir), end="")
-  return 0 if all(r.done for r in runs) else 1
+  written = _write_summary(args.workdir)
+  if result.stopped_by and not all(r.done for r in result.runs):
+    return STOPPED
+  return FINISHED if all(r.done for r in result.runs) and not written else (
+      FAILED)
+
+
+def _write_summary(workdir: str) -> int:
+  """Prints the summary and writes its files; 1 (with one line) when they
+  could not be written."""
+  try:
+    print(report.write_summary(workdir), end="")
+  except report.SummaryNotWritten as e:
+    print(e.markdown, end="")
+    print(f"error: the summary is not saved: {e.strerror}", file=sys.stderr)
+    return 1
+  return 0

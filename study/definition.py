@@ -39,6 +39,7 @@ from typing import Any
 
 import ml_collections
 
+from study import files
 from study import statistics
 from train import config as config_lib
 from train import record
@@ -86,9 +87,29 @@ def load_study(spec: str) -> ml_collections.ConfigDict:
     raise StudyError(f"The study's baseline {study.baseline!r} is not one of "
                      f"its arms {list(study.arms)}.")
   check_statistics_fields(study)
+  check_arm_dirnames(study.arms)
   for arm in study.arms:
     run_config(study, arm, study.seeds[0])  # Unknown fields speak now.
   return study
+
+
+def check_arm_dirnames(arms: Sequence[str]) -> None:
+  """Raises `StudyError` unless each arm has a folder of its own.
+
+  Two arms whose names map to one folder (``"sgd/lr"`` and ``"sgd lr"``
+  are both ``sgd_lr/``) would share their runs: the second would find the
+  first's finished and report its numbers as its own.
+  """
+  seen = {}
+  for arm in arms:
+    folder = arm_dirname(arm)
+    if folder in ("", ".", "..") or folder.startswith("."):
+      raise StudyError(f"The arm name {arm!r} cannot be a folder: use "
+                       "letters, digits, '-' and '.' inside the name.")
+    if folder in seen:
+      raise StudyError(f"The arms {seen[folder]!r} and {arm!r} both map to "
+                       f"the folder {folder!r}: rename one.")
+    seen[folder] = arm
 
 
 def check_statistics_fields(
@@ -185,13 +206,20 @@ def train_command(study: ml_collections.ConfigDict, workdir: str, arm: str,
 
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
-  """What a run's workdir says about it."""
+  """What a run's workdir says about it.
+
+  Every run is in exactly one `state`: ``"finished"``, ``"diverged"`` (an
+  outcome, `train.record.DIVERGED_KIND`), ``"failed"`` (its last attempt
+  failed: `failure`) or ``"unfinished"`` (not started, stopped, or its record
+  damaged: `damage`); `reason` says why in one line.
+  """
 
   arm: str
   seed: int
   path: str
   run: record.Run  # read once; without epochs before its metrics.jsonl
   failure: str | None  # the tail of the log of a failed attempt
+  damage: str | None = None  # a file of the record that cannot be read
 
   @property
   def epochs_done(self) -> int:
@@ -215,21 +243,83 @@ class RunStatus:
     """Finished or diverged: nothing more to run."""
     return self.finished or self.diverged
 
+  @property
+  def state(self) -> str:
+    if self.finished:
+      return "finished"
+    if self.diverged:
+      return "diverged"
+    return "failed" if self.failure is not None else "unfinished"
+
+  @property
+  def reason(self) -> str:
+    """Why the run is in its `state`, in one line."""
+    if self.state == "diverged":
+      return (f"the training loss was not finite at step "
+              f"{self.run.diverged['step']}")
+    if self.state == "failed":
+      return failure_reason(self.failure)
+    if self.damage:
+      return f"damaged record: {self.damage}"
+    if self.state == "unfinished":
+      if not self.run.epochs and not self.run.starts:
+        return "not started"
+      return f"{self.epochs_done} of {self.num_epochs or '?'} epochs done"
+    return f"{self.epochs_done} epochs"
+
+
+def failure_reason(log_tail: str) -> str:
+  """The run's own last ``error:`` line in its log's tail, else the tail's
+  first line.
+
+  >>> failure_reason("exit status 1; the end of train.log:\nI0 start\n"
+  ...                "error: no such file.\n")
+  'error: no such file.'
+  """
+  lines = log_tail.splitlines()
+  errors = [line.strip() for line in lines if line.startswith("error:")]
+  return errors[-1] if errors else (lines or ["failed"])[0].rstrip(":")
+
 
 def read_run_status(workdir: str, arm: str, seed: int) -> RunStatus:
-  """Reads the state of one (arm, seed) of the study in ``workdir``."""
+  """Reads the state of one (arm, seed) of the study in ``workdir``.
+
+  A file of the run's record that cannot be read (``config.json`` or
+  ``metrics.jsonl`` missing where the other is, unreadable, not JSON) makes
+  the run unfinished with that ``damage``, naming the file; the other runs
+  are read as usual.
+  """
   path = run_dir(workdir, arm, seed)
+  empty = record.Run(path=path, name=os.path.basename(path), config={})
+  run, damage = empty, None
   try:
     run = record.load_run(path)
+    if not run.config and (run.epochs or run.starts):
+      damage = f"{os.path.join(path, record.CONFIG_FILENAME)} is missing"
   except record.NotARunError:
-    run = record.Run(path=path, name=os.path.basename(path),
-                       config=record.read_config(path))
+    try:
+      run = dataclasses.replace(empty, config=record.read_config(path))
+    except (OSError, ValueError) as e:
+      damage = _damage(e)
+  except (OSError, ValueError) as e:
+    damage = _damage(e)
   failure = None
   failure_file = os.path.join(path, FAILURE_FILENAME)
-  if os.path.isfile(failure_file):
-    with open(failure_file, encoding="utf-8") as f:
-      failure = f.read()
-  return RunStatus(arm, seed, path, run, failure)
+  try:
+    with open(failure_file, encoding="utf-8", errors="replace") as f:
+      failure = f.read() or "failed (its failure.txt is empty)"
+  except FileNotFoundError:
+    pass
+  except OSError as e:
+    failure = f"failed (its failure.txt is unreadable: {e.strerror or e})"
+  return RunStatus(arm, seed, path, run, failure, damage)
+
+
+def _damage(error: Exception) -> str:
+  """``"PATH: what is wrong"`` for a file of a run's record."""
+  if getattr(error, "filename", None):
+    return f"{error.filename}: {error.strerror or error}"
+  return str(error)  # `train.record` names the file.
 
 
 def study_runs(study: ml_collections.ConfigDict, workdir: str,
@@ -252,12 +342,18 @@ def select_arms(known: Sequence[str], arms: Sequence[str] | None) -> list[str]:
 
 
 def save_study(study: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the definition into ``DIR/study.json``, for `summarize`."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, STUDY_FILENAME)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(study.to_json(indent=2))
-  os.replace(path + ".tmp", path)
+  """Writes the definition into ``DIR/study.json``, for `summarize`.
+
+  Raises:
+    files.WriteError: it could not be written.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise files.WriteError(e.errno, f"could not make {workdir} "
+                           f"({e.strerror or e})") from e
+  files.write_atomically(os.path.join(workdir, STUDY_FILENAME),
+                         study.to_json(indent=2))
 
 
 def read_study(workdir: str) -> ml_collections.ConfigDict:
@@ -266,5 +362,10 @@ def read_study(workdir: str) -> ml_collections.ConfigDict:
     raise StudyError(f"{workdir} holds no {STUDY_FILENAME}: it is not a study "
                      "directory (made by `python -m study run` or "
                      "`commands`).")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f), allow_dotted_keys=True)
+  try:
+    with open(path, encoding="utf-8") as f:
+      study = ml_collections.ConfigDict(json.load(f), allow_dotted_keys=True)
+  except (OSError, ValueError) as e:
+    raise StudyError(f"{path} is unreadable ({e}).") from e
+  check_arm_dirnames(study.arms)
+  return study

@@ -18,6 +18,9 @@ from typing import BinaryIO
 class WriteError(OSError):
   """A file of the study could not be written; the old one is kept."""
 
+  def __str__(self) -> str:
+    return str(self.strerror)
+
 
 def write_atomically(path: str, content: str | bytes | Callable[[BinaryIO],
                                                                None]) -> None:

@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from study import files
 from study import groups as groups_lib
 from study.groups import RunGroup
 from train import record
@@ -90,7 +91,9 @@ def plot_runs(
                   ncol=min(len(legend_lines), 4), frameon=False)
   output_path = os.fspath(output_path)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  figure.savefig(output_path, dpi=120)
+  extension = os.path.splitext(os.fspath(output_path))[1].lstrip(".")
+  files.write_atomically(os.fspath(output_path), lambda f: figure.savefig(
+      f, dpi=120, format=extension or "png"))
   return figure
 
 

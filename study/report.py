@@ -21,6 +21,7 @@ import numpy as np
 
 from study import arms as arms_lib
 from study import definition as study_lib
+from study import files
 from study import groups as groups_lib
 from study import plot
 from study import statistics
@@ -176,8 +177,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += [""] + _selection_lines(summary)
   if summary["comparisons"]:
     lines += [""] + _comparisons_table(summary)
-  for kind in ("unfinished", "failed"):
-    if summary[kind]:
+  for kind in ("diverged", "unfinished", "failed"):
+    if summary.get(kind):
       lines += ["", f"{kind.capitalize()} runs (not averaged): " + "; ".join(
           f"{r['arm']} seed {r['seed']}"
           + (f" ({r['reason']})" if r.get("reason") else "")
@@ -202,10 +203,6 @@ def comparison_pairs(study: ml_collections.ConfigDict,
     return [(arm, against) for arm, against in study.comparisons]
   baseline = study.baseline if baseline is None else baseline
   return [(arm, baseline) for arm in study.arms if arm != baseline]
-
-
-def _failure_reason(log_tail: str) -> str:
-  return (log_tail.splitlines() or ["failed"])[0].rstrip(":")
 
 
 def summarize(workdir: str, baseline: str | None = None,
@@ -241,9 +238,9 @@ def summarize(workdir: str, baseline: str | None = None,
   pairs = comparison_pairs(study, baseline)
   statuses = study_lib.study_runs(study, workdir)
   finished = {arm: [] for arm in study.arms}
-  failed = [{"arm": s.arm, "seed": s.seed,
-             "reason": _failure_reason(s.failure), "log_tail": s.failure}
-            for s in statuses if not s.finished and s.failure]
+  failed = [{"arm": s.arm, "seed": s.seed, "reason": s.reason,
+             "log_tail": s.failure}
+            for s in statuses if s.state == "failed"]
   for status in statuses:
     if status.finished:
       if np.isfinite(arms_lib.final(status.run, metric)):
@@ -269,11 +266,15 @@ def summarize(workdir: str, baseline: str | None = None,
     c["holm_p_value"] = p
   arms = {arm: arms_lib.arm_statistics(runs, targets, metric)
           for arm, runs in finished.items()}
+  diverged = [{"arm": s.arm, "seed": s.seed, "reason": s.reason}
+              for s in statuses if s.state == "diverged"]
   selection = {}
   if study.get("families"):
     selection = statistics.select_winners(
         study.families, {arm: arms[arm][f"final_{metric}"]["mean"]
-                         for arm in arms})
+                         for arm in arms},
+        diverged=[arm for arm in study.arms if all(
+            s.state == "diverged" for s in statuses if s.arm == arm)])
   return {
       "metric": metric,
       "selection": selection,
@@ -284,33 +285,49 @@ def summarize(workdir: str, baseline: str | None = None,
       "targets": targets,
       "arms": arms,
       "comparisons": comparisons,
+      # Diverged runs are a result: listed, never averaged (only when any).
+      **({"diverged": diverged} if diverged else {}),
       "unfinished": [
           {"arm": s.arm, "seed": s.seed, "epochs_done": s.epochs_done,
-           "num_epochs": s.num_epochs} for s in statuses
-          if not s.finished and s.failure is None],
+           "num_epochs": s.num_epochs, "reason": s.reason}
+          for s in statuses if s.state == "unfinished"],
       "failed": failed,
   }, finished
+
+
+class SummaryNotWritten(files.WriteError):
+  """A file of the summary could not be written; `markdown` is the summary."""
+
+  def __init__(self, markdown: str, error: files.WriteError):
+    super().__init__(error.errno, error.strerror)
+    self.markdown = markdown
 
 
 def write_summary(workdir: str) -> str:
   """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
 
+  Each file is written whole or not at all (`study.files`).
+
   Returns:
     The contents of ``summary.md``.
+
+  Raises:
+    SummaryNotWritten: a file could not be written (the others may have
+      been); it carries the summary, to be shown all the same.
   """
   summary, finished = summarize(workdir)
   summary = statistics.json_safe(summary)
-  with open(os.path.join(workdir, "summary.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(summary, f, indent=2, allow_nan=False)
-    f.write("\n")
   markdown = summary_markdown(summary)
-  with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
-    f.write(markdown)
   groups = [groups_lib.RunGroup(label=arm, runs=runs)
             for arm, runs in finished.items() if runs]
-  if groups:
-    plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+  try:
+    files.write_atomically(os.path.join(workdir, "summary.json"), json.dumps(
+        summary, indent=2, allow_nan=False) + "\n")
+    files.write_atomically(os.path.join(workdir, "summary.md"), markdown)
+    if groups:
+      plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+  except files.WriteError as e:
+    raise SummaryNotWritten(markdown, e) from e
   return markdown
 
 

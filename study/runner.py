@@ -12,7 +12,9 @@ commands for any other scheduler.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import contextlib
 import ctypes
+import dataclasses
 import glob
 import math
 import os
@@ -27,6 +29,8 @@ import ml_collections
 import numpy as np
 
 from study import definition as study_lib
+from study import files
+from train import devices
 from train import record
 from train import signals
 
@@ -190,18 +194,36 @@ def _start_run(command: list[str], path: str,
         preexec_fn=before_run)
 
 
+# Exit statuses of a run stopped by a signal it was sent (`train.main`): it
+# saved a checkpoint and is unfinished, not failed.
+INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
 def _record_outcome(path: str, returncode: int) -> None:
+  """Writes (or, after a success or an interruption, removes) the run's
+  ``failure.txt``: the exit status and the end of its log.
+
+  Raises:
+    files.WriteError: the outcome could not be recorded.
+  """
   failure_file = os.path.join(path, study_lib.FAILURE_FILENAME)
-  if returncode == 0:
-    if os.path.exists(failure_file):
+  if returncode == 0 or returncode in INTERRUPTED_STATUSES:
+    try:
       os.remove(failure_file)
+    except FileNotFoundError:
+      pass
+    except OSError as e:
+      raise files.WriteError(e.errno, f"could not remove {failure_file} "
+                             f"({e.strerror or e})") from e
     return
-  with open(os.path.join(path, study_lib.LOG_FILENAME), encoding="utf-8",
-            errors="replace") as f:
-    tail = f.readlines()[-study_lib.LOG_TAIL_LINES:]
-  with open(failure_file, "w", encoding="utf-8") as f:
-    f.write(f"exit status {returncode}; the end of {study_lib.LOG_FILENAME}:\n"
-            + "".join(tail))
+  try:
+    with open(os.path.join(path, study_lib.LOG_FILENAME), encoding="utf-8",
+              errors="replace") as f:
+      tail = f.readlines()[-study_lib.LOG_TAIL_LINES:]
+  except OSError as e:
+    tail = [f"(its log is unreadable: {e.strerror or e})\n"]
+  files.write_atomically(failure_file, f"exit status {returncode}; the end "
+                         f"of {study_lib.LOG_FILENAME}:\n" + "".join(tail))
 
 
 def format_duration(seconds: float) -> str:
@@ -277,7 +299,15 @@ class _Pool:
     self.shares, self.retries = shares, retries
     self.running: dict[int, tuple[subprocess.Popen, study_lib.RunStatus]] = {}
     self.failures: dict[str, int] = {}
+    # Runs whose failure.txt could not be written: path -> why.
+    self.unrecorded: dict[str, str] = {}
+    # Runs stopped by a signal sent to them alone: unfinished, not retried.
+    self.interrupted: set[str] = set()
     self._asked_to_stop: set[int] = set()  # the pids sent SIGTERM
+
+  @property
+  def asked_to_stop(self) -> bool:
+    return bool(self._asked_to_stop)
 
   def start(self, queue: list[study_lib.RunStatus]) -> None:
     """Starts queued runs in the free slots."""
@@ -314,8 +344,16 @@ class _Pool:
       del self.running[slot]
       if stopping:  # A stopped run has not failed.
         continue
-      _record_outcome(run.path, process.returncode)
-      if process.returncode and not study_lib.read_run_status(
+      try:
+        _record_outcome(run.path, process.returncode)
+      except files.WriteError as e:  # Reported, and the run counts as failed.
+        self.unrecorded[run.path] = str(e)
+        print(f"study: the outcome of {run.path} (exit status "
+              f"{process.returncode}) is not recorded: {e}", file=sys.stderr,
+              flush=True)
+      if process.returncode in INTERRUPTED_STATUSES:
+        self.interrupted.add(run.path)
+      elif process.returncode and not study_lib.read_run_status(
           self.workdir, run.arm, run.seed).diverged:
         self.failures[run.path] = self.failures.get(run.path, 0) + 1
         if self.failures[run.path] <= self.retries:
@@ -325,14 +363,50 @@ class _Pool:
     return {run.path for _, run in self.running.values()}
 
 
+@dataclasses.dataclass(frozen=True)
+class StudyResult:
+  """What `run_study` leaves: every run's status, and the signal that
+  stopped the study (None when it ran to its end)."""
+
+  runs: list[study_lib.RunStatus]
+  stopped_by: int | None = None
+
+
+@contextlib.contextmanager
+def hold_study(workdir: str):
+  """Holds the study folder's lock (the OS lock of a run's workdir,
+  `train.devices.hold`): one runner per study at a time.
+
+  Raises:
+    study_lib.StudyError: another runner holds it, or the folder cannot be
+      locked (it is read-only), in one line.
+  """
+  try:
+    with devices.hold(workdir):
+      yield
+  except devices.WorkdirBusyError as e:
+    holder = str(e).partition("(")[2].partition(")")[0]
+    raise study_lib.StudyError(
+        f"the study in {workdir} is being run by another `python -m study "
+        f"run`{f' ({holder})' if holder else ''}: wait for it to end or "
+        "stop it; nothing was changed.") from None
+  except OSError as e:
+    raise study_lib.StudyError(f"cannot lock the study folder {workdir} "
+                               f"({e.strerror or e}).") from None
+
+
 def run_study(study: ml_collections.ConfigDict, workdir: str, *,
               workers: int = 1, retries: int = 1, arms=None, seeds=None,
-              poll_s: float = 5.0) -> list[study_lib.RunStatus]:
+              poll_s: float = 5.0) -> StudyResult:
   """Runs every unfinished (arm, seed), ``workers`` at a time.
 
-  A failed run is recorded (``failure.txt`` with the tail of its log) and the
-  others go on; it is tried again, from its last checkpoint, up to
-  ``retries`` times at the end of the queue, and by the next `run_study`.
+  One runner at a time holds the study folder (`hold_study`). A failed run
+  is recorded (``failure.txt`` with the tail of its log) and the others go
+  on; it is tried again, from its last checkpoint, up to ``retries`` times
+  at the end of the queue, and by the next `run_study`. A run that diverged
+  is an outcome, not retried; a run stopped by a signal sent to it is
+  unfinished, not failed. A failure to record an outcome is reported, and
+  the run counts as failed.
 
   Each run has its own session, so a Ctrl-C at the terminal reaches only
   this process. SIGINT or SIGTERM sends one SIGTERM to each run and waits
@@ -340,10 +414,26 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   again) kills the runs at once, which then resume from their latest
   complete checkpoint.
 
-  Returns:
-    The status of every run afterwards.
+  Raises:
+    study_lib.StudyError: another runner holds the study, or an unknown arm.
+    files.WriteError: ``study.json`` could not be written.
   """
   # Unknown arms are errors before anything is written.
+  study_lib.select_arms(study.arms, arms)
+  with hold_study(workdir):
+    pool, stopped_by = _run_pool(study, workdir, workers, retries, arms,
+                                 seeds, poll_s)
+  runs = [dataclasses.replace(run, failure=(
+      f"exit status unknown; its outcome is not recorded: "
+      f"{pool.unrecorded[run.path]}")) if run.path in pool.unrecorded
+          and not run.done else run
+          for run in study_lib.study_runs(study, workdir, arms, seeds)]
+  return StudyResult(runs, stopped_by)
+
+
+def _run_pool(study, workdir, workers, retries, arms, seeds, poll_s
+              ) -> tuple[_Pool, int | None]:
+  """`run_study`'s loop, in the study's lock."""
   queue = [r for r in study_lib.study_runs(study, workdir, arms, seeds)
            if not r.done]
   study_lib.save_study(study, workdir)
@@ -358,17 +448,15 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
   progress = StudyProgress(len(shares), {
       arm: study_lib.run_config(study, arm, study.seeds[0]).num_epochs
       for arm in study.arms})
-  told = False
   with signals.StopOnSignals() as stop:
     while queue or pool.running:
       try:
         if stop.signum:
-          queue.clear()
-          pool.stop()  # Each run once: those started since are asked too.
-          if not told:
-            told = True
+          if queue or not pool.asked_to_stop:
             print("study: stopping; each run saves a checkpoint (Ctrl-C "
                   "again kills them).", file=sys.stderr, flush=True)
+          queue.clear()
+          pool.stop()  # Each run once: those started since are asked too.
         pool.start(queue)
         pool.reap(queue, stopping=bool(stop.signum))
         progress.update(study_lib.study_runs(study, workdir, arms, seeds),
@@ -380,7 +468,7 @@ def run_study(study: ml_collections.ConfigDict, workdir: str, *,
               "complete checkpoint.", file=sys.stderr, flush=True)
         queue.clear()
         pool.kill()
-  return study_lib.study_runs(study, workdir, arms, seeds)
+  return pool, stop.signum
 
 
 def pending_commands(study: ml_collections.ConfigDict,

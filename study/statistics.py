@@ -366,7 +366,8 @@ def mean_std_text(entry: Mapping[str, Any], scale: float = 100.0,
 
 def select_winners(families: Mapping[str, Sequence[str]],
                    finals: Mapping[str, float | None],
-                   tie: float = 1e-9) -> dict[str, Any]:
+                   tie: float = 1e-9,
+                   diverged: Sequence[str] = ()) -> dict[str, Any]:
   """Per family, the arm with the highest mean final metric.
 
   Args:
@@ -374,6 +375,8 @@ def select_winners(families: Mapping[str, Sequence[str]],
       of arms within ``tie`` of the best wins).
     finals: arm -> its mean final metric (None: no finished run).
     tie: values this close count as equal.
+    diverged: arms whose runs diverged: a result, ranked last (they can
+      win only a family where every arm diverged, and then none wins).
 
   Returns:
     family -> ``{winner, value, complete}``; ``complete`` is False while an
@@ -383,6 +386,8 @@ def select_winners(families: Mapping[str, Sequence[str]],
   Example:
     >>> select_winners({"sgd": ["a", "b", "c"]}, {"a": 0.7, "b": 0.7, "c": 0.6})
     {'sgd': {'winner': 'a', 'value': 0.7, 'complete': True}}
+    >>> select_winners({"sgd": ["a", "b"]}, {"a": 0.6}, diverged=["b"])
+    {'sgd': {'winner': 'a', 'value': 0.6, 'complete': True}}
   """
   selection = {}
   for family, arms in families.items():
@@ -391,6 +396,8 @@ def select_winners(families: Mapping[str, Sequence[str]],
     best_value = max((value for _, value in known), default=None)
     winner = next((arm for arm, value in known
                    if value >= best_value - tie), None)
+    ranked = len(known) + sum(arm in diverged for arm in arms
+                              if finals.get(arm) is None)
     selection[family] = {"winner": winner, "value": best_value,
-                         "complete": len(known) == len(arms)}
+                         "complete": ranked == len(arms)}
   return selection

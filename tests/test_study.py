@@ -700,7 +700,7 @@ def test_a_diverged_run_is_an_outcome_not_retried(tmp_path, monkeypatch):
   definition = _study(arms={"a": {}}, seeds=[0], baseline="a")
   for _ in range(2):  # A second study run starts nothing either.
     statuses = study_runner.run_study(definition, workdir, retries=3,
-                                      poll_s=0.05)
+                                      poll_s=0.05).runs
   path = study_lib.run_dir(workdir, "a", 0)
   with open(os.path.join(path, "starts")) as f:
     assert f.read().count("start") == 1

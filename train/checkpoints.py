@@ -132,8 +132,9 @@ class Checkpointer:
 
   def __init__(self, directory: str, config: ml_collections.ConfigDict, *,
                keep: int = 3, facts: dict[str, Any] | None = None,
-               moved_to_meta: tuple[str, ...] = ()):
+               moved_to_meta: tuple[str, ...] = (), read_only: bool = False):
     self._directory = os.path.abspath(directory)
+    self._read_only = read_only
     self._meta = {"config": config.to_dict(), **(facts or {})}
     self._moved_to_meta = moved_to_meta
     self._step_in_flight = None
@@ -143,7 +144,8 @@ class Checkpointer:
         use_replica_parallel=jax.process_count() > 1)
     self._manager = ocp.CheckpointManager(
         self._directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep or None, create=True,
+            max_to_keep=keep or None, create=not read_only,
+            read_only=read_only,
             async_options=ocp.AsyncOptions(
                 post_finalization_callback=self._write_checksums)),
         item_handlers={
@@ -170,7 +172,8 @@ class Checkpointer:
 
     Checkpoints that fail their checksums or cannot be read are moved into
     ``corrupt/`` once an older intact one is found (one warning line names
-    them and the one restored); when none is intact, none is moved.
+    them and the one restored); when none is intact, none is moved. A
+    ``read_only`` checkpointer moves nothing: it only skips them.
 
     Args:
       state: A state of the right structure (a fresh one). Its arrays'
@@ -195,7 +198,13 @@ class Checkpointer:
           f"the checkpoint of step {step} in {self._directory} has no "
           "checksums (it was written before they existed): resuming from "
           "it unverified")
-      if damaged:
+      if damaged and self._read_only:
+        logging.warning("Damaged checkpoint%s in %s, left in place: %s; "
+                        "reading step %d%s.", "s" if len(damaged) > 1 else "",
+                        self._directory, "; ".join(
+                            f"step {s} ({e})" for s, e in damaged), step,
+                        f" ({unverified})" if unverified else "")
+      elif damaged:
         logging.warning("%s; resuming from step %d%s.",
                         self._set_aside(damaged), step,
                         f" ({unverified})" if unverified else "")

@@ -37,7 +37,8 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   if not os.path.isdir(os.path.join(workdir, record.CHECKPOINTS_DIRNAME)):
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
   config_lib.validate(config, jax.device_count())
-  run, state, _ = loop.set_up_training(config, workdir, test_split=True)
+  run, state, _ = loop.set_up_training(config, workdir, test_split=True,
+                                       read_only=True)
   run.checkpointer.close()
   step = int(state.step)
   if not step:
@@ -64,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
           checkpoints.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"step {result['step']} (epoch {result['epoch']:g}): test_loss "
-        f"{result['test_loss']:.6f} test_accuracy "
-        f"{result['test_accuracy']:.6f} ({result['test_examples']} examples)")
+  loss, accuracy = (record.split_field("test", measure)
+                    for measure in ("loss", "accuracy"))
+  print(f"step {result['step']} (epoch {result['epoch']:g}): {loss} "
+        f"{result[loss]:.6f} {accuracy} {result[accuracy]:.6f} "
+        f"({result['test_examples']} examples)")
   return 0
 
 

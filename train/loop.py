@@ -170,7 +170,7 @@ class TrainingSetup:
 
 
 def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
-                    test_split: bool = False
+                    test_split: bool = False, read_only: bool = False
                     ) -> tuple[TrainingSetup, steps.TrainState, dict]:
   """Loads the data, builds the steps and restores the latest checkpoint.
 
@@ -179,6 +179,8 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
     workdir: The run's directory.
     test_split: Whether to load the test split even if the config never
       evaluates.
+    read_only: Whether to leave the workdir as it is (`train.evaluate`):
+      damaged checkpoints are skipped, not set aside.
 
   With ``config.data.validation_examples`` K > 0, K examples of the training
   split are held out of training (`data.hold_out`) and evaluated like the test
@@ -212,7 +214,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
       keep=config.keep_checkpoints,
       facts={"steps_per_epoch": steps_per_epoch,
              "num_train_examples": train_split.num_examples},
-      moved_to_meta=("epoch_sums",))
+      moved_to_meta=("epoch_sums",), read_only=read_only)
   try:
     state, meta = checkpointer.restore_latest(parallel.put_state(state))
     test = load("test") if test_split or (config.eval_every_epochs
@@ -274,6 +276,12 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
   """
   config, parallel, spe = setup.config, setup.parallel, setup.steps_per_epoch
   start = int(state.step)
+  if setup.is_chief:  # Written again at every start: a lost one comes back.
+    os.makedirs(setup.workdir, exist_ok=True)
+    with open(os.path.join(setup.workdir, record.CONFIG_FILENAME), "w") as f:
+      f.write(config.to_json(indent=2))
+  if start and start % spe == 0 and _epoch_record_missing(setup, start):
+    _write_epoch_record_again(setup, state, meta)
   if start >= setup.stop_step:
     logging.info("The run in %s is %s: nothing to do.", setup.workdir,
                  f"complete (step {start} of {setup.total_steps})"
@@ -281,9 +289,6 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
                  f"at step {start}, where config.stop_after_steps stops it")
     return state
   if setup.is_chief:
-    os.makedirs(setup.workdir, exist_ok=True)
-    with open(os.path.join(setup.workdir, record.CONFIG_FILENAME), "w") as f:
-      f.write(config.to_json(indent=2))
     logging.info("%s at step %d of %d (%d steps per epoch), %d devices",
                  "Resuming" if start else "Starting", start,
                  setup.total_steps, spe, jax.device_count())
@@ -294,7 +299,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
   epoch_start = time.perf_counter() - meta.get("epoch_elapsed_s", 0.0)
   pending, clock = [], None
   with record.MetricWriter(setup.workdir, enabled=setup.is_chief,
-                                   resume_step=start) as writer:
+                           resume_step=start) as writer:
     try:
       for step, batch in zip(range(start + 1, setup.stop_step + 1),
                              setup.batches(start)):
@@ -349,13 +354,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
           epoch_record = record.epoch_fields(
               epoch, sums, optimizers.controlled_names(config.optimizer),
               time.perf_counter() - epoch_start)
-          every = config.eval_every_epochs
-          if every and (epoch % every == 0 or step == setup.total_steps):
-            for prefix, split in zip(record.SPLITS, (setup.validation_split,
-                                                     setup.test_split)):
-              if split is not None:
-                epoch_record.update(evaluate(parallel, state, split,
-                                       config.eval_batch_size, prefix))
+          epoch_record.update(_evaluations(setup, state, step))
           writer.write(record.EPOCH_KIND, step, epoch_record)
           logging.info("epoch %d: %s", epoch, json.dumps(epoch_record))
         if save or signum:
@@ -367,6 +366,56 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
     finally:
       progress.end_epoch()
   return state
+
+
+def _evaluations(setup: TrainingSetup, state: steps.TrainState,
+                 step: int) -> dict[str, float]:
+  """The evaluations due at the end of the epoch that ends at ``step``."""
+  every, epoch = setup.config.eval_every_epochs, step // setup.steps_per_epoch
+  if not every or (epoch % every and step != setup.total_steps):
+    return {}
+  fields = {}
+  for prefix, split in zip(record.SPLITS, (setup.validation_split,
+                                           setup.test_split)):
+    if split is not None:
+      fields.update(evaluate(setup.parallel, state, split,
+                             setup.config.eval_batch_size, prefix))
+  return fields
+
+
+def _epoch_record_missing(setup: TrainingSetup, step: int) -> bool:
+  """Whether the record lacks the epoch that ends at ``step`` (its last
+  line was cut by a crash, say), as process 0 reads it."""
+  try:
+    epochs = record.read_metrics(setup.workdir).get(record.EPOCH_KIND, [])
+  except FileNotFoundError:
+    epochs = []
+  missing = np.int32(step not in {r["step"] for r in epochs})
+  if jax.process_count() > 1:
+    missing = multihost_utils.broadcast_one_to_all(missing)
+  return bool(missing)
+
+
+def _write_epoch_record_again(setup: TrainingSetup, state: steps.TrainState,
+                              meta: dict) -> None:
+  """Writes the missing record of the epoch a checkpoint ends, from the
+  epoch's sums saved with it and the evaluations (deterministic); its time is
+  unknown (null). A checkpoint older than saved sums cannot: it says so."""
+  step, spe = int(state.step), setup.steps_per_epoch
+  if "epoch_sums" not in meta:
+    logging.warning("The record of epoch %d is missing and the checkpoint "
+                    "of step %d is too old to write it again.", step // spe,
+                    step)
+    return
+  fields = record.epoch_fields(
+      step // spe, _epoch_sums(meta["epoch_sums"]),
+      optimizers.controlled_names(setup.config.optimizer), None)
+  fields.update(_evaluations(setup, state, step))
+  with record.MetricWriter(setup.workdir, enabled=setup.is_chief,
+                           tensorboard=False) as writer:
+    writer.write(record.EPOCH_KIND, step, fields)
+  logging.warning("The record of epoch %d was missing: written again from "
+                  "the checkpoint of step %d.", step // spe, step)
 
 
 def _every(step: int, every: int) -> bool:

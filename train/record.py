@@ -88,7 +88,7 @@ def train_fields(step: int, values: dict, steps_per_epoch: int,
 
 
 def epoch_fields(epoch: int, sums: dict[str, Any],
-                 controlled: tuple[str, ...], epoch_time_s: float
+                 controlled: tuple[str, ...], epoch_time_s: float | None
                  ) -> dict[str, float]:
   """An epoch record before its evaluations, from the epoch's sums (the
   loss of its finite steps, their count and phases; `train.loop`)."""
@@ -209,22 +209,23 @@ class MetricWriter:
 def read_records(workdir_or_file: str) -> list[dict]:
   """Every record of a run's ``metrics.jsonl``, in the order written.
 
-  Unreadable lines (left by a killed run) are skipped, with a warning unless
-  it is the last line.
+  Unreadable lines (left by a killed run, or bytes that are not UTF-8 JSON)
+  are skipped, with a warning naming them unless it is the last line.
 
   Raises:
     FileNotFoundError: there is no metrics file.
+    OSError: it cannot be read.
   """
   path = os.fspath(workdir_or_file)
-  if os.path.isdir(path):
+  if os.path.basename(path) != METRICS_FILENAME and not os.path.isfile(path):
     path = os.path.join(path, METRICS_FILENAME)
-  with open(path, encoding="utf-8") as f:
+  with open(path, "rb") as f:
     lines = f.read().splitlines()
   records, unreadable = [], []
   for number, line in enumerate(lines, start=1):
     try:
-      record = json.loads(line)
-    except ValueError:
+      record = json.loads(line.decode())
+    except ValueError:  # UnicodeDecodeError too.
       record = None
     if isinstance(record, dict) and {"kind", "step"} <= record.keys():
       records.append(record)
@@ -265,7 +266,8 @@ def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
 TIMING_FIELDS = (EPOCH_TIME_S, IMAGES_PER_SEC, TIME_TO_FIRST_STEP_S)
 
 
-def differences(workdir: str, other: str, until_step: int | None = None
+def differences(workdir: str, other: str, until_step: int | None = None,
+                kinds: tuple[str, ...] = (TRAIN_KIND, EPOCH_KIND)
                 ) -> tuple[int, list[str]]:
   """Two runs' train and epoch records compared, value by value.
 
@@ -277,13 +279,15 @@ def differences(workdir: str, other: str, until_step: int | None = None
     other: the run to compare it with.
     until_step: compare the steps up to this one only (a short run against
       a longer one's record).
+    kinds: the kinds of record to compare (a run stopped and resumed logs
+      train records at the steps where it stopped: compare its epochs).
 
   Returns:
     ``(values compared, one line per difference)``.
   """
   records = [read_metrics(path) for path in (workdir, other)]
   compared, found = 0, []
-  for kind in (TRAIN_KIND, EPOCH_KIND):
+  for kind in kinds:
     ours, theirs = ({r["step"]: r for r in run.get(kind, [])
                      if until_step is None or r["step"] <= until_step}
                     for run in records)
@@ -344,7 +348,10 @@ def read_config(workdir: str | os.PathLike[str]) -> dict[str, Any]:
   if not os.path.isfile(path):
     return {}
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from e
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
@@ -364,7 +371,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
   if os.path.basename(path) == METRICS_FILENAME:
     path = os.path.dirname(path) or "."
   metrics_file = os.path.join(path, METRICS_FILENAME)
-  if not os.path.isfile(metrics_file):
+  if not os.path.lexists(metrics_file):
     what = "does not exist" if not os.path.exists(path) else (
         f"has no {METRICS_FILENAME}")
     raise NotARunError(f"{path} {what}: it is not a training workdir")
