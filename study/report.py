@@ -21,6 +21,7 @@ import numpy as np
 
 from study import arms as arms_lib
 from study import definition as study_lib
+from study import figures
 from study import groups as groups_lib
 from study import plot
 from study import statistics
@@ -311,6 +312,7 @@ def write_summary(workdir: str) -> str:
             for arm, runs in finished.items() if runs]
   if groups:
     plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+  figures.write_figures(workdir, summary, finished)
   return markdown
 
 
