@@ -3,8 +3,9 @@
 `make docs` builds it (warnings are errors): pages in MyST Markdown, the API
 reference from the docstrings (autodoc, autosummary, napoleon), code cells and
 the quickstart notebook executed at build time (myst-nb), the docstrings'
-examples run by the doctest builder, and the completeness checks of
-`_ext/completeness.py`.
+examples run by the doctest builder, the completeness checks of
+`_ext/completeness.py`, and the narrowed summary tables of
+`_ext/summary_columns.py`.
 """
 
 import os
@@ -34,6 +35,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.napoleon",
     "completeness",
+    "summary_columns",
 ]
 
 exclude_patterns = ["_build", "README.md", "**.ipynb_checkpoints"]

@@ -13,7 +13,8 @@ cores are split between them; with several GPUs each run gets its own) and
 re-running it continues every unfinished run where it stopped;
 ``commands`` prints one shell command per pending run for any other
 scheduler; ``summarize`` reads the runs and writes ``summary.md``,
-``summary.json`` and ``curves.png`` into DIR (`study.report`); ``power``
+``summary.json`` and the figures (``curves.png``, ``comparisons.png``,
+``finals.png``) into DIR (`study.report`, `study.figures`); ``power``
 sizes a next study from a finished one's spread; ``compare`` checks that two
 runs made the same numbers.
 """
@@ -48,7 +49,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   run.add_argument("--arms", metavar="A,B", help="only these arms")
   run.add_argument("--seeds", metavar="0,1", help="only these seeds")
   summary = commands.add_parser("summarize", help="write summary.{md,json}, "
-                                "curves.png and print the table")
+                                "the figures and print the table")
   summary.add_argument("workdir", metavar="DIR")
   summary.add_argument("--baseline", metavar="ARM",
                        help="post hoc: compare every arm with ARM instead of "

@@ -21,6 +21,7 @@ import numpy as np
 
 from study import arms as arms_lib
 from study import definition as study_lib
+from study import figures
 from study import files
 from study import groups as groups_lib
 from study import plot
@@ -304,7 +305,8 @@ class SummaryNotWritten(files.WriteError):
 
 
 def write_summary(workdir: str) -> str:
-  """Writes ``summary.json`` (strict JSON), ``summary.md`` and ``curves.png``.
+  """Writes ``summary.json`` (strict JSON), ``summary.md`` and the figures
+  (``curves.png``, ``comparisons.png``, ``finals.png``: `study.figures`).
 
   Each file is written whole or not at all (`study.files`).
 
@@ -326,6 +328,7 @@ def write_summary(workdir: str) -> str:
     files.write_atomically(os.path.join(workdir, "summary.md"), markdown)
     if groups:
       plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+    figures.write_figures(workdir, summary, finished)
   except files.WriteError as e:
     raise SummaryNotWritten(markdown, e) from e
   return markdown

@@ -331,6 +331,22 @@ def compare(arm: Mapping[int, float], against: Mapping[int, float], *,
   return result
 
 
+def metric_direction(metric: str) -> str:
+  """Whether a higher or a lower value of the field ``metric`` is better.
+
+  Decided from the name alone: a loss or an error (a name that holds
+  ``loss`` or ``error``) is better lower, anything else (an accuracy) higher.
+  This is the one place that decides it; a study that declares its metric's
+  direction explicitly is meant to override it here.
+
+  Example:
+    >>> metric_direction("val_accuracy"), metric_direction("test_loss")
+    ('higher', 'lower')
+  """
+  name = metric.lower()
+  return "lower" if "loss" in name or "error" in name else "higher"
+
+
 def json_safe(tree: Any) -> Any:
   """``tree`` with every non-finite float made None, for strict JSON.
 
