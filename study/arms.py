@@ -125,7 +125,8 @@ def arm_statistics(runs: Sequence[record.Run], targets: Sequence[float],
 # Provenance key in the summary -> field of the "run" records.
 PROVENANCE_FIELDS = dict(zip(
     ("commits", "tracked_changes", "versions", "data_fingerprints",
-     "device_kinds", "devices", "processes"), record.PROVENANCE_FIELDS))
+     "device_kinds", "devices", "processes", "cpus"),
+    record.PROVENANCE_FIELDS, strict=True))
 
 
 def _distinct(values) -> list[Any]:
@@ -143,8 +144,9 @@ def provenance(runs: Sequence[record.Run]) -> dict[str, Any]:
   Returns:
     For each key of `PROVENANCE_FIELDS`, the distinct values of that field
     in the runs' ``"kind": "run"`` records (None for a record without it, as
-    written before the field existed); and ``restarts``: per run, in the
-    order of the runs, its starts after the first.
+    written before the field existed; ``cpus`` is left out when no run
+    recorded its processor); and ``restarts``: per run, in the order of the
+    runs, its starts after the first.
 
   Example:
     >>> provenance([])["restarts"]
@@ -153,5 +155,7 @@ def provenance(runs: Sequence[record.Run]) -> dict[str, Any]:
   summary = {key: _distinct(start.get(field) for run in runs
                             for start in run.all_starts)
              for key, field in PROVENANCE_FIELDS.items()}
+  if summary["cpus"] in ([], [None]):  # Runs from before it was recorded.
+    del summary["cpus"]
   summary["restarts"] = [max(len(run.all_starts) - 1, 0) for run in runs]
   return summary

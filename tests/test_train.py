@@ -987,6 +987,8 @@ def test_run_records_hold_the_provenance(straight_run):
       tiny.get_config().data.source, [split, test])
   assert run_record["device_kind"] == jax.devices()[0].device_kind
   assert run_record["devices"] == 8 and run_record["processes"] == 1
+  assert set(record_lib.PROVENANCE_FIELDS) <= run_record.keys()
+  assert run_record["cpu"] == provenance.host_cpu()
 
 
 def test_data_fingerprint_is_the_archive_digest_for_an_archive(tmp_path):

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import platform
 import subprocess
 
 import jax
@@ -73,9 +74,36 @@ def data_fingerprint(source: str, splits: list[data.Split]) -> str:
   return "arrays-sha256:" + sha.hexdigest()
 
 
+@functools.cache
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host's processor and the vector extensions XLA:CPU compiles for.
+
+  XLA:CPU's numbers depend on them: the same run on two processors may
+  differ from its first steps, so a run records which it ran on.
+
+  >>> host_cpu("/nonexistent").startswith(platform.machine())
+  True
+  """
+  model, flags = "", set()
+  try:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+          model = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  extensions = [x for x in ("avx512f", "avx2", "sve", "asimd") if x in flags]
+  return " ".join(filter(None, [platform.machine(), model and f"({model})",
+                                ",".join(extensions)]))
+
+
 def provenance(source: str, splits: list[data.Split]) -> dict:
   """The facts of the run record: code, packages, data and devices."""
   return {**code_version(), "versions": package_versions(),
           "data_fingerprint": data_fingerprint(source, splits),
           "device_kind": jax.devices()[0].device_kind,
-          "devices": jax.device_count(), "processes": jax.process_count()}
+          "devices": jax.device_count(), "processes": jax.process_count(),
+          "cpu": host_cpu()}

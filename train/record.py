@@ -57,7 +57,8 @@ MEASURES = ("loss", "accuracy")
 IMAGES_PER_SEC = "images_per_sec"
 TIME_TO_FIRST_STEP_S = "time_to_first_step_s"
 PROVENANCE_FIELDS = ("commit", "tracked_changes", "versions",
-                     "data_fingerprint", "device_kind", "devices", "processes")
+                     "data_fingerprint", "device_kind", "devices", "processes",
+                     "cpu")
 
 
 def split_field(split: str, measure: str) -> str:

@@ -18,8 +18,8 @@ class StopOnSignals:
   """A context in which SIGINT and SIGTERM ask the loop to stop.
 
   The first signal sets `signum`; the loop stops after the step in flight,
-  saves a checkpoint and raises. Then SIGINT's handler before the context
-  comes back, so a second Ctrl-C interrupts at once. A repeated SIGTERM
+  saves a checkpoint and raises. Then a second Ctrl-C raises
+  KeyboardInterrupt at once. A repeated SIGTERM
   changes nothing: a batch system, or a study's runner on behalf of a batch
   system, may send it more than once, and it must not kill a run that is
   saving its checkpoint. Outside the main thread (where Python cannot handle
@@ -41,7 +41,9 @@ class StopOnSignals:
   def _handle(self, signum, frame) -> None:
     del frame
     self.signum = self.signum or signum
-    self._restore(signal.SIGINT)
+    # A second Ctrl-C raises KeyboardInterrupt, even where SIGINT was
+    # ignored before (a job started in the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def _restore(self, *signums: int) -> None:
     """Gives ``signums`` (all by default) their handlers before the context."""
