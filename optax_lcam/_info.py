@@ -14,17 +14,17 @@ class LCAMInfo(NamedTuple):
   """What LCAM's state says about the last step.
 
   Attributes:
-    beta: The momentum coefficient decided from the last finite loss (with the
-      default ``lag=True``, the one the next update uses).
-    mean_loss: The running mean the last loss was compared with (the epoch's
-      mean, or the debiased moving average with ``averaging="ema"``); NaN
-      before the first finite loss of an epoch.
-    below_mean: The phase of the last step: True when its loss was strictly
-      below the running mean (with ``phases="random"``, when its draw was
-      "below").
-    step: The number of updates LCAM has done.
-    loss_below_mean: Whether the last finite loss was strictly below the
-      running mean; equal to ``below_mean`` unless ``phases="random"``.
+    beta (jax.Array): The momentum coefficient decided from the last finite loss
+      (with the default ``lag=True``, the one the next update uses).
+    mean_loss (jax.Array): The running mean the last loss was compared with (the
+      epoch's mean, or the debiased moving average with ``averaging="ema"``);
+      NaN before the first finite loss of an epoch.
+    below_mean (jax.Array): The phase of the last step: True when its loss was
+      strictly below the running mean (with ``phases="random"``, when its draw
+      was "below").
+    step (jax.Array): The number of updates LCAM has done.
+    loss_below_mean (jax.Array): Whether the last finite loss was strictly below
+      the running mean; equal to ``below_mean`` unless ``phases="random"``.
   """
 
   beta: jax.Array
@@ -37,10 +37,10 @@ class LCAMInfo(NamedTuple):
 def _variable_values(opt_state: Any) -> Any:
   """``opt_state`` with each Flax NNX Variable replaced by its value.
 
-  `nnx.Optimizer` keeps the arrays of its ``opt_state`` in `nnx.Variable`
-  objects (``OptArray``, ``OptVariable``). Flax is not a dependency, and a
-  state cannot hold its Variables unless `flax.nnx` has been imported, so it
-  is looked up, not imported.
+  `flax.nnx.Optimizer` keeps the arrays of its ``opt_state`` in
+  `flax.nnx.Variable` objects (``OptArray``, ``OptVariable``). Flax is not a
+  dependency, and a state cannot hold its Variables unless `flax.nnx` has been
+  imported, so it is looked up, not imported.
   """
   nnx = sys.modules.get("flax.nnx")
   if nnx is None:
@@ -67,15 +67,15 @@ def find_lcam_state(opt_state: Any) -> ScaleByLCAMState:
 
   Works through `optax.chain`, `optax.inject_hyperparams`,
   `optax.MultiSteps`, `optax.apply_if_finite` and any other nesting of tuples,
-  NamedTuples, dicts and lists, and on the ``opt_state`` of a Flax
-  `nnx.Optimizer`, whose arrays are held in `nnx.Variable` objects.
+  NamedTuples, dicts and lists, and on the ``opt_state`` of a
+  `flax.nnx.Optimizer`, whose arrays are held in `flax.nnx.Variable` objects.
 
   Args:
     opt_state: An optimizer state that contains exactly one LCAM state.
 
   Returns:
     The LCAM state, with arrays as leaves (the values of a state's
-    `nnx.Variable` objects).
+    `flax.nnx.Variable` objects).
 
   Raises:
     ValueError: When there is no LCAM state, or more than one.
@@ -94,8 +94,8 @@ def lcam_info(opt_state: Any) -> LCAMInfo:
 
   Args:
     opt_state: An optimizer state holding one LCAM state anywhere inside it
-      (chained, injected, multi-step, ...), or the ``opt_state`` of a Flax
-      `nnx.Optimizer`.
+      (chained, injected, multi-step, ...), or the ``opt_state`` of a
+      `flax.nnx.Optimizer`.
 
   Returns:
     An `LCAMInfo`. Works on replicated (pmapped) states too: each field then
@@ -124,18 +124,19 @@ class LossControlInfo(NamedTuple):
   """What a loss-controlled state (LCAM's or `loss_controlled`'s) says.
 
   Attributes:
-    below_mean: The phase in force: True when the last finite loss was
-      strictly below the running mean (with ``phases="random"``, when the last
-      step's draw was "below").
-    mean_loss: The running mean it was compared with; NaN before the first
-      finite loss of an epoch.
-    step: The number of updates done.
-    hyperparams: The current values of the hyper-parameters: for
-      `loss_controlled`, the inner optimizer's injected hyper-parameters, the
-      controlled ones holding the values decided from the last finite loss
-      (see `LossControlledState`); for LCAM, ``{"beta": beta}``.
-    loss_below_mean: Whether the last finite loss was strictly below the
-      running mean; equal to ``below_mean`` unless ``phases="random"``.
+    below_mean (jax.Array): The phase in force: True when the last finite loss
+      was strictly below the running mean (with ``phases="random"``, when the
+      last step's draw was "below").
+    mean_loss (jax.Array): The running mean it was compared with; NaN before the
+      first finite loss of an epoch.
+    step (jax.Array): The number of updates done.
+    hyperparams (dict[str, jax.Array]): The current values of the
+      hyper-parameters: for `loss_controlled`, the inner optimizer's injected
+      hyper-parameters, the controlled ones holding the values decided from the
+      last finite loss (see `LossControlledState`); for LCAM,
+      ``{"beta": beta}``.
+    loss_below_mean (jax.Array): Whether the last finite loss was strictly below
+      the running mean; equal to ``below_mean`` unless ``phases="random"``.
   """
 
   below_mean: jax.Array
@@ -152,7 +153,7 @@ def find_loss_control_state(
   Args:
     opt_state: An optimizer state that contains exactly one of them, at any
       depth (chained, injected, multi-step, ...), or the ``opt_state`` of a
-      Flax `nnx.Optimizer`.
+      `flax.nnx.Optimizer`.
 
   Returns:
     The `ScaleByLCAMState` or `LossControlledState`, with arrays as leaves.
@@ -177,7 +178,7 @@ def loss_control_info(opt_state: Any) -> LossControlInfo:
 
   Args:
     opt_state: An optimizer state holding one such state anywhere inside it,
-      or the ``opt_state`` of a Flax `nnx.Optimizer`.
+      or the ``opt_state`` of a `flax.nnx.Optimizer`.
 
   Returns:
     A `LossControlInfo`. On replicated (pmapped) states each field has the

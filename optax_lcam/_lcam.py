@@ -21,16 +21,18 @@ _MISSING_LOSS = (
 
 
 class ScaleByLCAMState(NamedTuple):
-  """State of the `GradientTransformation` returned by `scale_by_lcam`.
+  """State of the `optax.GradientTransformation` returned by `scale_by_lcam`.
 
   Attributes:
-    momentum: The heavy-ball momentum buffer, a tree like the parameters.
-    beta: The pending momentum coefficient, decided from the last finite loss
-      (float32 scalar); ``beta_init`` before the first. With ``lag=True`` it is
-      the coefficient the next update uses (from ``start_step`` on).
-    loss_phase: The loss statistics and the phase (`LossPhaseState`, or
-      `RandomPhaseState` with ``phases="random"``), also readable as the
-      properties below.
+    momentum (optax.Updates): The heavy-ball momentum buffer, a tree like the
+      parameters.
+    beta (jax.Array): The pending momentum coefficient, decided from the last
+      finite loss (float32 scalar); ``beta_init`` before the first. With
+      ``lag=True`` it is the coefficient the next update uses (from
+      ``start_step`` on).
+    loss_phase (LossPhaseState | RandomPhaseState): The loss statistics and the
+      phase (`LossPhaseState`, or `RandomPhaseState` with ``phases="random"``),
+      also readable as the properties below.
   """
 
   momentum: optax.Updates
@@ -39,36 +41,38 @@ class ScaleByLCAMState(NamedTuple):
 
   @property
   def lcam_step(self) -> jax.Array:
-    """Number of updates done so far (the global step ``t`` of the next
-    update), int32."""
+    """jax.Array: Number of updates done so far (the global step ``t`` of the
+    next update), int32."""
     return self.loss_phase.phase_step
 
   @property
   def loss_sum(self) -> jax.Array:
-    """The epoch's sum of finite losses (rounded to float32), or the moving
-    average with ``averaging="ema"``."""
+    """jax.Array: The epoch's sum of finite losses (rounded to float32), or the
+    moving average with ``averaging="ema"``."""
     return self.loss_phase.loss_sum
 
   @property
   def loss_sum_compensation(self) -> jax.Array:
-    """What ``loss_sum`` misses of the exact sum (float32)."""
+    """jax.Array: What ``loss_sum`` misses of the exact sum (float32)."""
     return self.loss_phase.loss_sum_compensation
 
   @property
   def loss_weight(self) -> jax.Array:
-    """The number of losses in the sum, or the moving average's weight."""
+    """jax.Array: The number of losses in the sum, or the moving average's
+    weight."""
     return self.loss_phase.loss_weight
 
   @property
   def below_mean(self) -> jax.Array:
-    """The phase in force: whether the last finite loss was strictly below
-    the running mean (with ``phases="random"``, the last step's draw)."""
+    """jax.Array: Whether the last finite loss was strictly below the running
+    mean, the phase in force (with ``phases="random"``, the last step's
+    draw)."""
     return self.loss_phase.below_mean
 
   @property
   def loss_below_mean(self) -> jax.Array:
-    """Whether the last finite loss was strictly below the running mean
-    (``below_mean`` itself unless ``phases="random"``)."""
+    """jax.Array: Whether the last finite loss was strictly below the running
+    mean (``below_mean`` itself unless ``phases="random"``)."""
     return _phase.loss_below_mean_of(self.loss_phase)
 
 

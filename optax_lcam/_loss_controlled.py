@@ -32,12 +32,12 @@ _HOW_TO_INJECT = (
 
 
 class LossControlledState(NamedTuple):
-  """State of the `GradientTransformation` returned by `loss_controlled`.
+  """State of the `optax.GradientTransformation` returned by `loss_controlled`.
 
   Attributes:
-    loss_phase: The loss statistics and the phase (`LossPhaseState`, or
-      `RandomPhaseState` with ``phases="random"``).
-    controlled_state: The state of the inner optimizer, made by
+    loss_phase (LossPhaseState | RandomPhaseState): The loss statistics and the
+      phase (`LossPhaseState`, or `RandomPhaseState` with ``phases="random"``).
+    controlled_state (optax.OptState): The state of the inner optimizer, made by
       `optax.inject_hyperparams`. Its ``hyperparams`` hold the controlled
       hyper-parameters' values decided from the last finite loss (with
       ``lag=True``, the values the next update uses), or the inner's own
@@ -189,7 +189,7 @@ def _hyperparams_in_float32(inner: optax.GradientTransformation,
 def _check_kept_in_float32(injected: Any, new_injected: Any) -> None:
   """Raises when the inner's update narrowed float32 hyper-parameters.
 
-  optax's `inject_hyperparams` keeps float32 arrays from version 0.2.8 on;
+  `optax.inject_hyperparams` keeps float32 arrays from version 0.2.8 on;
   before, its update casts them to the parameters' dtype unless built with
   ``hyperparam_dtype``. Dtypes are static: this costs nothing at run time.
   Scheduled hyper-parameters are computed afresh at every update, and left
@@ -272,7 +272,7 @@ def loss_controlled(
   AdamW's ``b2 = 0.999`` rounds to 1 and its first update is NaN. The updates
   and the inner's state keep the dtypes they came in (the gradients', the
   state's at ``init``), so loss control works wherever the inner optimizer
-  does, at the precision of the optimizer without `inject_hyperparams`.
+  does, at the precision of the optimizer without `optax.inject_hyperparams`.
 
   Args:
     inner: The optimizer to control, made by `optax.inject_hyperparams`,
@@ -314,7 +314,7 @@ def loss_controlled(
       bfloat16 or float16 parameters, also from ``init`` or the first update
       when the inner's hyper-parameters cannot be kept in float32 (an inner
       whose ``init`` fails on scalars, or optax before 0.2.8, whose
-      `inject_hyperparams` casts them to the parameters' dtype at every
+      `optax.inject_hyperparams` casts them to the parameters' dtype at every
       update): the message says to build the inner with
       ``hyperparam_dtype=jnp.float32``.
 

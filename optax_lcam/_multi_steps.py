@@ -13,9 +13,10 @@ class MultiStepsMeanLossState(NamedTuple):
   """State of `multi_steps_with_mean_loss`.
 
   Attributes:
-    multi_steps: The state of the wrapped `optax.MultiSteps`.
-    micro_loss_sum: Sum of the losses of the micro-batches accumulated so far
-      (float32 scalar).
+    multi_steps (optax.MultiStepsState): The state of the wrapped
+      `optax.MultiSteps`.
+    micro_loss_sum (jax.Array): Sum of the losses of the micro-batches
+      accumulated so far (float32 scalar).
   """
 
   multi_steps: optax.MultiStepsState
@@ -57,7 +58,7 @@ def multi_steps_with_mean_loss(
   some updates straddle two epochs and LCAM's epochs drift from the data's.
 
   Args:
-    opt: The inner optimizer, e.g. `optax_lcam.lcam(...)`.
+    opt: The inner optimizer, e.g. ``optax_lcam.lcam(...)``.
     every_k_schedule: Number of micro-steps per update (an int or a schedule
       of the update count), as for `optax.MultiSteps`.
     **multi_steps_kwargs: Other arguments of `optax.MultiSteps`.

@@ -47,22 +47,22 @@ class LossPhaseState(NamedTuple):
   """The loss statistics and the phase of the last step.
 
   Attributes:
-    phase_step: Number of steps seen so far (the global step ``t`` of the next
-      update), int32.
-    loss_sum: With ``averaging="epoch"``, the sum of the current epoch's
-      finite losses, rounded to float32; with ``averaging="ema"``, their
+    phase_step (jax.Array): Number of steps seen so far (the global step ``t``
+      of the next update), int32.
+    loss_sum (jax.Array): With ``averaging="epoch"``, the sum of the current
+      epoch's finite losses, rounded to float32; with ``averaging="ema"``, their
       exponential moving average, not debiased (float32 scalar).
-    loss_sum_compensation: With ``averaging="epoch"``, what ``loss_sum``
-      misses of the exact sum (a compensated, double-float32 sum); zero with
-      ``averaging="ema"`` (float32 scalar).
-    loss_weight: With ``averaging="epoch"``, the number of losses in the sum;
-      with ``averaging="ema"``, the moving average's total weight. The running
-      mean is ``(loss_sum + loss_sum_compensation) / loss_weight`` (float32
-      scalar).
-    below_mean: Whether the last finite loss was strictly below the running
-      mean (bool scalar): the loss phase in force.
-    phase_decided: Whether any finite loss has been seen, i.e. whether
-      ``below_mean`` holds a decision yet (bool scalar).
+    loss_sum_compensation (jax.Array): With ``averaging="epoch"``, what
+      ``loss_sum`` misses of the exact sum (a compensated, double-float32 sum);
+      zero with ``averaging="ema"`` (float32 scalar).
+    loss_weight (jax.Array): With ``averaging="epoch"``, the number of losses in
+      the sum; with ``averaging="ema"``, the moving average's total weight. The
+      running mean is ``(loss_sum + loss_sum_compensation) / loss_weight``
+      (float32 scalar).
+    below_mean (jax.Array): Whether the last finite loss was strictly below the
+      running mean (bool scalar): the loss phase in force.
+    phase_decided (jax.Array): Whether any finite loss has been seen, i.e.
+      whether ``below_mean`` holds a decision yet (bool scalar).
   """
 
   phase_step: jax.Array
@@ -80,15 +80,16 @@ class RandomPhaseState(NamedTuple):
   the checkpoints that hold it their tree).
 
   Attributes:
-    phase_step: As in `LossPhaseState`; the draw of step ``t`` uses ``t``.
-    loss_sum: As in `LossPhaseState`.
-    loss_sum_compensation: As in `LossPhaseState`.
-    loss_weight: As in `LossPhaseState`.
-    below_mean: The phase in force: the random decision of the last step
-      (bool scalar).
-    phase_decided: Whether any step has been drawn (bool scalar).
-    loss_below_mean: Whether the last finite loss was strictly below the
-      running mean (bool scalar), the decision ``phases="loss"`` would take.
+    phase_step (jax.Array): As in `LossPhaseState`; the draw of step ``t`` uses
+      ``t``.
+    loss_sum (jax.Array): As in `LossPhaseState`.
+    loss_sum_compensation (jax.Array): As in `LossPhaseState`.
+    loss_weight (jax.Array): As in `LossPhaseState`.
+    below_mean (jax.Array): The phase in force: the random decision of the last
+      step (bool scalar).
+    phase_decided (jax.Array): Whether any step has been drawn (bool scalar).
+    loss_below_mean (jax.Array): Whether the last finite loss was strictly below
+      the running mean (bool scalar), the decision ``phases="loss"`` would take.
   """
 
   phase_step: jax.Array

@@ -42,6 +42,14 @@ def test_a_summary_no_page_includes_is_reported(tmp_path):
   assert completeness.missing_summaries([first, second], included) == [second]
 
 
+def test_private_names_are_found_in_dotted_names():
+  assert completeness.private_part("optax_lcam._phase.LossPhaseState") == (
+      "_phase")
+  assert completeness.private_part("jax.jaxlib._jax.Array") == "_jax"
+  assert completeness.private_part("optax_lcam.LossPhaseState") is None
+  assert completeness.private_part("object.__init__") is None
+
+
 def test_every_public_name_has_an_entry_on_the_api_page():
   # What the Sphinx check finds in the built reference, read off the page.
   api_page = (DOCS / "api.md").read_text()

@@ -10,7 +10,14 @@ which fails the build under ``-W`` (as `make docs` builds):
   relative to the docs folder) is included by some page, so that the results
   on the site are the committed files themselves, never retyped.
 
-The checks themselves (`undocumented_names`, `missing_summaries`) are plain
+A third check runs as references are resolved: a Python reference that
+nothing resolves and that names a private module or object
+(``optax_lcam._phase.LossPhaseState``, ``jax.jaxlib._jax.Array``) is a
+warning, since a reader cannot import or look up such a name; the docstring
+should name it publicly.
+
+The checks themselves (`undocumented_names`, `missing_summaries`,
+`private_part`) are plain
 functions, tested without Sphinx in ``tests/test_docs.py``.
 """
 
@@ -53,6 +60,35 @@ def missing_summaries(summaries: Iterable[Path],
   included = {Path(path).resolve() for path in included}
   return sorted(path for path in summaries
                 if Path(path).resolve() not in included)
+
+
+def private_part(name: str) -> str | None:
+  """The first private component of a dotted name, or None.
+
+  Args:
+    name: A dotted name, e.g. ``"optax_lcam._phase.LossPhaseState"``.
+
+  Returns:
+    The first component that starts with one underscore (``"_phase"``), or
+    None when every component is public (dunder names count as public).
+  """
+  for part in name.split("."):
+    if part.startswith("_") and not part.startswith("__"):
+      return part
+  return None
+
+
+def _warn_private_reference(app, env, node, contnode):
+  """Warns of an unresolved Python reference to a private name."""
+  del app, env, contnode  # Unused: the event's signature.
+  target = node.get("reftarget", "")
+  if node.get("refdomain") == "py" and private_part(target):
+    from sphinx.util import logging  # pylint: disable=import-outside-toplevel
+    logging.getLogger(__name__).warning(
+        f"the private name {target} is rendered; name it publicly in the "
+        "docstring (e.g. an attribute's type: `name (jax.Array): ...`)",
+        type="completeness", location=node)
+  return None
 
 
 def _included_files(app, env) -> list[Path]:
@@ -98,4 +134,6 @@ def setup(app):
   app.add_config_value("completeness_modules", [], "env")
   app.add_config_value("completeness_summaries", "", "env")
   app.connect("env-check-consistency", _check)
+  # After intersphinx (priority 500), so only what nothing resolves is seen.
+  app.connect("missing-reference", _warn_private_reference, priority=900)
   return {"parallel_read_safe": True, "parallel_write_safe": True}
