@@ -22,6 +22,7 @@ runs made the same numbers.
 import argparse
 from collections.abc import Sequence
 import sys
+import warnings
 
 from study import definition
 from study import report
@@ -91,7 +92,17 @@ FINISHED, FAILED, STOPPED = 0, 1, 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse_args(argv)
+  with warnings.catch_warnings():
+    warnings.showwarning = _warning_line
+    return _main(_parse_args(argv))
+
+
+def _warning_line(message, *unused_args, **unused_kwargs) -> None:
+  """A warning (a run's record with an unreadable line) as one line."""
+  print(f"warning: {message}", file=sys.stderr)
+
+
+def _main(args: argparse.Namespace) -> int:
   try:
     if args.command == "summarize":
       if args.baseline or args.compare or args.margin is not None:
