@@ -269,12 +269,11 @@ class RunStatus:
 
 
 def failure_reason(log_tail: str) -> str:
-  """The run's own last ``error:`` line in its log's tail, else the tail's
+  r"""The run's own last ``error:`` line in its log's tail, else the tail's
   first line.
 
-  >>> failure_reason("exit status 1; the end of train.log:\nI0 start\n"
-  ...                "error: no such file.\n")
-  'error: no such file.'
+  >>> failure_reason("exit status 1; the end of train.log:\nerror: no file.\n")
+  'error: no file.'
   """
   lines = log_tail.splitlines()
   errors = [line.strip() for line in lines if line.startswith("error:")]

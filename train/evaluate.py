@@ -5,8 +5,10 @@ every test example and prints one line, e.g.
 
   step 391 (epoch 1): test_loss 0.822108 test_accuracy 0.709400 (10000 examples)
 
-Nothing in the workdir changes. To use the trained parameters elsewhere,
-see `train.checkpoints.load_variables`.
+Nothing in the workdir changes: a damaged newer checkpoint is skipped (and
+named in a warning), never set aside, and the line says which step was
+evaluated. To use the trained parameters elsewhere, see
+`train.checkpoints.load_variables`.
 """
 
 import argparse
