@@ -89,3 +89,22 @@ def test_validate_names_the_field():
                      r"config.eval_batch_size \(64\) must be divisible by the "
                      r"number of devices \(3\)\.$"):
     config_lib.validate(tiny.get_config(), device_count=3)
+
+
+def test_a_runs_config_json_is_a_config(tmp_path):
+  """`python -m train --config WORKDIR/config.json` runs a run again: its
+  JSON (with nulls for unset fields) loads as the config it was."""
+  config = tiny.get_config()
+  config.optimizer.beta_below = 0.93
+  path = tmp_path / "config.json"
+  path.write_text(config.to_json(indent=2))
+  assert "null" in path.read_text()
+  loaded = config_lib.load(str(path))
+  assert loaded == config and loaded.data.data_dir is None
+  assert config_lib.override(loaded, {"num_epochs": 1}).num_epochs == 1
+  (tmp_path / "bad.json").write_text('{"seed": 0, "bogus": 1}')
+  with pytest.raises(config_lib.ConfigError, match="not a config of this"):
+    config_lib.load(str(tmp_path / "bad.json"))
+  (tmp_path / "cut.json").write_text('{"seed": ')
+  with pytest.raises(config_lib.ConfigError, match="unreadable"):
+    config_lib.load(str(tmp_path / "cut.json"))

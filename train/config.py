@@ -189,9 +189,11 @@ def read_json_config(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"{path} is unreadable ({e}).") from e
   config = default.get_config()
   try:
+    for field in traverse_util.flatten_dict(saved, sep="."):
+      check_field(config, field)
     config.update(saved)
-  except (AttributeError, KeyError, TypeError) as e:
-    raise ConfigError(f"{path} is not a config of this harness ({e}).") from e
+  except (AttributeError, KeyError, TypeError, ConfigError) as e:
+    raise ConfigError(f"{path} is not a config of this harness ({e})") from e
   return config
 
 
