@@ -11,7 +11,7 @@ goes, and the parts that no longer fit are dropped (the report says which).
 1. machine: device kind and count, jax, jaxlib and CUDA versions, and the
    measured bf16 (and f32) TFLOP/s of a large matrix product (practical peak).
 2. model: the harness's own train step (`bench/model_step.py`, which builds it
-   with `train.loop.create_steps_and_state`) for WRN-28-10, WRN-16-8 and
+   with `train.steps.create_steps_and_state`) for WRN-28-10, WRN-16-8 and
    WRN-16-4 at batch 128 in bfloat16 and float32: images/s, XLA's FLOP
    count, TFLOP/s achieved and the fraction of the measured peak.
 3. peer: the same WRN-28-10 step in PyTorch as its users run it
@@ -281,7 +281,7 @@ def part_model(writer: PartWriter, args: argparse.Namespace) -> None:
   batch, steps = (8, 2) if args.smoke else (args.batch, 30)
   batch -= batch % jax.device_count()
   writer.update(batch=batch, timed_steps=steps, parallel="jit",
-                step="train.loop.create_steps_and_state (reference config): "
+                step="train.steps.create_steps_and_state (reference config): "
                 "augmentation, forward, backward, BatchNorm, weight decay, "
                 "LCAM; state donated", rows=[])
   items = _model_items(args.smoke)

@@ -1,7 +1,7 @@
 """Throughput of the harness's own train step, for each Wide-ResNet.
 
 Times the step that `python -m train` runs, built by
-`train.loop.create_steps_and_state` from the reference config
+`train.steps.create_steps_and_state` from the reference config
 (`train/configs/default.py`): augmentation and normalisation on the device,
 forward, backward, BatchNorm statistics, coupled weight decay and LCAM. It runs
 under `jax.jit` with the state's buffers donated (`config.parallel="jit"`) on
@@ -30,7 +30,7 @@ import numpy as np
 
 import models
 from train import data
-from train import loop
+from train import steps as steps_lib
 from train.configs import default
 
 DTYPES = ("float32", "bfloat16")
@@ -103,7 +103,7 @@ def benchmark_one(
       f"num_classes={num_classes}",
       "train",
   )
-  parallel_steps, host_state = loop.create_steps_and_state(
+  parallel_steps, host_state = steps_lib.create_steps_and_state(
       config, split, REFERENCE_STEPS_PER_EPOCH
   )
   state = parallel_steps.put_state(host_state)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       flush=True,
   )
   print(
-      "the harness's train step (train.loop.create_steps_and_state): "
+      "the harness's train step (train.steps.create_steps_and_state): "
       "augmentation + forward + backward + BN update + weight decay + LCAM; "
       "FLOPs as counted by XLA for the compiled step",
       flush=True,

@@ -1,7 +1,7 @@
 """Device memory of the harness's train step, with and without donation.
 
 Compiles the step that `python -m train` runs
-(`train.loop.create_steps_and_state` from the reference config, LCAM,
+(`train.steps.create_steps_and_state` from the reference config, LCAM,
 float32) twice: once donating the train state it is given (what training
 does) and once not, and prints XLA's memory
 analysis of each, per device: arguments, outputs, the part of the outputs
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from train import data
-from train import loop
+from train import steps as steps_lib
 
 import model_step
 
@@ -45,7 +45,7 @@ def step_memory(name: str, batch: int, parallel: str,
   config = model_step.step_config(name, "float32", batch, parallel)
   split = data.load_split(
       f"synthetic:num_train={batch},num_test=1,num_classes=10", "train")
-  steps, host_state = loop.create_steps_and_state(
+  steps, host_state = steps_lib.create_steps_and_state(
       config, split, model_step.REFERENCE_STEPS_PER_EPOCH,
       donate_state=donate_state)
   state = steps.put_state(host_state)

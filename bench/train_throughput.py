@@ -65,6 +65,7 @@ def main():
   from train import data  # pylint: disable=g-import-not-at-top
   from train import loop  # pylint: disable=g-import-not-at-top
   from train import record  # pylint: disable=g-import-not-at-top
+  from train import steps  # pylint: disable=g-import-not-at-top
   from train.configs import throughput  # pylint: disable=g-import-not-at-top
 
   counter = CompileCounter()
@@ -86,7 +87,7 @@ def main():
   # already on the devices.
   split = data.load_split(config.data.source, "train")
   steps_per_epoch = data.steps_per_epoch(split.num_examples, args.batch, False)
-  parallel, bare_state = loop.create_steps_and_state(config, split,
+  parallel, bare_state = steps.create_steps_and_state(config, split,
                                                       steps_per_epoch)
   batch = parallel.put_batch(next(data.train_batches(
       split, args.batch, seed=0, epoch=0)))

@@ -17,6 +17,7 @@ from scipy import stats
 
 from study import cli
 from study import definition as study_lib
+from study import hosts
 from study import report as study_report
 from study import runner as study_runner
 from study import statistics
@@ -156,10 +157,10 @@ def test_eta_is_remaining_epochs_times_median_epoch_time(tmp_path):
 
 
 def test_worker_shares_split_cores_or_gpus():
-  assert study_runner.worker_shares(1, [0, 1], gpus=[]) == [{"cores": [0, 1]}]
-  assert study_runner.worker_shares(2, [0, 1], gpus=[]) == [
+  assert hosts.worker_shares(1, [0, 1], gpus=[]) == [{"cores": [0, 1]}]
+  assert hosts.worker_shares(2, [0, 1], gpus=[]) == [
       {"cores": [0]}, {"cores": [1]}]
-  assert study_runner.worker_shares(2, [0, 1], gpus=["0", "1", "2", "3"]) == [
+  assert hosts.worker_shares(2, [0, 1], gpus=["0", "1", "2", "3"]) == [
       {"gpu": "0"}, {"gpu": "1"}]
 
 
@@ -167,9 +168,9 @@ def test_worker_shares_split_cores_or_gpus():
     ("2,3", ["2", "3"]), ("-1", []), ("", []), ("3,-1,1", ["3"]),
     ("MIG-1a2b, GPU-9f", ["MIG-1a2b", "GPU-9f"])])
 def test_gpu_shares_are_the_parents_visible_gpus(visible, gpus):
-  assert study_runner.visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
-  shares = study_runner.worker_shares(len(gpus) or 1, [0, 1], gpus=gpus)
-  children = [study_runner.child_environment(share, {"CUDA_VISIBLE_DEVICES":
+  assert hosts.visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
+  shares = hosts.worker_shares(len(gpus) or 1, [0, 1], gpus=gpus)
+  children = [hosts.child_environment(share, {"CUDA_VISIBLE_DEVICES":
                                                   visible})
               for share in shares]
   if gpus:
@@ -179,19 +180,19 @@ def test_gpu_shares_are_the_parents_visible_gpus(visible, gpus):
 
 
 def test_runs_that_share_a_gpu_share_its_memory():
-  shares = study_runner.worker_shares(5, [0], gpus=["2", "3"],
+  shares = hosts.worker_shares(5, [0], gpus=["2", "3"],
                                    memory_fraction=0.9)
   assert [s["gpu"] for s in shares] == ["2", "3", "2", "3", "2"]
-  fractions = [float(study_runner.child_environment(s, {}).get(
+  fractions = [float(hosts.child_environment(s, {}).get(
       "XLA_PYTHON_CLIENT_MEM_FRACTION", "nan")) for s in shares]
   np.testing.assert_allclose(fractions, [0.3, 0.45, 0.3, 0.45, 0.3])
-  alone = study_runner.worker_shares(2, [0], gpus=["2", "3"])
+  alone = hosts.worker_shares(2, [0], gpus=["2", "3"])
   assert all("XLA_PYTHON_CLIENT_MEM_FRACTION" not in
-             study_runner.child_environment(s, {}) for s in alone)
+             hosts.child_environment(s, {}) for s in alone)
 
 
 def test_a_tpu_host_runs_one_run_at_a_time(tmp_path):
-  assert study_runner.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
+  assert hosts.worker_shares(4, [0, 1, 2], gpus=[], tpu=True) == [
       {"cores": [0, 1, 2]}]
   # The TPU is found by its PCI ids, as JAX finds it; a Google network card
   # (gVNIC, device 0x0042) is not a TPU.
@@ -202,11 +203,11 @@ def test_a_tpu_host_runs_one_run_at_a_time(tmp_path):
       (folder / str(index) / "device").write_text(device + "\n")
     return str(folder)
 
-  assert study_runner.host_has_tpu(pci(tmp_path / "tpu", ("0x8086", "0x1234"),
+  assert hosts.host_has_tpu(pci(tmp_path / "tpu", ("0x8086", "0x1234"),
                                        ("0x1ae0", "0x0063")))
-  assert not study_runner.host_has_tpu(pci(tmp_path / "nic",
+  assert not hosts.host_has_tpu(pci(tmp_path / "nic",
                                            ("0x1ae0", "0x0042")))
-  assert not study_runner.host_has_tpu(str(tmp_path / "none"))
+  assert not hosts.host_has_tpu(str(tmp_path / "none"))
 
 
 def test_statistics_equal_scipy(tmp_path):

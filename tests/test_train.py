@@ -309,7 +309,7 @@ def test_the_train_step_donates_the_state(parallel):
   # The new state takes the old one's buffers: a device holds it once.
   config = tiny_config(parallel=parallel)
   split = data.load_split(config.data.source, "train")
-  wrapped, state = loop.create_steps_and_state(config, split, 4)
+  wrapped, state = steps.create_steps_and_state(config, split, 4)
   state = wrapped.put_state(state)
   batch = wrapped.put_batch(next(data.train_batches(split, config.batch_size,
                                                  seed=0, epoch=0)))
@@ -352,7 +352,7 @@ def test_evaluation_is_exact(parallel):
   config = tiny_config(parallel=parallel)
   test_split = data.load_split(config.data.source, "test")
   train_split = data.load_split(config.data.source, "train")
-  parallel_steps, state = loop.create_steps_and_state(config, train_split,
+  parallel_steps, state = steps.create_steps_and_state(config, train_split,
                                                        4)
   state = parallel_steps.put_state(state)
   result = loop.evaluate(parallel_steps, state, test_split, 64)

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import models
 from train import checkpoints
 from train import config as config_lib
 from train import data
@@ -32,7 +31,6 @@ from train import optimizers
 from train import progress as progress_lib
 from train import provenance
 from train import record
-from train import schedules
 from train import signals
 from train import steps
 
@@ -50,52 +48,6 @@ class TrainingInterrupted(RuntimeError):
         f"Training stopped at step {step} of {total_steps} "
         f"({signal.Signals(signum).name}); its checkpoint is saved, and the "
         "same command resumes the run.")
-
-
-def create_steps_and_state(config: ml_collections.ConfigDict,
-                           train_split: data.Split, steps_per_epoch: int, *,
-                           donate_state: bool = True
-                           ) -> tuple[steps.ParallelSteps, steps.TrainState]:
-  """Builds the model, schedule and optimizer of ``config``; wraps the steps.
-
-  Args:
-    config: A training config.
-    train_split: The training data (for the classes, image shape and, with
-      ``normalization="dataset"``, the statistics).
-    steps_per_epoch: Optimizer steps per epoch.
-    donate_state: Whether the train step donates the state it is given (see
-      `steps.wrap_steps`).
-
-  Returns:
-    The steps wrapped for ``config.parallel``, and the initial train state on
-    the host's default device.
-
-  Raises:
-    config_lib.ConfigError: the model, schedule or optimizer rejects its
-      config.
-  """
-  with config_lib.as_config_errors("model"):
-    model = models.create_model(
-        config.model.name, train_split.num_classes,
-        dropout_rate=config.model.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype),
-        bn_axis_name=steps.AXIS_NAME if config.parallel == "pmap" else None)
-  with config_lib.as_config_errors("schedule"):
-    learning_rate = schedules.create_learning_rate_schedule(
-        config.schedule, steps_per_epoch, config.num_epochs)
-  with config_lib.as_config_errors("optimizer"):
-    tx = optimizers.create_optimizer(config.optimizer, learning_rate,
-                                     steps_per_epoch, seed=config.seed)
-  mean, std = data.normalization_stats(config.data.normalization, train_split)
-  step_config = steps.StepConfig(
-      model=model, learning_rate=learning_rate, mean=tuple(mean),
-      std=tuple(std), augment=config.data.augment,
-      controlled=optimizers.controlled_names(config.optimizer),
-      skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
-  state = steps.create_train_state(model, tx, train_split.images.shape[1:],
-                                   config.seed)
-  return steps.wrap_steps(config.parallel, step_config,
-                          donate_state=donate_state), state
 
 
 def evaluate(parallel: steps.ParallelSteps, state, split: data.Split,
@@ -207,7 +159,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, train_examples=train_split.num_examples)
   steps_per_epoch = data.steps_per_epoch(
       train_split.num_examples, config.batch_size, config.data.drop_remainder)
-  parallel, state = create_steps_and_state(config, train_split,
+  parallel, state = steps.create_steps_and_state(config, train_split,
                                            steps_per_epoch)
   checkpointer = checkpoints.Checkpointer(
       os.path.join(workdir, record.CHECKPOINTS_DIRNAME), config,

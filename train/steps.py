@@ -21,11 +21,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 import optax
 
+import models
 import optax_lcam
+from train import config as config_lib
 from train import data
+from train import optimizers
+from train import schedules
 
 AXIS_NAME = "batch"
 
@@ -281,3 +286,48 @@ def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(value.shape, sharding,
                                       lambda index: value[index])
 
+
+def create_steps_and_state(config: ml_collections.ConfigDict,
+                           train_split: data.Split, steps_per_epoch: int, *,
+                           donate_state: bool = True
+                           ) -> tuple[ParallelSteps, TrainState]:
+  """Builds the model, schedule and optimizer of ``config``; wraps the steps.
+
+  Args:
+    config: A training config.
+    train_split: The training data (for the classes, image shape and, with
+      ``normalization="dataset"``, the statistics).
+    steps_per_epoch: Optimizer steps per epoch.
+    donate_state: Whether the train step donates the state it is given (see
+      `wrap_steps`).
+
+  Returns:
+    The steps wrapped for ``config.parallel``, and the initial train state on
+    the host's default device.
+
+  Raises:
+    config_lib.ConfigError: the model, schedule or optimizer rejects its
+      config.
+  """
+  with config_lib.as_config_errors("model"):
+    model = models.create_model(
+        config.model.name, train_split.num_classes,
+        dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.dtype),
+        bn_axis_name=AXIS_NAME if config.parallel == "pmap" else None)
+  with config_lib.as_config_errors("schedule"):
+    learning_rate = schedules.create_learning_rate_schedule(
+        config.schedule, steps_per_epoch, config.num_epochs)
+  with config_lib.as_config_errors("optimizer"):
+    tx = optimizers.create_optimizer(config.optimizer, learning_rate,
+                                     steps_per_epoch, seed=config.seed)
+  mean, std = data.normalization_stats(config.data.normalization, train_split)
+  step_config = StepConfig(
+      model=model, learning_rate=learning_rate, mean=tuple(mean),
+      std=tuple(std), augment=config.data.augment,
+      controlled=optimizers.controlled_names(config.optimizer),
+      skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
+  state = create_train_state(model, tx, train_split.images.shape[1:],
+                                   config.seed)
+  return wrap_steps(config.parallel, step_config,
+                          donate_state=donate_state), state
