@@ -133,11 +133,11 @@ def _main(args: argparse.Namespace) -> int:
   except (definition.StudyError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  written = _write_summary(args.workdir)
-  if result.stopped_by and not all(r.done for r in result.runs):
+  summary_status = _write_summary(args.workdir)
+  all_done = all(r.done for r in result.runs)
+  if result.stopped_by and not all_done:
     return STOPPED
-  return FINISHED if all(r.done for r in result.runs) and not written else (
-      FAILED)
+  return FINISHED if all_done and summary_status == 0 else FAILED
 
 
 def _write_summary(workdir: str) -> int:
