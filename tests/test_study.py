@@ -880,3 +880,31 @@ def test_tuning_edge_is_stage_ones_recipe_at_larger_rates():
                                                   "sgd-lr1.6-m0.95"}
   with pytest.raises(study_lib.StudyError, match=r"sgd=1\.6"):
     study_lib.load_study("lcam_tuning_edge:adam=1")
+
+
+def test_tuning_edge_selects_over_both_grids_with_divergence_last(tmp_path):
+  """The rule of `lcam_tuning_edge`: the union of stage 1's grid and stage
+  1b's, a diverged run last, ties to the lower rate, the edge flagged."""
+  path = os.path.join(REPO, "study", "studies", "lcam_tuning_edge.py")
+  spec = importlib.util.spec_from_file_location("lcam_tuning_edge", path)
+  edge_study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(edge_study)
+  grids = {"stage1": {"sgd-lr0.1-m0.9": 0.70, "sgd-lr0.2-m0.9": 0.74},
+           "edge": {"sgd-lr0.4-m0.9": 0.74, "sgd-lr0.8-m0.9": None}}
+  for folder, finals in grids.items():
+    for arm, final in finals.items():
+      _fake_run(tmp_path / folder, arm, 1000, [0.5, final or 0.1],
+                metric="val_accuracy")
+      if final is None:  # Diverged in its second epoch.
+        run = study_lib.run_dir(str(tmp_path / folder), arm, 1000)
+        with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+          f.write(json.dumps({"kind": "diverged", "step": 15}) + "\n")
+    study_lib.save_study(_study(
+        arms={arm: {} for arm in finals}, seeds=[1000],
+        baseline=next(iter(finals)), metric="val_accuracy",
+        families={"sgd": list(finals)}), str(tmp_path / folder))
+  chosen = edge_study.select(str(tmp_path / "edge"), str(tmp_path / "stage1"))
+  assert chosen["finals"]["sgd-lr0.8-m0.9"] == "diverged"
+  assert chosen["selection"]["sgd"] == {
+      "winner": "sgd-lr0.2-m0.9", "value": 0.74, "complete": True,
+      "edge": False}

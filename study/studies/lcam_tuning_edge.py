@@ -3,6 +3,7 @@
   python -m study run lcam_tuning_edge --workdir results/lcam_tuning_edge --retries 5
   python -m study summarize results/lcam_tuning_edge
   python study/studies/lcam_tuning_edge.py   # the repeat against stage 1
+  python study/studies/lcam_tuning_edge.py select   # the rule's pick
 
 Both winners of stage 1 (`lcam_tuning`, `results/lcam_tuning/`) sit at its
 largest learning rate, 0.2, so the optimum may lie beyond it. This study
@@ -199,6 +200,70 @@ def main(workdir: str = "results/lcam_tuning_edge") -> int:
   return 1 if differences else 0
 
 
+def select(edge: str = "results/lcam_tuning_edge",
+           stage_1: str = STAGE_1_RERUN) -> dict:
+  """The rule's selection over stage 1's grid and this one together.
+
+  Each family's arms in the rule's order (stage 1's rates, then this
+  study's, each rate with its momenta or pairs in the order of stage 1), so
+  that a tie goes to the first: the lower rate, then the lower momentum or
+  the pair 0.95/0.9. A diverged run ranks last.
+
+  Returns:
+    ``{"finals": {arm: value, "diverged" or None}, "selection": ...}``, the
+    latter as `study.statistics.select_winners` gives it, with ``"edge"``:
+    whether each winner sits at its family's largest rate.
+  """
+  sys.path.insert(0, REPO_ROOT)
+  from study import arms  # pylint: disable=g-import-not-at-top
+  from study import definition  # pylint: disable=g-import-not-at-top
+  from study import statistics  # pylint: disable=g-import-not-at-top
+  families, finals, diverged = {}, {}, []
+  for folder in (stage_1, edge):
+    workdir = os.path.join(REPO_ROOT, folder)
+    study = definition.read_study(workdir)
+    for family, members in study.families.items():
+      families.setdefault(family, []).extend(members)
+    for status in definition.study_runs(study, workdir):
+      if status.state == "finished":
+        finals[status.arm] = arms.final(status.run, study.metric)
+      elif status.state == "diverged":
+        finals[status.arm] = "diverged"
+        diverged.append(status.arm)
+  selection = statistics.select_winners(
+      families, {arm: value for arm, value in finals.items()
+                 if value != "diverged"}, diverged=diverged)
+  for family, chosen in selection.items():
+    chosen["edge"] = chosen["winner"] is not None and _rate(
+        chosen["winner"]) == max(map(_rate, families[family]))
+  return {"families": families, "finals": finals, "selection": selection}
+
+
+def _rate(arm: str) -> float:
+  """``"sgd-lr0.4-m0.9"`` -> 0.4."""
+  return float(arm.split("-lr")[1].split("-")[0])
+
+
+def print_selection(edge: str = "results/lcam_tuning_edge",
+                    stage_1: str = STAGE_1_RERUN) -> int:
+  """Prints every configuration's final validation accuracy and the rule's
+  pick; 0 once both grids are complete."""
+  chosen = select(edge, stage_1)
+  for family, members in chosen["families"].items():
+    print(f"{family}:")
+    for arm in members:
+      value = chosen["finals"].get(arm)
+      text = value if isinstance(value, str) else (
+          "pending" if value is None else f"{100 * value:.2f} %")
+      print(f"  {arm}: {text}")
+    pick = chosen["selection"][family]
+    print(f"  winner: {pick['winner']}"
+          + ("" if pick["complete"] else " (not final: runs pending)")
+          + (" -- at the largest rate: extend this family by doubling it"
+             if pick["edge"] else ""))
+  return 0 if all(p["complete"] for p in chosen["selection"].values()) else 1
+
+
 def _flat(tree: dict, prefix: str = "") -> dict:
   """``{"a.b": value}`` of a nested dict."""
   flat = {}
@@ -211,4 +276,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 if __name__ == "__main__":
+  if sys.argv[1:2] == ["select"]:
+    sys.exit(print_selection(*sys.argv[2:]))
   sys.exit(main(*sys.argv[1:]))
