@@ -73,6 +73,7 @@ import math
 import os
 import sys
 
+from flax import traverse_util
 import ml_collections
 
 NUM_EPOCHS = 15
@@ -184,7 +185,7 @@ def main(workdir: str = "results/lcam_tuning_edge") -> int:
   configs = []
   for path in (ours, theirs):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-      configs.append(_flat(json.load(f)))
+      configs.append(traverse_util.flatten_dict(json.load(f), sep="."))
   config_fields = sorted(
       field for field in configs[0].keys() | configs[1].keys()
       if configs[0].get(field, "missing") != configs[1].get(field, "missing"))
@@ -262,17 +263,6 @@ def print_selection(edge: str = "results/lcam_tuning_edge",
           + (" -- at the largest rate: extend this family by doubling it"
              if pick["edge"] else ""))
   return 0 if all(p["complete"] for p in chosen["selection"].values()) else 1
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  """``{"a.b": value}`` of a nested dict."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 if __name__ == "__main__":
