@@ -349,13 +349,13 @@ def test_mock_tfds_data_with_bfloat16_compute(tmp_path):
 @pytest.mark.parametrize("parallel", ["pmap", "jit"])
 def test_evaluation_is_exact(parallel):
   # 96 test examples in batches of 64: the last batch is padded.
-  config = tiny_config(parallel=parallel)
+  config = tiny_config(parallel=parallel, eval_batch_size=64)
   test_split = data.load_split(config.data.source, "test")
   train_split = data.load_split(config.data.source, "train")
   parallel_steps, state = steps.create_steps_and_state(config, train_split,
                                                        4)
   state = parallel_steps.put_state(state)
-  result = loop.evaluate(parallel_steps, state, test_split, 64)
+  result = loop.evaluate(parallel_steps, state, test_split, config)
 
   host_state = jax.device_get(state)
   images = data.normalize(test_split.images, data.IMAGENET_MEAN,

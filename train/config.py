@@ -29,6 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The config fields with a fixed set of values, and those values.
 CHOICES = {
+    "task": ("image_classification", "char_lm"),  # `train.tasks`
     "parallel": ("pmap", "jit"),
     "optimizer.name": ("lcam", "sgd", "adamw"),
     "optimizer.phases": optax_lcam.PHASE_MODES,
@@ -38,7 +39,8 @@ CHOICES = {
 }
 # Fields whose value is a count: positive, or >= 0 where 0 means "never",
 # "none" or "automatic".
-_POSITIVE_FIELDS = ("batch_size", "eval_batch_size", "num_epochs")
+_POSITIVE_FIELDS = ("batch_size", "eval_batch_size", "num_epochs",
+                    "data.context")
 _NON_NEGATIVE_FIELDS = (
     "data.validation_examples", "eval_every_epochs", "log_every_steps",
     "checkpoint_every_steps", "stop_after_steps", "keep_checkpoints",
@@ -56,7 +58,7 @@ NON_EXPERIMENT_FIELDS = (
 # Fields a run cannot change when it resumes: they change the shapes of the
 # state or which batches the remaining steps see (`train.checkpoints`).
 RESUME_INVARIANT_FIELDS = (
-    "seed", "data.source", "data.drop_remainder", "data.validation_examples",
+    "task", "seed", "data.source", "data.context", "data.drop_remainder", "data.validation_examples",
     "batch_size", "model.name", "optimizer.name", "optimizer.averaging",
     "optimizer.loss_control", "optimizer.phases")
 
@@ -233,6 +235,7 @@ def validate(config: ml_collections.ConfigDict,
   for field in _NON_NEGATIVE_FIELDS:
     if flat[field] < 0:
       raise ConfigError(f"config.{field} must be >= 0, got {flat[field]}.")
+  _check_source_fits_task(config.task, config.data.source)
   indivisible = [f"config.{field} ({config[field]})"
                  for field in ("batch_size", "eval_batch_size")
                  if device_count and config[field] % device_count]
@@ -244,6 +247,22 @@ def validate(config: ml_collections.ConfigDict,
     raise ConfigError(
         f"config.batch_size={config.batch_size} is larger than the training "
         f"split ({train_examples} examples); use at most {train_examples}.")
+
+
+# The source kinds each task reads (`train.data`, `train.data.text`).
+_TASK_SOURCES = {"image_classification": ("tfds", "folder", "synthetic"),
+                 "char_lm": ("text", "tfds")}
+
+
+def _check_source_fits_task(task: str, source: str) -> None:
+  kind = str(source).partition(":")[0]
+  if kind not in _TASK_SOURCES[task]:
+    other = next(t for t, kinds in _TASK_SOURCES.items() if kind in kinds
+                 ) if kind in ("text", "folder", "synthetic") else None
+    hint = (f"set --config.task={other}" if other else
+            f"use one of {', '.join(k + ':' for k in _TASK_SOURCES[task])}")
+    raise ConfigError(f"config.data.source={source!r} is not a source of the "
+                      f"{task} task: {hint}.")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ evaluated. To use the trained parameters elsewhere, see
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -45,8 +46,7 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   step = int(state.step)
   if not step:
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
-  metrics = loop.evaluate(run.parallel, state, run.test_split,
-                          config.eval_batch_size)
+  metrics = loop.evaluate(run.parallel, state, run.test_split, config)
   return {"step": step, "epoch": step / run.steps_per_epoch, **metrics,
           "test_examples": run.test_split.num_examples}
 
@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
           checkpoints.DamagedCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  loss, accuracy = (record.split_field("test", measure)
-                    for measure in ("loss", "accuracy"))
-  print(f"step {result['step']} (epoch {result['epoch']:g}): {loss} "
-        f"{result[loss]:.6f} {accuracy} {result[accuracy]:.6f} "
+  measures = " ".join(f"{field} {result[field]:.6f}"
+                      for field in map(functools.partial(
+                          record.split_field, "test"), record.MEASURES)
+                      if field in result)
+  print(f"step {result['step']} (epoch {result['epoch']:g}): {measures} "
         f"({result['test_examples']} examples)")
   return 0
 

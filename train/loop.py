@@ -1,14 +1,14 @@
-"""Trains and evaluates Wide-ResNets with LCAM (or SGD) on CIFAR-sized data.
+"""Trains and evaluates a model with LCAM (or SGD, AdamW) on one task.
 
-`train_and_evaluate` sets a run up once (`set_up_training`: data, the steps
-of `train.steps` wrapped for the devices, checkpoints) and runs one loop over
-the steps, which logs, saves, evaluates at an epoch's end and stops on a
-signal (`_train`).
+`train_and_evaluate` sets a run up once (`set_up_training`: the task's data
+(`train.tasks`), the steps of `train.steps` wrapped for the devices,
+checkpoints) and runs one loop over the steps, which logs, saves, evaluates
+at an epoch's end and stops on a signal (`_train`). The loop is the same for
+every task: Wide-ResNets on CIFAR-style images, GPTs on a character corpus.
 """
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -33,6 +33,7 @@ from train import provenance
 from train import record
 from train import signals
 from train import steps
+from train import tasks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,25 +51,23 @@ class TrainingInterrupted(RuntimeError):
         "same command resumes the run.")
 
 
-def evaluate(parallel: steps.ParallelSteps, state, split: data.Split,
-             batch_size: int, prefix: str = "test") -> dict[str, float]:
-  """Exact loss and accuracy on every example of ``split``.
+def evaluate(parallel: steps.ParallelSteps, state, split, config:
+             ml_collections.ConfigDict, prefix: str = "test"
+             ) -> dict[str, float]:
+  """Exact measures on every example (or character) of ``split``.
 
   Returns:
-    ``{split_field(prefix, "loss"), split_field(prefix, "accuracy")}``
-    (`train.record.split_field`).
+    The task's fields for the split, e.g. ``{split_field(prefix, "loss"),
+    split_field(prefix, "accuracy")}`` (`train.record.split_field`).
   """
+  task = tasks.create_task(config)
   totals = None
-  for batch in data.eval_batches(split, batch_size,
+  for batch in task.eval_batches(config, split,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count()):
     sums = parallel.eval_step(state, parallel.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {record.split_field(prefix, "loss"): float(totals["loss"]) / count,
-          record.split_field(prefix, "accuracy"):
-              float(totals["correct"]) / count}
+  return task.eval_fields(jax.device_get(totals), prefix)
 
 
 # -----------------------------------------------------------------------------
@@ -81,13 +80,14 @@ class TrainingSetup:
 
   config: ml_collections.ConfigDict
   workdir: str
-  train_split: data.Split  # without the validation examples
-  test_split: data.Split | None  # None when the config never evaluates
+  train_split: data.Split | data.TextSplit  # without validation examples
+  test_split: data.Split | data.TextSplit | None  # None: never evaluated
   steps_per_epoch: int
   parallel: steps.ParallelSteps
   checkpointer: checkpoints.Checkpointer
-  # The training examples held out (config.data.validation_examples), if any.
-  validation_split: data.Split | None = None
+  # The validation split (of a text, or the training examples held out by
+  # config.data.validation_examples), if any.
+  validation_split: data.Split | data.TextSplit | None = None
   # `train.provenance`
   provenance: dict = dataclasses.field(default_factory=dict)
 
@@ -107,11 +107,12 @@ class TrainingSetup:
 
   def batches(self, step: int):
     """This process's batches from global step ``step`` to the stop step."""
+    task = tasks.create_task(self.config)
+
     def epoch_batches(epoch):
-      return data.train_batches(
-          self.train_split, self.config.batch_size, seed=self.config.seed,
-          epoch=epoch, start_step=max(step - epoch * self.steps_per_epoch, 0),
-          drop_remainder=self.config.data.drop_remainder,
+      return task.train_batches(
+          self.config, self.train_split, epoch=epoch,
+          start_step=max(step - epoch * self.steps_per_epoch, 0),
           process_index=jax.process_index(),
           process_count=jax.process_count())
 
@@ -134,9 +135,10 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
     read_only: Whether to leave the workdir as it is (`train.evaluate`):
       damaged checkpoints are skipped, not set aside.
 
-  With ``config.data.validation_examples`` K > 0, K examples of the training
-  split are held out of training (`data.hold_out`) and evaluated like the test
-  split; the steps per epoch follow the examples that remain.
+  The task (`train.tasks`) loads the splits: for images, with
+  ``config.data.validation_examples`` K > 0, K examples of the training split
+  are held out of training (`data.hold_out`) and evaluated like the test
+  split; a text has its own validation split.
 
   Returns:
     The set-up; its state on the devices (restored, or fresh when the
@@ -148,19 +150,14 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.IncompatibleCheckpointError,
     checkpoints.DamagedCheckpointError.
   """
-  load = functools.partial(data.load_split, config.data.source,
-                           data_dir=config.data.data_dir,
-                           cache_dir=config.data.cache_dir)
-  train_split = load("train")
-  full_train_split, validation_split = train_split, None
-  if config.data.validation_examples:
-    train_split, validation_split = data.hold_out(
-        train_split, config.data.validation_examples)
+  task = tasks.create_task(config)
+  train_split, validation_split, test, loaded = task.load_splits(
+      config, test=test_split or bool(config.eval_every_epochs
+                                      and config.data.eval_test))
   config_lib.validate(config, train_examples=train_split.num_examples)
-  steps_per_epoch = data.steps_per_epoch(
-      train_split.num_examples, config.batch_size, config.data.drop_remainder)
+  steps_per_epoch = task.steps_per_epoch(config, train_split)
   parallel, state = steps.create_steps_and_state(config, train_split,
-                                           steps_per_epoch)
+                                                 steps_per_epoch)
   checkpointer = checkpoints.Checkpointer(
       os.path.join(workdir, record.CHECKPOINTS_DIRNAME), config,
       keep=config.keep_checkpoints,
@@ -169,10 +166,7 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
       moved_to_meta=("epoch_sums",), read_only=read_only)
   try:
     state, meta = checkpointer.restore_latest(parallel.put_state(state))
-    test = load("test") if test_split or (config.eval_every_epochs
-                                          and config.data.eval_test) else None
-    facts = provenance.provenance(
-        config.data.source, [s for s in (full_train_split, test) if s])
+    facts = provenance.provenance(config.data.source, list(loaded))
   except BaseException:
     checkpointer.close()
     raise
@@ -287,7 +281,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
               logging.warning("%s The step's update was skipped.", message)
               continue
             writer.write(record.TRAIN_KIND, done, record.train_fields(
-                done, values, spe, _images_per_sec(clock, done, config)))
+                done, values, spe, _throughput(clock, done, config)))
             # The run's outcome, for a study: diverged, not failed.
             writer.write(record.DIVERGED_KIND, done, {record.EPOCH: done / spe})
             raise NonFiniteLossError(
@@ -295,11 +289,11 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
                 "is kept. Lower the learning rate, or set "
                 "--config.on_nonfinite_loss=skip to skip such steps.")
           logged = record.train_fields(step, fetched[-1][1], spe,
-                                 _images_per_sec(clock, step, config))
+                                       _throughput(clock, step, config))
           writer.write(record.TRAIN_KIND, step, logged)
           progress.update((step - 1) % spe + 1, {
-              k: logged[k] for k in ("loss", "beta", record.IMAGES_PER_SEC)
-              if k in logged})
+              k: logged[k] for k in ("loss", "beta", record.IMAGES_PER_SEC,
+                                     record.TOKENS_PER_SEC) if k in logged})
         if end_of_epoch:
           progress.end_epoch()
           epoch = step // spe
@@ -330,8 +324,8 @@ def _evaluations(setup: TrainingSetup, state: steps.TrainState,
   for prefix, split in zip(record.SPLITS, (setup.validation_split,
                                            setup.test_split)):
     if split is not None:
-      fields.update(evaluate(setup.parallel, state, split,
-                             setup.config.eval_batch_size, prefix))
+      fields.update(evaluate(setup.parallel, state, split, setup.config,
+                             prefix))
   return fields
 
 
@@ -388,14 +382,17 @@ def _stop_signal(stop: signals.StopOnSignals, synced: bool) -> int:
       np.int32(stop.signum or 0))))
 
 
-def _images_per_sec(clock: tuple[float, int], step: int,
-                    config: ml_collections.ConfigDict) -> float | None:
-  """The rate since the end of the epoch's first step (which may compile);
-  fetching the metrics waited for the steps before, so it is the device's."""
+def _throughput(clock: tuple[float, int], step: int,
+                config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The task's rate (images or characters per second) since the end of the
+  epoch's first step (which may compile); none at that step. Fetching the
+  metrics waited for the steps before, so it is the device's."""
   if step <= clock[1]:
-    return None
+    return {}
+  task = tasks.create_task(config)
   elapsed = max(time.perf_counter() - clock[0], 1e-9)
-  return (step - clock[1]) * config.batch_size / elapsed
+  return {task.throughput_field: (step - clock[1]) * config.batch_size
+          * task.units_per_example(config) / elapsed}
 
 
 def _epoch_sums(saved: dict | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ def format_stats(stats: dict[str, float]) -> str:
   >>> format_stats({"loss": 1.234567, "images_per_sec": 2345.6})
   'loss 1.235  img/s 2346'
   """
-  names = {"images_per_sec": "img/s"}
+  names = {"images_per_sec": "img/s", "tokens_per_sec": "char/s"}
   return "  ".join(f"{names.get(k, k)} {v:.4g}" if abs(v) < 1000 else
                    f"{names.get(k, k)} {v:.0f}" for k, v in stats.items())
 

@@ -57,7 +57,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def data_fingerprint(source: str, splits: list[data.Split]) -> str:
-  """The archive's sha256 for a ``folder:`` archive, else the arrays' hash.
+  """The file's sha256 for a ``folder:`` archive (``archive-sha256:``) or a
+  ``text:`` file (``file-sha256:``), else the arrays' hash.
 
   Example:
     >>> split = data.load_split("synthetic:num_train=4,num_test=2", "train")
@@ -66,8 +67,9 @@ def data_fingerprint(source: str, splits: list[data.Split]) -> str:
     True
   """
   kind, _, path = source.partition(":")
-  if kind == "folder" and os.path.isfile(path):
-    return "archive-sha256:" + cache.digest_of_file(path)
+  if kind in ("folder", "text") and os.path.isfile(path):
+    prefix = "archive" if kind == "folder" else "file"
+    return f"{prefix}-sha256:" + cache.digest_of_file(path)
   sha = hashlib.sha256()
   for split in splits:
     sha.update(f"{split.split}:{data.fingerprint(split)}\n".encode())

@@ -51,10 +51,11 @@ PHASE_ABOVE_FRACTION = "phase_above_fraction"
 LOSS_BELOW_MEAN_FRACTION = "loss_below_mean_fraction"
 # The evaluated splits, and what each evaluation measures.
 SPLITS = ("val", "test")
-MEASURES = ("loss", "accuracy")
+MEASURES = ("loss", "accuracy", "bits_per_char")
 # Fields of the train and run records; a run record also holds where the
 # run's numbers come from (`train.provenance`).
 IMAGES_PER_SEC = "images_per_sec"
+TOKENS_PER_SEC = "tokens_per_sec"  # characters predicted, of `char_lm`
 TIME_TO_FIRST_STEP_S = "time_to_first_step_s"
 PROVENANCE_FIELDS = ("commit", "tracked_changes", "versions",
                      "data_fingerprint", "device_kind", "devices", "processes",
@@ -78,14 +79,14 @@ VAL_ACCURACY = split_field("val", "accuracy")
 
 
 def train_fields(step: int, values: dict, steps_per_epoch: int,
-                 images_per_sec: float | None) -> dict[str, float]:
-  """A train record: a logged step's metrics, its epoch and the rate."""
+                 throughput: dict[str, float]) -> dict[str, float]:
+  """A train record: a logged step's metrics, its epoch and the rate
+  (``{IMAGES_PER_SEC: ...}`` or ``{TOKENS_PER_SEC: ...}``; none at an
+  epoch's first step)."""
   fields = {k: float(v) for k, v in values.items()
             if k not in ("below_mean", "loss_below_mean")}
   fields[EPOCH] = step / steps_per_epoch
-  if images_per_sec is not None:  # Not at the epoch's first step.
-    fields[IMAGES_PER_SEC] = images_per_sec
-  return fields
+  return {**fields, **throughput}
 
 
 def epoch_fields(epoch: int, sums: dict[str, Any],
@@ -264,7 +265,8 @@ def read_metrics(workdir_or_file: str) -> dict[str, list[dict]]:
 
 
 # Fields that measure time or speed, not the training's numbers.
-TIMING_FIELDS = (EPOCH_TIME_S, IMAGES_PER_SEC, TIME_TO_FIRST_STEP_S)
+TIMING_FIELDS = (EPOCH_TIME_S, IMAGES_PER_SEC, TOKENS_PER_SEC,
+                 TIME_TO_FIRST_STEP_S)
 
 
 def differences(workdir: str, other: str, until_step: int | None = None,

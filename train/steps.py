@@ -25,12 +25,12 @@ import ml_collections
 import numpy as np
 import optax
 
-import models
 import optax_lcam
 from train import config as config_lib
 from train import data
 from train import optimizers
 from train import schedules
+from train import tasks
 
 AXIS_NAME = "batch"
 
@@ -56,17 +56,18 @@ class TrainState(train_state.TrainState):
                         opt_state=opt_state, **kwargs)
 
 
-def create_train_state(model, tx, image_shape, seed: int) -> TrainState:
-  """Initialises the model and the optimizer (on the host's default device)."""
+def create_train_state(model, tx, example_input: jax.Array,
+                       seed: int) -> TrainState:
+  """Initialises the model on one example's input (``(1, ...)``) and the
+  optimizer, on the host's default device."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
 
   @jax.jit
   def init():
-    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32),
-                           train=False)
+    variables = model.init(init_key, example_input, train=False)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx,
-        batch_stats=variables["batch_stats"],
+        batch_stats=variables.get("batch_stats", {}),
         rng=jax.random.key_data(run_key))
 
   return init()
@@ -82,28 +83,23 @@ class StepConfig:
 
   model: Any
   learning_rate: Callable[[jax.Array], jax.Array]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  augment: bool
+  inputs: tasks.StepInputs  # the task's: batch, key -> inputs, labels
   controlled: tuple[str, ...]  # loss-controlled hyper-parameters, logged
   skip_nonfinite: bool
   axis_name: str | None
 
 
-def _images(batch, key, step_config: StepConfig):
-  images = batch["image"]
-  if step_config.augment:
-    images = data.augment(key, images, batch["position"])
-  return data.normalize(images, step_config.mean, step_config.std,
-                        dtype=step_config.model.dtype)
+def _masked_sum(losses: jax.Array, mask: jax.Array) -> jax.Array:
+  """The sum of ``losses`` where ``mask`` (per example or per character)."""
+  return jnp.sum(jnp.where(mask, losses, 0.0))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
                step_config: StepConfig):
   """One optimizer step on one device's part of the global batch.
 
-  The loss is the mean cross-entropy over the real (mask) examples of the
-  whole global batch; it, the gradients and (through the model's
+  The loss is the mean cross-entropy over what the mask marks (the real
+  examples, or the predicted characters) in the whole global batch; it, the gradients and (through the model's
   ``bn_axis_name``) the BatchNorm statistics are reduced over
   ``step_config.axis_name`` when set.
 
@@ -116,25 +112,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   # The same keys on every device: the model draws each example's dropout
   # mask by its index in the global batch (`models.ExampleDropout`).
   augment_key, dropout_key = jax.random.split(step_key)
-  images = _images(batch, augment_key, step_config)
+  inputs, labels = step_config.inputs(batch, augment_key)
   mask = batch["mask"]
   num_real = _sum_over_devices(jnp.sum(mask, dtype=jnp.float32), axis_name)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images,
+        {"params": params, "batch_stats": state.batch_stats}, inputs,
         train=True, mask=mask, rngs={"dropout": dropout_key},
         mutable=["batch_stats"])
     losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), batch["label"])
-    return jnp.sum(jnp.where(mask, losses, 0.0)) / num_real, updates
+        logits.astype(jnp.float32), labels)
+    return _masked_sum(losses, mask) / num_real, updates
 
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   loss = _sum_over_devices(loss, axis_name)
   grads = _sum_over_devices(grads, axis_name)
-  new_state = state.apply_gradients(grads=grads, value=loss,
-                                    batch_stats=updates["batch_stats"])
+  new_state = state.apply_gradients(
+      grads=grads, value=loss,
+      batch_stats=updates.get("batch_stats", state.batch_stats))
 
   metrics = {"loss": loss, "learning_rate": step_config.learning_rate(
       state.step)}
@@ -190,17 +187,16 @@ def _drop_update_unless(is_finite, new_state: TrainState, state: TrainState):
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array],
               step_config: StepConfig) -> dict[str, jax.Array]:
-  """Sums of the loss, the correct predictions and the real examples."""
-  images = _images(batch, None, dataclasses.replace(step_config,
-                                                     augment=False))
+  """Sums of the loss, the correct predictions and the real examples (or
+  predicted characters)."""
+  inputs, labels = step_config.inputs(batch, None)
   logits = state.apply_fn({"params": state.params,
-                           "batch_stats": state.batch_stats}, images,
+                           "batch_stats": state.batch_stats}, inputs,
                           train=False).astype(jnp.float32)
   mask = batch["mask"]
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                           batch["label"])
-  correct = jnp.argmax(logits, axis=-1) == batch["label"]
-  sums = {"loss": jnp.sum(jnp.where(mask, losses, 0.0)),
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = jnp.argmax(logits, axis=-1) == labels
+  sums = {"loss": _masked_sum(losses, mask),
           "correct": jnp.sum(mask & correct, dtype=jnp.float32),
           "count": jnp.sum(mask, dtype=jnp.float32)}
   return _sum_over_devices(sums, step_config.axis_name)
@@ -288,15 +284,16 @@ def _replicate(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def create_steps_and_state(config: ml_collections.ConfigDict,
-                           train_split: data.Split, steps_per_epoch: int, *,
+                           train_split: data.Split | data.TextSplit,
+                           steps_per_epoch: int, *,
                            donate_state: bool = True
                            ) -> tuple[ParallelSteps, TrainState]:
   """Builds the model, schedule and optimizer of ``config``; wraps the steps.
 
   Args:
     config: A training config.
-    train_split: The training data (for the classes, image shape and, with
-      ``normalization="dataset"``, the statistics).
+    train_split: The training data (for the classes, the input's shape and,
+      with ``normalization="dataset"``, the statistics).
     steps_per_epoch: Optimizer steps per epoch.
     donate_state: Whether the train step donates the state it is given (see
       `wrap_steps`).
@@ -309,25 +306,24 @@ def create_steps_and_state(config: ml_collections.ConfigDict,
     config_lib.ConfigError: the model, schedule or optimizer rejects its
       config.
   """
+  task = tasks.create_task(config)
   with config_lib.as_config_errors("model"):
-    model = models.create_model(
-        config.model.name, train_split.num_classes,
-        dropout_rate=config.model.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype),
-        bn_axis_name=AXIS_NAME if config.parallel == "pmap" else None)
+    model = task.create_model(
+        config, train_split,
+        axis_name=AXIS_NAME if config.parallel == "pmap" else None)
   with config_lib.as_config_errors("schedule"):
     learning_rate = schedules.create_learning_rate_schedule(
         config.schedule, steps_per_epoch, config.num_epochs)
   with config_lib.as_config_errors("optimizer"):
     tx = optimizers.create_optimizer(config.optimizer, learning_rate,
                                      steps_per_epoch, seed=config.seed)
-  mean, std = data.normalization_stats(config.data.normalization, train_split)
   step_config = StepConfig(
-      model=model, learning_rate=learning_rate, mean=tuple(mean),
-      std=tuple(std), augment=config.data.augment,
+      model=model, learning_rate=learning_rate,
+      inputs=task.step_inputs(config, train_split),
       controlled=optimizers.controlled_names(config.optimizer),
       skip_nonfinite=config.on_nonfinite_loss == "skip", axis_name=None)
-  state = create_train_state(model, tx, train_split.images.shape[1:],
-                                   config.seed)
+  state = create_train_state(model, tx,
+                             task.example_input(config, train_split),
+                             config.seed)
   return wrap_steps(config.parallel, step_config,
                           donate_state=donate_state), state

@@ -12,6 +12,9 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   """The reference experiment, schedule A, 'sparse' priority (0.95/0.9)."""
   config = ml_collections.ConfigDict()
+  # "image_classification" (the Wide-ResNets on CIFAR-style images) or
+  # "char_lm" (GPTs on a character corpus; train/configs/shakespeare.py).
+  config.task = "image_classification"
   config.seed = 0
   config.data = _data()
   config.model = ml_collections.ConfigDict()
@@ -41,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 def _data() -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict()
-  # "tfds:NAME", "folder:PATH" (folder or .tar/.tar.gz/.zip) or "synthetic:...".
+  # "tfds:NAME", "folder:PATH" (folder or .tar/.tar.gz/.zip) or "synthetic:...";
+  # for char_lm, "text:PATH" (a UTF-8 text file) or "tfds:tiny_shakespeare".
   data.source = "tfds:cifar10"
   data.data_dir = config_dict.placeholder(str)  # TFDS data_dir
   data.cache_dir = config_dict.placeholder(str)  # decoded image folders
@@ -56,6 +60,9 @@ def _data() -> ml_collections.ConfigDict:
   # Whether epochs evaluate the test split; False keeps a tuning study's runs
   # from ever seeing it (they evaluate the validation examples only).
   data.eval_test = True
+  # char_lm: characters the model reads per window (at most the model's
+  # context); each window predicts as many.
+  data.context = 64
   return data
 
 

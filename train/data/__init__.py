@@ -22,6 +22,9 @@ Sources, named by one string (`config.data.source`):
                      image_size, channels, num_classes, seed); see
                      `train.data.synthetic_source`.
 
+The language-model task reads character corpora instead (`text:PATH` or
+`tfds:tiny_shakespeare`) into a `TextSplit`; see `train.data.text`.
+
 Decoded `tfds:` and `folder:` data is cached as uncompressed `.npz` files in
 `cache_dir` (default `$OPTAX_LCAM_CACHE`, else `$XDG_CACHE_HOME/optax_lcam`,
 else `~/.cache/optax_lcam`), named by a digest of the input, written
@@ -60,6 +63,8 @@ from train.data.split import DataNotFoundError
 from train.data.split import fingerprint
 from train.data.split import hold_out
 from train.data.split import Split
+from train.data.text import load_text_split
+from train.data.text import TextSplit
 
 __all__ = [
     "augment",
@@ -84,6 +89,8 @@ __all__ = [
     "shard_for_devices",
     "SOURCE_KINDS",
     "Split",
+    "TextSplit",
+    "load_text_split",
     "steps_per_epoch",
     "train_batches",
 ]

@@ -122,7 +122,7 @@ def train_batches(split: Split, global_batch_size: int, *, seed: int,
   """
   num_steps = steps_per_epoch(split.num_examples, global_batch_size,
                               drop_remainder)
-  positions = _process_positions(global_batch_size, process_index,
+  positions = process_positions(global_batch_size, process_index,
                                  process_count)
   if int(start_step) != start_step or not 0 <= start_step <= num_steps:
     raise DataError(f"start_step must be an integer in [0, {num_steps}] (the "
@@ -149,7 +149,7 @@ def eval_batches(split: Split, global_batch_size: int, *,
   """
   num_steps = steps_per_epoch(split.num_examples, global_batch_size,
                               drop_remainder=False)
-  positions = _process_positions(global_batch_size, process_index,
+  positions = process_positions(global_batch_size, process_index,
                                  process_count)
   order = np.arange(split.num_examples)
   return _batches(split, order, global_batch_size, positions, range(num_steps))
@@ -186,7 +186,7 @@ def _check_positive(name: str, value: int) -> None:
     raise DataError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _process_positions(global_batch_size: int, process_index: int,
+def process_positions(global_batch_size: int, process_index: int,
                        process_count: int) -> np.ndarray:
   """The slots of the global batch that belong to this process."""
   check_global_batch_size(global_batch_size, process_count=process_count)

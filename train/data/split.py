@@ -129,14 +129,16 @@ def hold_out(split: Split, num_examples: int) -> tuple[Split, Split]:
   return part(~chosen, split.split), part(chosen, "validation")
 
 
-def fingerprint(split: Split) -> str:
-  """The sha256 of a split's decoded images, labels and class names.
+def fingerprint(split) -> str:
+  """The sha256 of a split's arrays (images and labels, or a text's
+  characters) and class names.
 
   The same data gives the same fingerprint whatever source or cache it came
   from, so runs can show that they saw the same examples.
   """
   sha = hashlib.sha256()
-  for array in (split.images, split.labels):
+  arrays = [getattr(split, field.name) for field in dataclasses.fields(split)]
+  for array in (a for a in arrays if isinstance(a, np.ndarray)):
     sha.update(str((array.dtype.str, array.shape)).encode())
     sha.update(np.ascontiguousarray(array).data)
   sha.update("\0".join(split.class_names).encode())

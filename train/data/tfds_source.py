@@ -78,6 +78,26 @@ def load_tfds_split(name: str, split: str, *,
                class_names=class_names, source=source, split=split)
 
 
+def load_tfds_text(name: str, split: str, *,
+                   data_dir: str | os.PathLike | None = None) -> str:
+  """The text of one split of a prepared TFDS text dataset.
+
+  Made for `tiny_shakespeare`, whose splits each hold one example: the
+  split's text (feature ``text``). Several examples are joined in order.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  builder = _builder(tfds, name, data_dir)
+  if "text" not in getattr(builder.info.features, "keys", lambda: ())():
+    raise DataError(f"tfds:{name} has no 'text' feature; its features: "
+                    f"{builder.info.features}")
+  data_source = _data_source(builder, name, split)
+  texts = [example["text"] for example in _read_examples(
+      data_source, range(len(data_source)))]
+  return "".join(t.decode("utf-8") if isinstance(t, bytes) else str(t)
+                 for t in texts)
+
+
 def _builder(tfds, name: str, data_dir):
   """`tfds.builder(name)`, with a short error for an unknown name."""
   if not name:
