@@ -136,7 +136,7 @@ def load_flax_params(model: GPT, params) -> None:
 def make_train_step(model: nn.Module, *, lr: float = 0.1,
                     momentum: float = 0.9, weight_decay: float = 5e-4,
                     autocast_dtype=None):
-  """One SGD step on next-token cross-entropy; returns the loss."""
+  """One SGD step on next-token cross-entropy; returns the (detached) loss."""
   optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
   device_type = next(model.parameters()).device.type
@@ -149,7 +149,7 @@ def make_train_step(model: nn.Module, *, lr: float = 0.1,
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     loss.backward()
     optimizer.step()
-    return loss
+    return loss.detach()
 
   return step
 
