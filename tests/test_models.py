@@ -1,5 +1,7 @@
 """Tests of models/: Wide-ResNets that match the LCAM reference network.
 
+(The character GPT of the same package is tested in ``test_gpt.py``.)
+
 Big models are only ever traced abstractly (``jax.eval_shape``); everything
 that runs uses WRN-10-1 (the smallest valid WRN) on 8x8 images, initialised
 once per module.
@@ -577,7 +579,8 @@ def test_unknown_name_lists_known_names():
 
 def test_model_names():
   assert models.MODEL_NAMES == (
-      "wrn-28-10", "wrn-16-8", "wrn-40-4", "wrn-16-4", "wrn-10-1")
+      "wrn-28-10", "wrn-16-8", "wrn-40-4", "wrn-16-4", "wrn-10-1",
+      "gpt-6-384", "gpt-4-128", "gpt-2-32")
 
 
 @pytest.mark.parametrize("name, depth, widen_factor", [
