@@ -16,16 +16,20 @@ from train import record
 
 
 def epochs_to_target(runs: Sequence[record.Run], target: float,
-                     metric: str = record.TEST_ACCURACY):
+                     metric: str = record.TEST_ACCURACY,
+                     direction: str = "higher"):
   """The median first epoch at which a run's ``metric`` reaches ``target``.
 
-  A run that never reaches it counts as infinitely late, so the median is
-  None when half of the runs or more never get there.
+  Reaching is being at or above it, or at or below it where lower is better
+  (``direction``: a loss falling to the target). A run that never reaches it
+  counts as infinitely late, so the median is None when half of the runs or
+  more never get there.
   """
+  sign = statistics.direction_sign(direction)
   firsts = []
   for run in runs:
     epochs, values = run.curve(metric)
-    reached = epochs[values >= target]
+    reached = epochs[sign * values >= sign * target]
     firsts.append(float(reached[0]) if len(reached) else math.inf)
   median = float(np.median(firsts)) if firsts else math.inf
   return {"median": median if math.isfinite(median) else None,
@@ -44,23 +48,32 @@ def final(run: record.Run, field: str) -> float:
   return float(values[-1]) if len(values) else math.nan
 
 
-def best(run: record.Run, field: str) -> float:
-  """The highest value of an epoch-record field (NaN without epochs)."""
+def _best_index(values: np.ndarray, direction: str) -> int:
+  """The index of the first best of finite ``values`` (highest or lowest)."""
+  return int(np.argmax(statistics.direction_sign(direction) * values))
+
+
+def best(run: record.Run, field: str, direction: str = "higher") -> float:
+  """The best value of an epoch-record field: the highest, or the lowest
+  where lower is better (``direction``); NaN without epochs."""
   _, values = run.curve(field)
   values = values[np.isfinite(values)]
-  return float(np.max(values)) if len(values) else math.nan
-
-
-def best_epoch(run: record.Run, field: str) -> float:
-  """The first epoch at the highest value of a field (NaN without values)."""
-  epochs, values = run.curve(field)
-  finite = np.isfinite(values)
-  return float(epochs[finite][np.argmax(values[finite])]) if finite.any() else (
+  return float(values[_best_index(values, direction)]) if len(values) else (
       math.nan)
 
 
+def best_epoch(run: record.Run, field: str, direction: str = "higher"
+               ) -> float:
+  """The first epoch at the `best` value of a field (NaN without values)."""
+  epochs, values = run.curve(field)
+  finite = np.isfinite(values)
+  return float(epochs[finite][_best_index(values[finite], direction)]) if (
+      finite.any()) else math.nan
+
+
 def final_and_best(runs: Sequence[record.Run],
-                   metric: str = record.TEST_ACCURACY) -> dict[str, Any]:
+                   metric: str = record.TEST_ACCURACY,
+                   direction: str = "higher") -> dict[str, Any]:
   """The `final` and `best` ``metric`` of the runs that have a final value.
 
   Runs without a `final` value are left out (a study counts a finished one
@@ -71,9 +84,10 @@ def final_and_best(runs: Sequence[record.Run],
   runs = [run for run in runs if np.isfinite(final(run, metric))]
   return {"n": len(runs),
           "final": statistics.mean_std_ci([final(r, metric) for r in runs]),
-          "best": statistics.mean_std_ci([best(r, metric) for r in runs]),
+          "best": statistics.mean_std_ci(
+              [best(r, metric, direction) for r in runs]),
           "last_epoch": [float(run.curve(metric)[0][-1]) for run in runs],
-          "best_epoch": [best_epoch(run, metric) for run in runs]}
+          "best_epoch": [best_epoch(run, metric, direction) for run in runs]}
 
 
 def _finite_mean(values: np.ndarray) -> float:
@@ -88,8 +102,10 @@ def _wall_time_s(run: record.Run) -> float:
 
 
 def arm_statistics(runs: Sequence[record.Run], targets: Sequence[float],
-                   metric: str = record.TEST_ACCURACY) -> dict[str, Any]:
-  """The statistics of one arm's finished runs, on the epoch field ``metric``.
+                   metric: str = record.TEST_ACCURACY,
+                   direction: str = "higher") -> dict[str, Any]:
+  """The statistics of one arm's finished runs, on the epoch field ``metric``
+  (better ``direction``: ``"higher"`` or ``"lower"``).
 
   Runs of a loss-controlled optimizer also get the mean over epochs of the
   fraction of steps in the "below" phase (``phase_below_fraction``), and,
@@ -97,13 +113,14 @@ def arm_statistics(runs: Sequence[record.Run], targets: Sequence[float],
   (``loss_below_mean_fraction``): the same under the loss rule, different
   under ``phases="random"``.
   """
-  summary = final_and_best(runs, metric)
+  summary = final_and_best(runs, metric, direction)
   entry = {
       "n": len(runs),
       "seeds": [run.config.get("seed") for run in runs],
       f"final_{metric}": summary["final"],
       f"best_{metric}": summary["best"],
-      "epochs_to_target": {str(t): epochs_to_target(runs, t, metric)
+      "epochs_to_target": {str(t): epochs_to_target(runs, t, metric,
+                                                    direction)
                            for t in targets},
       "final_train_loss": {
           k: v for k, v in statistics.mean_std_ci(

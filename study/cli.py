@@ -4,7 +4,7 @@
       [--seeds 0,1] [--retries K]
   python -m study commands STUDY --workdir DIR
   python -m study summarize DIR [--baseline ARM | --compare ARM:AGAINST]
-  python -m study power DIR --margin M
+  python -m study power DIR --margin M [--primaries K]
   python -m study compare RUN_DIR OTHER_RUN_DIR [--until-step N]
 
 STUDY is a study file, ``study/studies/NAME.py[:ARG]`` or just ``NAME``
@@ -74,11 +74,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   power.add_argument("workdir", metavar="DIR")
   power.add_argument("--margin", type=float, required=True, metavar="M",
                      help="the margin in the metric's units (0.005 is half "
-                          "a point of accuracy)")
+                          "a point of accuracy; a loss in nats)")
   power.add_argument("--test", choices=statistics.TESTS, default="welch",
                      help="the primary test (default welch)")
   power.add_argument("--arms", metavar="A,B",
                      help="the arms whose spread to pool (default all)")
+  power.add_argument("--primaries", type=int, metavar="K",
+                     help="primary comparisons, each at alpha 0.05/K "
+                          "(default: the study's primary_comparisons, 1)")
   return parser.parse_args(argv)
 
 
@@ -111,7 +114,7 @@ def _main(args: argparse.Namespace) -> int:
       return _write_summary(args.workdir)
     if args.command == "power":
       print(report.power_plan(args.workdir, args.margin, args.test,
-                              _split(args.arms)), end="")
+                              _split(args.arms), args.primaries), end="")
       return 0
     if args.command == "compare":
       compared, found = record.differences(args.run, args.other,

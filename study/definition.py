@@ -14,12 +14,22 @@ and optionally, for the statistics (`study.statistics`):
 
 * ``metric``: the epoch-record field the summary ranks and compares on
   (default ``test_accuracy``; a tuning study uses ``val_accuracy``, and its
-  summary then shows no test accuracy at all);
+  summary then shows no test accuracy at all; ``test_loss`` or ``val_loss``
+  is shown in nats, not in %);
+* ``metric_direction``: ``"higher"`` or ``"lower"``, whichever value of the
+  metric is better (default: from its name, `study.statistics.metric_direction`:
+  a loss lower, an accuracy higher); the verdicts, the winners, the best
+  value and the epochs to a target follow it;
 * ``comparisons``: ``[[arm, against], ...]``, the first the primary one
   (default: every arm against ``baseline``);
+* ``primary_comparisons``: how many of the first comparisons are primary
+  (default 1). With k above 1, each primary's TOST and power are at level
+  0.05 / k and the primaries' p-values are Holm-adjusted together; the
+  other comparisons are secondary, Holm-adjusted among themselves;
 * ``primary_test``: ``"paired"`` (default) or ``"welch"``;
-* ``equivalence_margin``: in the metric's units (0.005 is half a point), for
-  an equivalence test (TOST); none without it;
+* ``equivalence_margin``: in the metric's units (0.005 is half a point of
+  accuracy, 0.01 is 0.01 nats of a loss), for an equivalence test (TOST);
+  none without it;
 * ``families`` and ``selection``: arms among which the summary picks a
   winner, and the rule in words.
 
@@ -52,6 +62,7 @@ LOG_FILENAME = "train.log"
 LOG_TAIL_LINES = 20
 DEFAULT_METRIC = record.TEST_ACCURACY
 DEFAULT_PRIMARY_TEST = "paired"
+DEFAULT_PRIMARY_COMPARISONS = 1
 
 
 class StudyError(ValueError):
@@ -113,11 +124,16 @@ def check_arm_dirnames(arms: Sequence[str]) -> None:
 
 
 def check_statistics_fields(
-    study: ml_collections.ConfigDict) -> tuple[str, str, float | None]:
-  """Checks ``metric``, ``comparisons``, ``primary_test``, margin, families.
+    study: ml_collections.ConfigDict
+) -> tuple[str, str, float | None, str, int]:
+  """Checks ``metric``, ``metric_direction``, ``comparisons``,
+  ``primary_comparisons``, ``primary_test``, margin, families.
 
   Returns:
-    ``(metric, primary_test, equivalence_margin)``, with their defaults.
+    ``(metric, primary_test, equivalence_margin, direction, primaries)``,
+    with their defaults: ``direction`` the metric's
+    (`study.statistics.metric_direction`), ``primaries`` the number of
+    primary comparisons.
 
   Raises:
     StudyError: naming the field and what it should be.
@@ -126,6 +142,10 @@ def check_statistics_fields(
   if not isinstance(metric, str) or not metric:
     raise StudyError(f"The study's metric must be the name of an epoch-record "
                      f"field such as 'val_accuracy', got {metric!r}.")
+  direction = study.get("metric_direction")
+  if direction is not None and direction not in statistics.DIRECTIONS:
+    raise StudyError(f"The study's metric_direction must be one of "
+                     f"{list(statistics.DIRECTIONS)}, got {direction!r}.")
   primary_test = study.get("primary_test", DEFAULT_PRIMARY_TEST)
   if primary_test not in statistics.TESTS:
     raise StudyError(f"The study's primary_test must be one of "
@@ -150,7 +170,14 @@ def check_statistics_fields(
         or any(arm not in study.arms for arm in pair) or pair[0] == pair[1]):
       raise StudyError(f"Bad comparison {pair!r}: each is [arm, against], two "
                        f"different arms of {list(study.arms)}.")
-  return metric, primary_test, margin
+  primaries = study.get("primary_comparisons", DEFAULT_PRIMARY_COMPARISONS)
+  count = len(comparisons) if comparisons else len(study.arms) - 1
+  if (isinstance(primaries, bool) or not isinstance(primaries, int)
+      or not 1 <= primaries <= max(count, 1)):
+    raise StudyError(f"The study's primary_comparisons must be a whole number "
+                     f"from 1 to its {count} comparisons, got {primaries!r}.")
+  return (metric, primary_test, margin,
+          statistics.metric_direction(metric, direction), primaries)
 
 
 def run_overrides(study: ml_collections.ConfigDict, arm: str,

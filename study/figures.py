@@ -4,17 +4,20 @@
 result and the finished runs, so a figure and the tables can never disagree:
 
 - ``comparisons.png`` (`comparisons_figure`): a forest plot, one row per
-  comparison of the study (``arm − against``, the primary one first and
+  comparison of the study (``arm − against``, the primary ones first and
   marked), the difference with its 95% interval by the study's primary test
-  (thin) and its 90% interval, the TOST's (thick), the ±margin band shaded
-  where the study declares ``equivalence_margin``, and zero marked.
+  (thin) and the TOST's interval (thick: 90%, or 95% for each of two
+  primary comparisons), the ±margin band shaded where the study declares
+  ``equivalence_margin``, and zero marked.
 - ``finals.png`` (`finals_figure`): a strip plot, one row per arm, each
   seed's final value a dot (jittered by a fixed rule, not at random), and the
   arm's mean with its 95% interval as a bar.
 
 An accuracy is shown in % and its differences in points; a loss in its own
-units (nats), with the axis saying that lower is better
-(`study.statistics.metric_direction` decides). Each file is written through
+units (nats, 4 decimals), with the axis saying that lower is better
+(`study.statistics.metric_direction` decides, or the study's declared
+``metric_direction``). `curves_panel` gives ``curves.png`` the metric's own
+curve where it is not an accuracy. Each file is written through
 `study.files.write_atomically` as a PNG without a date or the plotting
 library's version, so the same runs give the same bytes.
 """
@@ -65,23 +68,30 @@ class Units:
   direction: str
 
 
-def metric_units(metric: str) -> Units:
+def metric_units(metric: str, declared: str | None = None) -> Units:
   """The units of a metric, from its name.
 
   An accuracy or an error (a fraction) shows in % with differences in
-  points; a loss (a cross-entropy) in nats; anything else in its own units.
+  points; a loss (a cross-entropy) in nats, never scaled; anything else in
+  its own units. The direction is `study.statistics.metric_direction`'s
+  (``declared``: the study's ``metric_direction``, if any).
 
   Example:
     >>> metric_units("test_loss").value, metric_units("val_accuracy").value
     ('nats', '%')
   """
   name = metric.lower()
-  direction = statistics.metric_direction(metric)
+  direction = statistics.metric_direction(metric, declared)
   if name.endswith(("accuracy", "error")):
     return Units(100.0, "%", "points", 2, direction)
   if "loss" in name:
-    return Units(1.0, "nats", "nats", 3, direction)
+    return Units(1.0, "nats", "nats", 4, direction)
   return Units(1.0, "", "", 3, direction)
+
+
+def summary_units(summary: Mapping[str, Any]) -> Units:
+  """The units of a summary's metric, in the direction its study declares."""
+  return metric_units(summary["metric"], summary.get("metric_direction"))
 
 
 def _metric_name(metric: str) -> str:
@@ -104,28 +114,14 @@ def _signed(value: float, digits: int) -> str:
   return f"{value:+.{digits}f}".replace("-", "−")
 
 
-def _verdict_text(verdict: str, direction: str) -> str:
-  """The summary's verdict, said for the metric's direction.
-
-  `study.statistics.verdict` says ``better`` when the difference is above
-  zero; for a metric where lower is better that is the worse side.
-
-  >>> _verdict_text("better", "lower"), _verdict_text("worse", "higher")
-  ('worse (higher)', 'worse')
-  """
-  if direction == "lower":
-    return {"better": "worse (higher)", "worse": "better (lower)"}.get(
-        verdict, verdict)
-  return verdict
-
-
 @dataclasses.dataclass(frozen=True)
 class _Row:
   label: str
   primary: bool
   mean: float | None
   ci95: list[float] | None
-  ci90: list[float] | None
+  tost: list[float] | None  # The TOST's interval, at `tost_level` %.
+  tost_level: str | None
   note: str
 
 
@@ -142,12 +138,14 @@ def _comparison_rows(summary: Mapping[str, Any], units: Units) -> list[_Row]:
     if ci95 is not None:
       numbers += (f" [{_signed(ci95[0], units.digits)}, "
                   f"{_signed(ci95[1], units.digits)}]")
-    verdicts = ([tost["verdict"]] if tost else []) + [
-        _verdict_text(c["verdict"], units.direction)]
+    verdicts = ([tost["verdict"]] if tost else []) + [c["verdict"]]
     rows.append(_Row(
         label=f"{c['arm']} − {c['against']}",
         primary=c["role"] == "primary", mean=mean, ci95=ci95,
-        ci90=_scaled(tost["ci90"], units.scale) if tost else None,
+        tost=_scaled(statistics.tost_interval(tost), units.scale)
+        if tost else None,
+        tost_level=statistics.tost_level(tost.get("alpha", statistics.ALPHA))
+        if tost else None,
         note=f"{numbers}   {', '.join(verdicts)}"))
   return rows
 
@@ -160,7 +158,7 @@ def _window(rows: Sequence[_Row], margin: float | None) -> tuple[float, float]:
   row far beyond it (a difference of many margins) is drawn clipped.
   """
   def ends(row):
-    values = [v for v in (row.ci95 or []) + (row.ci90 or []) + [row.mean]
+    values = [v for v in (row.ci95 or []) + (row.tost or []) + [row.mean]
               if v is not None]
     return (min(values), max(values)) if values else None
 
@@ -206,9 +204,10 @@ def comparisons_figure(summary: Mapping[str, Any]):
   """The forest plot of a study's comparisons (``comparisons.png``).
 
   One row per comparison, in the study's order, labelled ``arm − against``
-  (the primary one marked): a dot at the difference of the final metric
+  (the primary ones marked): a dot at the difference of the final metric
   (arm minus against, by the primary test), a thin line for its 95%
-  interval and a thick one for the TOST's 90% interval, the ±margin band
+  interval and a thick one for the TOST's interval (90%; 95% for each of two
+  primary comparisons, `study.statistics.tost_level`), the ±margin band
   shaded when the study declares one, a line at zero. Right of each row:
   the difference and 95% interval, the equivalence verdict and the verdict,
   as in ``summary.md``.
@@ -228,7 +227,7 @@ def comparisons_figure(summary: Mapping[str, Any]):
   if not summary["comparisons"]:
     return None
   metric = summary["metric"]
-  units = metric_units(metric)
+  units = summary_units(summary)
   rows = _comparison_rows(summary, units)
   margin = summary["equivalence_margin"]
   margin = None if margin is None else units.scale * margin
@@ -247,8 +246,8 @@ def comparisons_figure(summary: Mapping[str, Any]):
     if row.ci95 is not None:
       _clipped_segment(axes, row.ci95, y, window, color=color, linewidth=1.3,
                        zorder=2)
-    if row.ci90 is not None:
-      _clipped_segment(axes, row.ci90, y, window, color=color, linewidth=5.5,
+    if row.tost is not None:
+      _clipped_segment(axes, row.tost, y, window, color=color, linewidth=5.5,
                        alpha=0.55, zorder=2)
     if row.mean is not None and window[0] <= row.mean <= window[1]:
       axes.plot([row.mean], [y], "o", color="white", markeredgecolor=color,
@@ -274,9 +273,13 @@ def comparisons_figure(summary: Mapping[str, Any]):
   if any(row.ci95 is not None for row in rows):
     handles.append(mlines.Line2D([], [], color=color, linewidth=1.3,
                                  label=f"95% interval ({test})"))
-  if any(row.ci90 is not None for row in rows):
-    handles.append(mlines.Line2D([], [], color=color, linewidth=5.5,
-                                 alpha=0.55, label="90% interval (TOST)"))
+  levels = list(dict.fromkeys(row.tost_level for row in rows
+                               if row.tost is not None))
+  if levels:  # Two levels: the primary comparisons' first.
+    handles.append(mlines.Line2D(
+        [], [], color=color, linewidth=5.5, alpha=0.55,
+        label=f"{'/'.join(levels)}% interval (TOST"
+              f"{', primary/secondary' if len(levels) > 1 else ''})"))
   if margin is not None:
     handles.append(patches.Patch(
         color="#2ca02c", alpha=0.15, linewidth=0,
@@ -334,7 +337,7 @@ def finals_figure(summary: Mapping[str, Any],
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   metric = summary["metric"]
-  units = metric_units(metric)
+  units = summary_units(summary)
   arms = [arm for arm in summary["arms"] if finished.get(arm)]
   if not arms:
     return None
@@ -380,6 +383,23 @@ def finals_figure(summary: Mapping[str, Any],
   figure.legend(handles=handles, loc="outside lower center",
                 ncol=len(handles), frameon=False, fontsize=9)
   return figure
+
+
+def curves_panel(summary: Mapping[str, Any]) -> tuple[str, str, str] | None:
+  """The first panel of a study's ``curves.png``, for `study.plot.plot_runs`.
+
+  None for an accuracy (the test or validation error in %, as
+  `study.plot` draws it); else the metric's own curve, as it is:
+  ``(field, title, y label)``, e.g. ``("test_loss", "Test loss", "test
+  loss, nats (lower is better)")``.
+  """
+  metric = summary["metric"]
+  if metric in (record.TEST_ACCURACY, record.VAL_ACCURACY):
+    return None
+  units = summary_units(summary)
+  name = _metric_name(metric)
+  return (metric, name[0].upper() + name[1:],
+          _with_unit(name, units.value, units.direction))
 
 
 def save_png(figure, path: str | os.PathLike[str]) -> None:

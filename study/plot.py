@@ -41,8 +41,16 @@ _VALIDATION_ERROR_PANEL = (
     _PANELS[0][3], False)
 
 
-def _panels(groups: Sequence[RunGroup]) -> tuple[tuple, ...]:
-  """The panels: validation error first for runs that never test."""
+def _panels(groups: Sequence[RunGroup],
+            metric_panel: tuple[str, str, str] | None = None
+            ) -> tuple[tuple, ...]:
+  """The panels: ``metric_panel`` first where given, else validation error
+  first for runs that never test."""
+  if metric_panel is not None:
+    field, title, ylabel = metric_panel
+    return ((field, title, ylabel, lambda values: values, False),
+            *_PANELS[1:])
+
   def logged(field):
     return any(record.get(field) is not None for group in groups
                for run in group.runs for record in run.epochs)
@@ -52,7 +60,8 @@ def _panels(groups: Sequence[RunGroup]) -> tuple[tuple, ...]:
 
 
 def plot_runs(
-    groups: Sequence[RunGroup], output_path: str | os.PathLike[str]
+    groups: Sequence[RunGroup], output_path: str | os.PathLike[str],
+    metric_panel: tuple[str, str, str] | None = None,
 ):
   """Draws the groups' curves against epochs and saves the figure.
 
@@ -66,6 +75,9 @@ def plot_runs(
     groups: the run groups.
     output_path: the image file; its extension picks the format (png, pdf,
       svg...). Missing parent directories are created.
+    metric_panel: ``(field, title, y label)``: that epoch field's values, as
+      they are, in the first panel instead of the error (a study's loss:
+      `study.figures.curves_panel`).
 
   Returns:
     The `matplotlib.figure.Figure`, as saved.
@@ -74,7 +86,7 @@ def plot_runs(
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   figure = Figure(figsize=(16, 4.8), layout="constrained")
-  panels = _panels(groups)
+  panels = _panels(groups, metric_panel)
   axes = figure.subplots(1, len(panels), sharex=True)
   legend_lines, legend_labels = [], []
   for index, group in enumerate(groups):

@@ -4,9 +4,9 @@
 and `study.statistics`, each arm's statistics and provenance, the
 comparisons, the selection of winners, and the unfinished and failed runs
 (the contents of ``summary.json``); `summary_markdown` renders them as
-Markdown tables (accuracies in %, differences in points); `write_summary`
-writes both and the curves. `power_plan` sizes a next study from a finished
-one's spread.
+Markdown tables (accuracies in %, differences in points; a loss in nats:
+`study.figures.metric_units`); `write_summary` writes both and the figures.
+`power_plan` sizes a next study from a finished one's spread.
 """
 
 from __future__ import annotations
@@ -29,21 +29,34 @@ from study import statistics
 from train import record
 
 
-def _percent(value, digits=2) -> str:
-  return "–" if value is None else f"{100 * value:.{digits}f}"
+def _value_text(value, units: figures.Units, signed=False) -> str:
+  """A value (or, ``signed``, a difference) in ``units``: ``71.23``,
+  ``+0.42`` (accuracy, points), ``1.4823`` (a loss, nats)."""
+  if value is None:
+    return "–"
+  return f"{units.scale * value:{'+' if signed else ''}.{units.digits}f}"
 
 
-def _points(value) -> str:
-  return "–" if value is None else f"{100 * value:+.2f}"
-
-
-def _interval_text(interval, points=False) -> str:
+def _interval_text(interval, units: figures.Units, signed=False) -> str:
   if interval is None:
     return "–"
   low, high = interval
-  if points:
-    return f"[{_points(low)}, {_points(high)}]"
-  return f"[{_percent(low)}, {_percent(high)}]"
+  return (f"[{_value_text(low, units, signed)}, "
+          f"{_value_text(high, units, signed)}]")
+
+
+def _unit_suffix(units: figures.Units) -> str:
+  """A column name's unit: `` %`` for an accuracy, `` (nats)`` for a loss."""
+  if not units.value:
+    return ""
+  return " %" if units.value == "%" else f" ({units.value})"
+
+
+def _target_text(target: float, units: figures.Units) -> str:
+  """``70%`` for an accuracy, ``1.5 nats`` for a loss."""
+  if units.value == "%":
+    return f"{units.scale * target:.0f}%"
+  return f"{units.scale * target:g} {units.value}".rstrip()
 
 
 def _p_text(p_value) -> str:
@@ -71,24 +84,26 @@ def _markdown_table(header: Sequence[str], aligns: str,
 
 def _arms_table(summary: dict[str, Any]) -> list[str]:
   metric, targets = summary["metric"], summary["targets"]
-  label = _metric_label(metric)
+  units = figures.summary_units(summary)
+  label = _metric_label(metric) + _unit_suffix(units)
   # Steps in the "below" phase; where recorded, also the steps whose loss was
   # below the running mean (they differ under phases="random").
   fractions = {record.PHASE_BELOW_FRACTION: "steps in below phase"}
   if any(record.LOSS_BELOW_MEAN_FRACTION in s
          for s in summary["arms"].values()):
     fractions[record.LOSS_BELOW_MEAN_FRACTION] = "loss below mean"
-  header = (["arm", "n", f"final {label} % (mean ± std)", "95% CI",
-             f"best {label} %"]
-            + [f"epochs to {_percent(t, 0)}%" for t in targets]
+  header = (["arm", "n", f"final {label} (mean ± std)", "95% CI",
+             f"best {label}"]
+            + [f"epochs to {_target_text(t, units)}" for t in targets]
             + ["final train loss", *fractions.values(), "wall time / run"])
   mean_std = statistics.mean_std_text
   rows = []
   for arm, s in summary["arms"].items():
     final_entry = s[f"final_{metric}"]
     rows.append(
-        [arm, s["n"], mean_std(final_entry),
-         _interval_text(final_entry["ci95"]), mean_std(s[f"best_{metric}"])]
+        [arm, s["n"], mean_std(final_entry, units.scale, units.digits),
+         _interval_text(final_entry["ci95"], units),
+         mean_std(s[f"best_{metric}"], units.scale, units.digits)]
         + [_reach_text(s["epochs_to_target"][str(t)]) for t in targets]
         + [mean_std(s["final_train_loss"], 1.0, 4)]
         + [mean_std(s[f], 1.0, 3) if s.get(f) else "–" for f in fractions]
@@ -126,45 +141,70 @@ def _provenance_table(summary: dict[str, Any]) -> list[str]:
               rows)
 
 
-def _comparisons_table(summary: dict[str, Any]) -> list[str]:
-  test_names = {"paired": "paired t-test", "welch": "Welch t-test"}
+def _comparisons_note(summary: dict[str, Any], units: figures.Units) -> str:
+  """The line above the comparisons: units, test, levels and adjustments."""
+  test = {"paired": "paired t-test", "welch": "Welch t-test"}[
+      summary["primary_test"]]
   margin = summary["equivalence_margin"]
   equivalence = ("no equivalence margin declared" if margin is None else
-                 f"equivalence: TOST at ±{100 * margin:.2f} points")
+                 f"equivalence: TOST at ±{_value_text(margin, units)} "
+                 f"{units.difference}".rstrip())
+  primaries = summary.get("primary_comparisons", 1)
+  unit = units.difference or "the metric's units"
+  head = (f"Comparisons of the final {_metric_label(summary['metric'])} "
+          f"(differences in {unit}; primary test: {test}; ")
+  if primaries == 1:
+    return (head + f"{equivalence}; Holm p: the primary test's p-values of "
+            "the secondary comparisons, adjusted as one family):")
+  alpha = statistics.ALPHA / primaries
+  return (head + f"{equivalence}; {primaries} primary comparisons, each at "
+          f"alpha {alpha:g} (its TOST CI {statistics.tost_level(alpha)}%, its "
+          f"seeds for 80% power at alpha {alpha:g}), the secondary ones at "
+          f"alpha {statistics.ALPHA:g} (TOST CI {statistics.tost_level()}%); "
+          "Holm p (primary), Holm p (secondary): the primary test's p-values "
+          "of the primary and of the secondary comparisons, each adjusted as "
+          "one family):")
+
+
+def _comparisons_table(summary: dict[str, Any]) -> list[str]:
+  units = figures.summary_units(summary)
+  primaries = summary.get("primary_comparisons", 1)
+  holm_roles = ("primary", "secondary") if primaries > 1 else ("secondary",)
   rows = []
   for c in summary["comparisons"]:
     paired, welch = c["paired"], c["welch"]
-    tost = c["equivalence"] or {"ci90": None, "p_value": None,
-                                "verdict": "–"}
+    tost = c["equivalence"]
+    tost_cells = ["–", "–", "–"] if tost is None else [
+        _interval_text(statistics.tost_interval(tost), units, True),
+        _p_text(tost["p_value"]), tost["verdict"]]
     power = c["seeds_for_80pct_power"]
     rows.append([
         c["arm"], c["against"], c["role"], paired["n"],
-        _points(paired["mean"]), _interval_text(paired["ci95"], True),
+        _value_text(paired["mean"], units, True),
+        _interval_text(paired["ci95"], units, True),
         _p_text(paired["p_value"]), f"{welch['n'][0]}+{welch['n'][1]}",
-        _points(welch["mean"]), _interval_text(welch["ci95"], True),
-        _p_text(welch["p_value"]), _interval_text(tost["ci90"], True),
-        _p_text(tost["p_value"]), tost["verdict"], c["verdict"],
-        _p_text(c["holm_p_value"]), "–" if power is None else power])
-  return [f"Comparisons of the final {_metric_label(summary['metric'])} "
-          f"(differences in points; primary test: "
-          f"{test_names[summary['primary_test']]}; {equivalence}; Holm p: "
-          f"the primary test's p-values of the secondary comparisons, "
-          f"adjusted as one family):",
-          ""] + _markdown_table(
-              ["arm", "against", "role", "pairs", "paired diff.",
-               "paired 95% CI", "paired p", "runs", "Welch diff.",
-               "Welch 95% CI", "Welch p", "TOST 90% CI", "TOST p",
-               "equivalence", "verdict", "Holm p (secondary)",
-               "seeds for 80% power"],
-              "lll" + "r" * 10 + "llrr", rows)
+        _value_text(welch["mean"], units, True),
+        _interval_text(welch["ci95"], units, True), _p_text(welch["p_value"]),
+        *tost_cells, c["verdict"]]
+        + [_p_text(c["holm_p_value"] if c["role"] == role else None)
+           for role in holm_roles]
+        + ["–" if power is None else power])
+  return [_comparisons_note(summary, units), ""] + _markdown_table(
+      ["arm", "against", "role", "pairs", "paired diff.", "paired 95% CI",
+       "paired p", "runs", "Welch diff.", "Welch 95% CI", "Welch p",
+       "TOST 90% CI" if primaries == 1 else "TOST CI", "TOST p",
+       "equivalence", "verdict"]
+      + [f"Holm p ({role})" for role in holm_roles] + ["seeds for 80% power"],
+      "lll" + "r" * 10 + "ll" + "r" * len(holm_roles) + "r", rows)
 
 
 def _selection_lines(summary: dict[str, Any]) -> list[str]:
   label = _metric_label(summary["metric"])
+  units = figures.summary_units(summary)
   lines = [f"Selection (the study's rule: {summary['selection_rule']}):", ""]
   for family, chosen in summary["selection"].items():
-    value = ("–" if chosen["value"] is None
-             else f"{_percent(chosen['value'])} %")
+    value = ("–" if chosen["value"] is None else
+             f"{_value_text(chosen['value'], units)} {units.value}".rstrip())
     lines.append(f"- {family}: {chosen['winner'] or '–'} ({label} {value})"
                  + ("" if chosen["complete"] else
                     "; not final: some arms have no finished run"))
@@ -217,7 +257,8 @@ def summarize(workdir: str, baseline: str | None = None,
     workdir: the study directory.
     baseline: compare every arm with this one instead of the study's
       ``comparisons`` (or ``baseline``).
-    compare: ``(arm, against)`` pairs to compare instead, the first primary.
+    compare: ``(arm, against)`` pairs to compare instead, the first
+      primary (the first ``primary_comparisons`` of them).
     margin: an equivalence margin instead of the study's.
 
   Returns:
@@ -235,8 +276,10 @@ def summarize(workdir: str, baseline: str | None = None,
     study.comparisons = [list(pair) for pair in compare]
   if margin is not None:
     study.equivalence_margin = margin
-  metric, primary_test, margin = study_lib.check_statistics_fields(study)
+  metric, primary_test, margin, direction, primaries = (
+      study_lib.check_statistics_fields(study))
   pairs = comparison_pairs(study, baseline)
+  primaries = min(primaries, max(len(pairs), 1))  # Post hoc: fewer pairs.
   statuses = study_lib.study_runs(study, workdir)
   finished = {arm: [] for arm in study.arms}
   failed = [{"arm": s.arm, "seed": s.seed, "reason": s.reason,
@@ -253,19 +296,24 @@ def summarize(workdir: str, baseline: str | None = None,
   targets = list(study.get("targets", ()))
   final_by_seed = {arm: {r.config["seed"]: arms_lib.final(r, metric)
                          for r in runs} for arm, runs in finished.items()}
+  # Each of k primary comparisons at level 0.05 / k; the secondary at 0.05.
   comparisons = [
       {"arm": arm, "against": against,
-       "role": "primary" if index == 0 else "secondary",
-       **statistics.compare(final_by_seed[arm], final_by_seed[against],
-                            primary_test=primary_test, margin=margin)}
+       "role": "primary" if index < primaries else "secondary",
+       **statistics.compare(
+           final_by_seed[arm], final_by_seed[against],
+           primary_test=primary_test, margin=margin, direction=direction,
+           alpha=statistics.ALPHA / (primaries if index < primaries else 1))}
       for index, (arm, against) in enumerate(pairs)]
-  secondary = [c for c in comparisons if c["role"] == "secondary"]
   for c in comparisons:
     c["holm_p_value"] = None
-  for c, p in zip(secondary, statistics.holm(
-      [c[primary_test]["p_value"] for c in secondary])):
-    c["holm_p_value"] = p
-  arms = {arm: arms_lib.arm_statistics(runs, targets, metric)
+  # One family of the secondary comparisons; one of the primary ones if k > 1.
+  for role in ("primary", "secondary") if primaries > 1 else ("secondary",):
+    family = [c for c in comparisons if c["role"] == role]
+    for c, p in zip(family, statistics.holm(
+        [c[primary_test]["p_value"] for c in family])):
+      c["holm_p_value"] = p
+  arms = {arm: arms_lib.arm_statistics(runs, targets, metric, direction)
           for arm, runs in finished.items()}
   diverged = [{"arm": s.arm, "seed": s.seed, "reason": s.reason}
               for s in statuses if s.state == "diverged"]
@@ -275,12 +323,18 @@ def summarize(workdir: str, baseline: str | None = None,
         study.families, {arm: arms[arm][f"final_{metric}"]["mean"]
                          for arm in arms},
         diverged=[arm for arm in study.arms if all(
-            s.state == "diverged" for s in statuses if s.arm == arm)])
+            s.state == "diverged" for s in statuses if s.arm == arm)],
+        direction=direction)
+  # The two fields are in the summary only where the study declares them.
   return {
       "metric": metric,
+      **({"metric_direction": direction} if "metric_direction" in study
+         else {}),
       "selection": selection,
       "selection_rule": study.get("selection"),
       "primary_test": primary_test,
+      **({"primary_comparisons": primaries} if "primary_comparisons" in study
+         else {}),
       "equivalence_margin": margin,
       "baseline": study.baseline if baseline is None else baseline,
       "targets": targets,
@@ -327,7 +381,8 @@ def write_summary(workdir: str) -> str:
         summary, indent=2, allow_nan=False) + "\n")
     files.write_atomically(os.path.join(workdir, "summary.md"), markdown)
     if groups:
-      plot.plot_runs(groups, os.path.join(workdir, "curves.png"))
+      plot.plot_runs(groups, os.path.join(workdir, "curves.png"),
+                     figures.curves_panel(summary))
     figures.write_figures(workdir, summary, finished)
   except files.WriteError as e:
     raise SummaryNotWritten(markdown, e) from e
@@ -335,7 +390,8 @@ def write_summary(workdir: str) -> str:
 
 
 def power_plan(workdir: str, margin: float, test: str,
-               arms: Sequence[str] | None = None) -> str:
+               arms: Sequence[str] | None = None,
+               primaries: int | None = None) -> str:
   """The seeds per arm a study at ``margin`` needs, from ``workdir``'s spread.
 
   The spread is the pooled standard deviation of the arms' final metric
@@ -344,13 +400,21 @@ def power_plan(workdir: str, margin: float, test: str,
   (``√2`` times it), which is what pairing gives when it removes no noise.
   Two figures: the seeds for 80% power of the TOST at ``±margin`` when the
   true difference is zero, and of the two-sided 5% test to detect a true
-  difference of ``margin``; a study needs the larger.
+  difference of ``margin``; a study needs the larger. With ``primaries``
+  (default: the study's ``primary_comparisons``) k above 1, both tests are
+  at level 0.05 / k, as each primary comparison of such a study is.
   """
   summary, _ = summarize(workdir)
   metric = summary["metric"]
   arms = study_lib.select_arms(summary["arms"], arms)
   if not margin > 0:
     raise study_lib.StudyError(f"--margin must be above 0, got {margin}.")
+  if primaries is None:
+    primaries = summary.get("primary_comparisons", 1)
+  if primaries < 1:
+    raise study_lib.StudyError(
+        f"--primaries must be at least 1, got {primaries}.")
+  alpha = statistics.ALPHA / primaries
   lines, squares, dfs = [], 0.0, 0
   for arm in arms:
     entry = summary["arms"][arm][f"final_{metric}"]
@@ -365,15 +429,18 @@ def power_plan(workdir: str, margin: float, test: str,
                                "measure a spread from.")
   sd = (squares / dfs) ** 0.5
   scale = sd * (2 ** 0.5 if test == "paired" else 1.0)
-  tost = statistics.seeds_for_equivalence(margin / scale, test)
-  detect = statistics.seeds_for_power(margin / scale, test)
+  tost = statistics.seeds_for_equivalence(margin / scale, test, alpha=alpha)
+  detect = statistics.seeds_for_power(margin / scale, test, alpha=alpha)
+  each = ("" if primaries == 1 else
+          f", each of {primaries} primary comparisons at alpha {alpha:g}")
   return "\n".join(
       [f"final {metric} of {workdir}, per arm:"] + lines + [
           f"pooled sd: {sd:.5f} ({dfs} degrees of freedom); margin "
           f"{margin:g} = {margin / sd:.3f} sd",
-          f"seeds per arm for 80% power, {test} test:",
+          f"seeds per arm for 80% power, {test} test{each}:",
           f"  TOST at ±{margin:g}, true difference 0: {tost}",
-          f"  a true difference of {margin:g}, two-sided 5%: {detect}",
+          f"  a true difference of {margin:g}, two-sided {100 * alpha:g}%: "
+          f"{detect}",
           f"a study at this margin needs {max(tost or 0, detect or 0)} "
           "seeds per arm"]) + "\n"
 

@@ -5,9 +5,10 @@ seeds (`scipy.stats.t`), paired t-tests over the seeds two arms share
 (`scipy.stats.ttest_rel`), Welch t-tests over all their runs
 (`scipy.stats.ttest_ind` with ``equal_var=False``), equivalence tests (TOST)
 built from one-sided versions of the same tests, and the power of a t-test
-from the noncentral t (`scipy.stats.nct`). The compared metric is one where
-higher is better (an accuracy). What each arm's runs measured is
-`study.arms`'; `study.report` calls both.
+from the noncentral t (`scipy.stats.nct`). A difference is always ``arm -
+against``; whether above zero is better depends on the metric
+(`metric_direction`: an accuracy higher, a loss lower). What each arm's runs
+measured is `study.arms`'; `study.report` calls both.
 """
 
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ TESTS = ("paired", "welch")
 MIN_RUNS = 3  # Fewer pairs (paired) or runs per arm (Welch): "too few runs".
 POWER = 0.8
 ALPHA = 0.05
+DIRECTIONS = ("higher", "lower")  # Which values of a metric are better.
 MAX_SEEDS = 10**6  # seeds_for_80pct_power is None beyond this.
 
 
@@ -124,28 +126,48 @@ def t_test(a: np.ndarray, b: np.ndarray, test: str) -> dict[str, Any]:
   return result
 
 
+def tost_level(alpha: float = ALPHA) -> str:
+  """The confidence in % of a level-``alpha`` TOST's interval, ``1 - 2 alpha``.
+
+  Example:
+    >>> tost_level(), tost_level(0.025)
+    ('90', '95')
+  """
+  return f"{100 * (1 - 2 * alpha):g}"
+
+
+def tost_interval(equivalence: Mapping[str, Any]) -> list[float] | None:
+  """The ``1 - 2 alpha`` interval of an `equivalence_test` result."""
+  return equivalence["ci" + tost_level(equivalence.get("alpha", ALPHA))]
+
+
 def equivalence_test(a: np.ndarray, b: np.ndarray, test: str,
-                     margin: float) -> dict[str, Any]:
-  """TOST: two one-sided ``test``s that the difference lies within ±margin.
+                     margin: float, alpha: float = ALPHA) -> dict[str, Any]:
+  """TOST: two one-sided level-``alpha`` ``test``s that the difference lies
+  within ±margin.
 
   The null hypotheses are ``Δ <= -margin`` (tested as ``a + margin`` against
   ``b``, alternative "greater") and ``Δ >= margin`` (``a - margin``,
   "less"); ``p_value`` is the larger of the two one-sided p-values. The
-  verdict is ``equivalent`` iff the 90% interval of the difference lies
-  inside ``(-margin, margin)`` (the same as ``p_value < 0.05``) and the runs
-  suffice for a verdict at all (see `verdict`).
+  verdict is ``equivalent`` iff the ``1 - 2 alpha`` interval of the
+  difference (90% at the default 5%) lies inside ``(-margin, margin)`` (the
+  same as ``p_value < alpha``) and the runs suffice for a verdict at all
+  (see `verdict`).
 
   Returns:
-    ``{margin, ci90, p_value, verdict}``; the interval and p-value are None
+    ``{margin, ci90, p_value, verdict}``; at another ``alpha`` than 5%, with
+    ``alpha`` and the interval named for its `tost_level` (``ci95`` at
+    0.025; `tost_interval` reads either). The interval and p-value are None
     where `t_test` has none.
   """
-  result = {"margin": margin, "ci90": None, "p_value": None,
-            "verdict": "not shown equivalent"}
+  key = "ci" + tost_level(alpha)
+  result = {"margin": margin, **({} if alpha == ALPHA else {"alpha": alpha}),
+            key: None, "p_value": None, "verdict": "not shown equivalent"}
   if not _enough(a, b, test, runs=2):
     return result
   low, high = (float(x) for x in
-               _scipy_test(a, b, test).confidence_interval(0.90))
-  result["ci90"] = [low, high]
+               _scipy_test(a, b, test).confidence_interval(1 - 2 * alpha))
+  result[key] = [low, high]
   result["p_value"] = float(max(
       _scipy_test(a + margin, b, test, alternative="greater").pvalue,
       _scipy_test(a - margin, b, test, alternative="less").pvalue))
@@ -154,15 +176,34 @@ def equivalence_test(a: np.ndarray, b: np.ndarray, test: str,
   return result
 
 
-def verdict(difference: Mapping[str, Any], enough: bool) -> str:
+def direction_sign(direction: str) -> float:
+  """``+1`` where higher is better, ``-1`` where lower is: a value times it
+  is higher when better.
+
+  Example:
+    >>> direction_sign("higher"), direction_sign("lower")
+    (1.0, -1.0)
+  """
+  return 1.0 if direction == "higher" else -1.0
+
+
+def verdict(difference: Mapping[str, Any], enough: bool,
+            direction: str = "higher") -> str:
   """``better`` or ``worse`` when the 95% interval excludes zero.
 
-  ``too few runs`` when not ``enough`` (fewer than `MIN_RUNS` pairs or runs
-  per arm, or a `degenerate_spread`), else ``inconclusive``.
+  Better is above zero where higher is better (``direction``), below zero
+  where lower is. ``too few runs`` when not ``enough`` (fewer than
+  `MIN_RUNS` pairs or runs per arm, or a `degenerate_spread`), else
+  ``inconclusive``.
+
+  Example:
+    >>> verdict({"ci95": [-0.03, -0.01]}, True, "lower")
+    'better'
   """
   if not enough or difference["ci95"] is None:
     return "too few runs"
-  low, high = difference["ci95"]
+  low, high = sorted(direction_sign(direction) * x
+                     for x in difference["ci95"])
   if low > 0:
     return "better"
   if high < 0:
@@ -218,9 +259,10 @@ def power(effect_size: float, seeds: int, test: str,
                + stats.nct.cdf(-critical, df, noncentrality))
 
 
-def seeds_for_power(effect_size: float, test: str,
-                    target: float = POWER) -> int | None:
-  """The fewest seeds per arm (pairs) at which `power` reaches ``target``.
+def seeds_for_power(effect_size: float, test: str, target: float = POWER,
+                    alpha: float = ALPHA) -> int | None:
+  """The fewest seeds per arm (pairs) at which `power` (at ``alpha``)
+  reaches ``target``.
 
   None when there is no effect (zero or undefined) or it needs more than
   `MAX_SEEDS`.
@@ -231,7 +273,7 @@ def seeds_for_power(effect_size: float, test: str,
   """
   if not math.isfinite(effect_size) or effect_size == 0:
     return None
-  return _fewest_seeds(lambda n: power(effect_size, n, test), target)
+  return _fewest_seeds(lambda n: power(effect_size, n, test, alpha), target)
 
 
 def equivalence_power(margin: float, seeds: int, test: str,
@@ -257,10 +299,11 @@ def equivalence_power(margin: float, seeds: int, test: str,
   return max(0.0, float(2 * stats.t.cdf(slack, df) - 1))
 
 
-def seeds_for_equivalence(margin: float, test: str,
-                          target: float = POWER) -> int | None:
-  """The fewest seeds per arm (pairs) at which `equivalence_power` reaches
-  ``target``; None for a margin that is not positive, or above `MAX_SEEDS`.
+def seeds_for_equivalence(margin: float, test: str, target: float = POWER,
+                          alpha: float = ALPHA) -> int | None:
+  """The fewest seeds per arm (pairs) at which `equivalence_power` (at
+  ``alpha``) reaches ``target``; None for a margin that is not positive, or
+  above `MAX_SEEDS`.
 
   Example:
     >>> seeds_for_equivalence(1.0, "welch")
@@ -268,7 +311,8 @@ def seeds_for_equivalence(margin: float, test: str,
   """
   if not math.isfinite(margin) or margin <= 0:
     return None
-  return _fewest_seeds(lambda n: equivalence_power(margin, n, test), target)
+  return _fewest_seeds(lambda n: equivalence_power(margin, n, test, alpha),
+                       target)
 
 
 def _fewest_seeds(power_of, target: float) -> int | None:
@@ -300,8 +344,9 @@ def effect_size(a: np.ndarray, b: np.ndarray, test: str) -> float:
 
 
 def compare(arm: Mapping[int, float], against: Mapping[int, float], *,
-            primary_test: str = "paired",
-            margin: float | None = None) -> dict[str, Any]:
+            primary_test: str = "paired", margin: float | None = None,
+            direction: str = "higher", alpha: float = ALPHA
+            ) -> dict[str, Any]:
   """One arm against another, by the paired and the Welch t-test.
 
   Args:
@@ -311,38 +356,46 @@ def compare(arm: Mapping[int, float], against: Mapping[int, float], *,
       verdict, the equivalence test and the seeds needed.
     margin: the equivalence margin, declared before the runs; None for no
       equivalence test.
+    direction: ``"higher"`` or ``"lower"``, whichever value is better
+      (`metric_direction`): what the verdict calls better.
+    alpha: the level of the equivalence test and of the power calculation
+      (``0.05 / k`` for each of k primary comparisons).
 
   Returns:
     ``{paired, welch}`` (each `t_test`'s, paired with its ``seeds``),
     ``equivalence`` (`equivalence_test`'s, or None without a margin),
     ``verdict`` (`verdict`'s) and ``seeds_for_80pct_power`` (`seeds_for_power`
-    at the observed effect size).
+    at the observed effect size and ``alpha``).
   """
   samples = {test: _samples(arm, against, test) for test in TESTS}
   result = {test: t_test(*samples[test], test) for test in TESTS}
   result["paired"]["seeds"] = sorted(set(arm) & set(against))
   a, b = samples[primary_test]
   result["equivalence"] = None if margin is None else equivalence_test(
-      a, b, primary_test, margin)
+      a, b, primary_test, margin, alpha)
   result["verdict"] = verdict(result[primary_test],
-                              _enough(a, b, primary_test))
+                              _enough(a, b, primary_test), direction)
   result["seeds_for_80pct_power"] = seeds_for_power(
-      effect_size(a, b, primary_test), primary_test)
+      effect_size(a, b, primary_test), primary_test, alpha=alpha)
   return result
 
 
-def metric_direction(metric: str) -> str:
+def metric_direction(metric: str, declared: str | None = None) -> str:
   """Whether a higher or a lower value of the field ``metric`` is better.
 
-  Decided from the name alone: a loss or an error (a name that holds
-  ``loss`` or ``error``) is better lower, anything else (an accuracy) higher.
-  This is the one place that decides it; a study that declares its metric's
-  direction explicitly is meant to override it here.
+  ``declared`` (a study's ``metric_direction``) decides where given;
+  otherwise the name: a loss or an error (a name that holds ``loss`` or
+  ``error``) is better lower, anything else (an accuracy) higher. This is
+  the one place that decides it.
 
   Example:
     >>> metric_direction("val_accuracy"), metric_direction("test_loss")
     ('higher', 'lower')
+    >>> metric_direction("val_nll", declared="lower")
+    'lower'
   """
+  if declared is not None:
+    return declared
   name = metric.lower()
   return "lower" if "loss" in name or "error" in name else "higher"
 
@@ -383,8 +436,10 @@ def mean_std_text(entry: Mapping[str, Any], scale: float = 100.0,
 def select_winners(families: Mapping[str, Sequence[str]],
                    finals: Mapping[str, float | None],
                    tie: float = 1e-9,
-                   diverged: Sequence[str] = ()) -> dict[str, Any]:
-  """Per family, the arm with the highest mean final metric.
+                   diverged: Sequence[str] = (),
+                   direction: str = "higher") -> dict[str, Any]:
+  """Per family, the arm with the best mean final metric: the highest, or
+  the lowest where lower is better (``direction``).
 
   Args:
     families: family -> its arms, in the order that breaks ties (the first
@@ -404,14 +459,18 @@ def select_winners(families: Mapping[str, Sequence[str]],
     {'sgd': {'winner': 'a', 'value': 0.7, 'complete': True}}
     >>> select_winners({"sgd": ["a", "b"]}, {"a": 0.6}, diverged=["b"])
     {'sgd': {'winner': 'a', 'value': 0.6, 'complete': True}}
+    >>> select_winners({"sgd": ["a", "b"]}, {"a": 1.5, "b": 1.2},
+    ...                direction="lower")["sgd"]["winner"]
+    'b'
   """
+  sign = direction_sign(direction)
   selection = {}
   for family, arms in families.items():
-    known = [(arm, finals.get(arm)) for arm in arms
+    known = [(arm, sign * finals.get(arm)) for arm in arms
              if finals.get(arm) is not None]
-    best_value = max((value for _, value in known), default=None)
-    winner = next((arm for arm, value in known
-                   if value >= best_value - tie), None)
+    best = max((value for _, value in known), default=None)
+    winner = next((arm for arm, value in known if value >= best - tie), None)
+    best_value = None if best is None else sign * best
     ranked = len(known) + sum(arm in diverged for arm in arms
                               if finals.get(arm) is None)
     selection[family] = {"winner": winner, "value": best_value,

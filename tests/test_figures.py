@@ -9,6 +9,8 @@ import pytest
 
 from study import definition as study_lib
 from study import figures
+from study import groups as groups_lib
+from study import plot
 from study import report as study_report
 from study import statistics
 
@@ -136,14 +138,49 @@ def test_loss_figures_show_nats_not_points_or_percent(tmp_path):
     label = figure.axes[0].get_xlabel()
     assert "nats" in label and "lower is better" in label, label
     assert "points" not in label and "%" not in label, label
-  # Values in nats, not x100: b's mean loss shows as 0.911, not 91.08.
+  # Values in nats, not x100: b's mean loss shows as 0.9108, not 91.08.
   mean = summary["arms"]["b"]["final_test_loss"]["mean"]
-  assert any(text.startswith(f"{mean:.3f} [") for text in _texts(finals))
+  assert any(text.startswith(f"{mean:.4f} [") for text in _texts(finals))
   # A lower loss is the better side: left of zero; c's higher loss is worse.
   assert "← arm better" in comparisons.axes[0].get_xlabel()
-  assert summary["comparisons"][1]["verdict"] == "better"  # The difference > 0.
-  assert any(text.endswith("not shown equivalent, worse (higher)")
+  assert summary["comparisons"][1]["verdict"] == "worse"  # The difference > 0.
+  assert any(text.endswith("not shown equivalent, worse")
              for text in _texts(comparisons))
+  # curves.png draws the loss itself, not the test error.
+  panel = figures.curves_panel(summary)
+  assert panel == ("test_loss", "Test loss",
+                   "test loss, nats (lower is better)")
+  _, finished = study_report.summarize(str(tmp_path))
+  curves = plot.plot_runs([groups_lib.RunGroup("b", finished["b"])],
+                          tmp_path / "curves.png", panel)
+  assert curves.axes[0].get_title() == "Test loss"
+  assert curves.axes[0].get_lines()[0].get_ydata()[-1] == pytest.approx(mean)
+  assert figures.curves_panel({"metric": "val_accuracy"}) is None
+
+
+def test_a_lower_loss_is_better_in_the_forest_plot(tmp_path):
+  finals = {"base": {0: 1.50, 1: 1.52, 2: 1.51, 3: 1.49},
+            "b": {0: 1.45, 1: 1.46, 2: 1.44, 3: 1.45}}
+  _study(tmp_path, finals, "test_loss", comparisons=[["b", "base"]],
+         equivalence_margin=0.01)
+  summary, _ = study_report.summarize(str(tmp_path))
+  comparison = figures.comparisons_figure(statistics.json_safe(summary))
+  assert summary["comparisons"][0]["verdict"] == "better"
+  assert any(text.startswith("−0.0550 [") and text.endswith(
+      "not shown equivalent, better") for text in _texts(comparison))
+
+
+def test_two_primary_comparisons_in_the_forest_plot(tmp_path):
+  finals, margin = STUDIES["val_accuracy"]
+  _study(tmp_path, {**finals, "d": finals["b"]}, "val_accuracy",
+         comparisons=[["b", "base"], ["d", "base"], ["c", "base"]],
+         primary_comparisons=2, equivalence_margin=margin)
+  summary, _ = study_report.summarize(str(tmp_path))
+  comparison = figures.comparisons_figure(statistics.json_safe(summary))
+  labels = [label.get_text() for label in
+            comparison.axes[0].get_yticklabels()]
+  assert labels == ["b − base  (primary)", "d − base  (primary)", "c − base"]
+  assert "95/90% interval (TOST, primary/secondary)" in _texts(comparison)
 
 
 def test_forest_plot_rows_margin_and_off_scale_row(tmp_path):

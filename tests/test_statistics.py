@@ -190,3 +190,60 @@ def test_holm_skips_missing_p_values():
   assert statistics.holm([None, 0.02, float("nan"), 0.04]) == [
       None, 0.04, None, 0.04]
   assert statistics.holm([]) == []
+
+
+def test_a_lower_is_better_metric_turns_the_verdict():
+  losses = {0: 1.45, 1: 1.46, 2: 1.44}
+  against = {0: 1.50, 1: 1.52, 2: 1.49}
+  lower = statistics.compare(losses, against, direction="lower")
+  assert lower["paired"]["ci95"][1] < 0  # A lower loss: below zero.
+  assert lower["verdict"] == "better"
+  assert statistics.compare(against, losses, direction="lower")[
+      "verdict"] == "worse"
+  assert statistics.compare(losses, against)["verdict"] == "worse"
+  assert statistics.metric_direction("val_nll", declared="lower") == "lower"
+  assert statistics.metric_direction("val_loss", declared="higher") == (
+      "higher")
+
+
+def test_select_winners_takes_the_lowest_loss_diverged_last_ties_first():
+  families = {"sgd": ["lr0.1", "lr0.2", "lr0.4"]}
+  select = statistics.select_winners
+  assert select(families, {"lr0.1": 1.3, "lr0.2": 1.1, "lr0.4": 1.2},
+                direction="lower")["sgd"] == {
+                    "winner": "lr0.2", "value": 1.1, "complete": True}
+  # A tie goes to the first listed (the lower rate); a diverged arm (no
+  # final value) is ranked, and never wins, whatever its direction.
+  assert select(families, {"lr0.1": 1.1, "lr0.2": 1.1}, diverged=["lr0.4"],
+                direction="lower")["sgd"] == {
+                    "winner": "lr0.1", "value": 1.1, "complete": True}
+  assert select(families, {}, diverged=["lr0.1", "lr0.2", "lr0.4"],
+                direction="lower")["sgd"]["winner"] is None
+
+
+@pytest.mark.parametrize("test, b, margin", [("paired", AGAINST, 0.018),
+                                             ("welch", OTHER, 0.035)])
+def test_tost_at_alpha_0025_is_the_95pct_interval(test, b, margin):
+  at_5 = statistics.equivalence_test(ARM, b, test, margin)
+  at_2_5 = statistics.equivalence_test(ARM, b, test, margin, alpha=0.025)
+  assert "alpha" not in at_5 and "ci95" not in at_5
+  assert at_2_5["alpha"] == 0.025 and "ci90" not in at_2_5
+  # The same one-sided p-values; the interval is the t-test's 95% one.
+  assert at_2_5["p_value"] == at_5["p_value"]
+  np.testing.assert_allclose(statistics.tost_interval(at_2_5),
+                             statistics.t_test(ARM, b, test)["ci95"])
+  assert statistics.tost_interval(at_5) == at_5["ci90"]
+  # Inside the margin at 90%, not at 95%.
+  assert at_5["verdict"] == "equivalent"
+  assert at_2_5["verdict"] == "not shown equivalent"
+  assert 0.025 < at_2_5["p_value"] < 0.05
+
+
+def test_power_at_a_smaller_alpha_needs_more_seeds():
+  seeds = statistics.seeds_for_power(0.5, "paired", alpha=0.025)
+  assert seeds > statistics.seeds_for_power(0.5, "paired") == 34
+  assert statistics.power(0.5, seeds, "paired", 0.025) >= 0.8
+  assert statistics.power(0.5, seeds - 1, "paired", 0.025) < 0.8
+  tost = statistics.seeds_for_equivalence(1.0, "welch", alpha=0.025)
+  assert statistics.equivalence_power(1.0, tost, "welch", 0.025) >= 0.8
+  assert statistics.equivalence_power(1.0, tost - 1, "welch", 0.025) < 0.8

@@ -440,6 +440,10 @@ def test_provenance_per_arm(tmp_path):
     ({"equivalence_margin": 0.0}, r"equivalence_margin must be a number"),
     ({"equivalence_margin": "0.5"}, r"equivalence_margin must be a number"),
     ({"metric": 3}, r"metric must be the name"),
+    ({"metric_direction": "down"}, r"metric_direction must be one of"),
+    ({"primary_comparisons": 0}, r"primary_comparisons must be a whole"),
+    ({"primary_comparisons": 2}, r"from 1 to its 1 comparisons"),
+    ({"primary_comparisons": True}, r"primary_comparisons must be a whole"),
 ])
 def test_bad_statistics_fields_are_clear_errors(tmp_path, fields, message):
   study_file = tmp_path / "bad_study.py"
@@ -583,6 +587,139 @@ def test_power_plan_pools_the_spread_and_takes_the_larger_count(tmp_path,
                          "--arms", "nope"]) == 1
   assert cli.main(["power", str(tmp_path), "--margin", "-1"]) == 1
   assert capsys.readouterr().err.count("error:") == 2
+
+
+LOSSES = {"base": {0: 1.50, 1: 1.52, 2: 1.51, 3: 1.49},
+          "b": {0: 1.45, 1: 1.46, 2: 1.44, 3: 1.45}}
+
+
+@pytest.mark.parametrize("metric, fields", [
+    ("test_loss", {}), ("val_nll", {"metric_direction": "lower"})])
+def test_a_loss_study_takes_lower_as_better(tmp_path, metric, fields):
+  # Each run's loss falls to 0.05 below its final value at epoch 2, then
+  # rises to it: its best is that minimum; it reaches 1.42 there, or never.
+  for arm, by_seed in LOSSES.items():
+    for seed, final in by_seed.items():
+      _fake_run(tmp_path, arm, seed, [2.0, final - 0.05, final],
+                metric=metric)
+  study_lib.save_study(_study(
+      arms={"base": {}, "b": {}}, seeds=[0, 1, 2, 3], metric=metric,
+      targets=[1.42], equivalence_margin=0.01, families={"all": ["base", "b"]},
+      selection="the lowest final loss", **fields), str(tmp_path))
+  markdown = study_report.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary.get("metric_direction") == fields.get("metric_direction")
+  assert summary["selection"]["all"] == {"winner": "b", "value": 1.45,
+                                         "complete": True}
+  comparison = summary["comparisons"][0]
+  assert comparison["paired"]["ci95"][1] < 0
+  assert comparison["verdict"] == "better"
+  b = summary["arms"]["b"]
+  np.testing.assert_allclose(b[f"best_{metric}"]["mean"], 1.40)  # The min.
+  assert b["epochs_to_target"]["1.42"] == {"median": 2.0, "reached": 4,
+                                           "n": 4}
+  assert summary["arms"]["base"]["epochs_to_target"]["1.42"] == {
+      "median": None, "reached": 0, "n": 4}
+  if metric == "test_loss":  # In nats, 4 decimals, never x100.
+    assert ("| arm | n | final test loss (nats) (mean ± std) | 95% CI | "
+            "best test loss (nats) | epochs to 1.42 nats |") in markdown
+    assert "| b | 4 | 1.4500 ± 0.0082 |" in markdown
+    assert "- all: b (test loss 1.4500 nats)" in markdown
+    assert ("(differences in nats; primary test: paired t-test; "
+            "equivalence: TOST at ±0.0100 nats;") in markdown
+    assert "| b | base | primary | 4 | -0.0550 | [" in markdown
+
+
+def _primaries_study(tmp_path, **fields):
+  """b and d near base (primary), c far above it (secondary); Welch."""
+  finals = {"base": {0: 0.600, 1: 0.620, 2: 0.610, 3: 0.605},
+            "b": {0: 0.603, 1: 0.621, 2: 0.612, 3: 0.607},
+            "d": {0: 0.615, 1: 0.640, 2: 0.622, 3: 0.619},
+            "c": {0: 0.700, 1: 0.710, 2: 0.720, 3: 0.690}}
+  _two_arm_study(tmp_path, finals,
+                 comparisons=[["b", "base"], ["d", "base"], ["c", "base"]],
+                 primary_test="welch", equivalence_margin=0.02, **fields)
+  return {arm: np.array(list(by_seed.values()))
+          for arm, by_seed in finals.items()}
+
+
+def test_two_primary_comparisons_at_alpha_0025_holm_adjusted(tmp_path):
+  values = _primaries_study(tmp_path, primary_comparisons=2)
+  markdown = study_report.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["primary_comparisons"] == 2
+  b, d, c = summary["comparisons"]
+  assert [x["role"] for x in (b, d, c)] == ["primary", "primary",
+                                            "secondary"]
+  # Holm over the two primaries, by hand: the smaller p doubled, the larger
+  # at least that.
+  p_b, p_d = (stats.ttest_ind(values[arm], values["base"],
+                              equal_var=False).pvalue for arm in ("b", "d"))
+  low, high = sorted([p_b, p_d])
+  holm = {p_b: 2 * low if p_b == low else max(2 * low, high)}
+  holm[p_d] = 2 * low if p_d == low else max(2 * low, high)
+  np.testing.assert_allclose(b["holm_p_value"], holm[p_b])
+  np.testing.assert_allclose(d["holm_p_value"], holm[p_d])
+  assert c["holm_p_value"] == c["welch"]["p_value"]  # A family of one.
+  # Each primary's TOST at 0.025: the Welch 95% interval.
+  for row, arm in ((b, "b"), (d, "d")):
+    tost = row["equivalence"]
+    assert tost["alpha"] == 0.025
+    np.testing.assert_allclose(tost["ci95"], stats.ttest_ind(
+        values[arm], values["base"], equal_var=False).confidence_interval(
+            0.95))
+    pooled = math.sqrt((np.var(values[arm], ddof=1)
+                        + np.var(values["base"], ddof=1)) / 2)
+    effect = (values[arm].mean() - values["base"].mean()) / pooled
+    assert row["seeds_for_80pct_power"] == statistics.seeds_for_power(
+        effect, "welch", alpha=0.025)
+  assert d["seeds_for_80pct_power"] > statistics.seeds_for_power(
+      (values["d"].mean() - values["base"].mean()) / math.sqrt(
+          (np.var(values["d"], ddof=1) + np.var(values["base"], ddof=1)) / 2),
+      "welch")
+  assert "alpha" not in c["equivalence"] and "ci90" in c["equivalence"]
+  assert "| TOST CI | TOST p | equivalence | verdict | Holm p (primary) | " \
+         "Holm p (secondary) | seeds for 80% power |" in markdown
+  assert ("2 primary comparisons, each at alpha 0.025 (its TOST CI 95%, its "
+          "seeds for 80% power at alpha 0.025)") in markdown
+  assert f"| {holm[p_b]:.3f} | – |" in markdown
+
+
+def test_one_primary_comparison_by_default(tmp_path):
+  values = _primaries_study(tmp_path)
+  markdown = study_report.write_summary(str(tmp_path))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert "primary_comparisons" not in summary
+  b, d, c = summary["comparisons"]
+  assert [x["role"] for x in (b, d, c)] == ["primary", "secondary",
+                                            "secondary"]
+  assert b["holm_p_value"] is None and "alpha" not in b["equivalence"]
+  np.testing.assert_allclose(b["equivalence"]["ci90"], stats.ttest_ind(
+      values["b"], values["base"], equal_var=False).confidence_interval(0.90))
+  assert [d["holm_p_value"], c["holm_p_value"]] == statistics.holm(
+      [d["welch"]["p_value"], c["welch"]["p_value"]])
+  assert "Holm p (primary)" not in markdown and "| TOST 90% CI |" in markdown
+
+
+def test_power_plan_at_the_studys_primary_alpha(tmp_path, capsys):
+  _primaries_study(tmp_path, primary_comparisons=2)
+  assert cli.main(["power", str(tmp_path), "--margin", "0.01",
+                   "--arms", "base,b"]) == 0
+  out = capsys.readouterr().out
+  sd = math.sqrt((np.var([0.6, 0.62, 0.61, 0.605], ddof=1)
+                  + np.var([0.603, 0.621, 0.612, 0.607], ddof=1)) / 2)
+  counts = [statistics.seeds_for_equivalence(0.01 / sd, "welch", alpha=alpha)
+            for alpha in (0.025, 0.05)]
+  detects = [statistics.seeds_for_power(0.01 / sd, "welch", alpha=alpha)
+             for alpha in (0.025, 0.05)]
+  assert "each of 2 primary comparisons at alpha 0.025" in out
+  assert f"two-sided 2.5%: {detects[0]}" in out
+  assert f"needs {max(counts[0], detects[0])} seeds per arm" in out
+  assert cli.main(["power", str(tmp_path), "--margin", "0.01",
+                   "--arms", "base,b", "--primaries", "1"]) == 0
+  assert f"needs {max(counts[1], detects[1])} seeds per arm" in (
+      capsys.readouterr().out)
+  assert max(counts[0], detects[0]) > max(counts[1], detects[1])
 
 
 def test_placebo_arms_show_draws_and_loss_fractions_apart(tmp_path):
