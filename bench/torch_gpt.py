@@ -133,12 +133,19 @@ def load_flax_params(model: GPT, params) -> None:
   model.load_state_dict(state, strict=True)
 
 
-def make_train_step(model: nn.Module, *, lr: float = 0.1,
-                    momentum: float = 0.9, weight_decay: float = 5e-4,
-                    autocast_dtype=None):
-  """One SGD step on next-token cross-entropy; returns the (detached) loss."""
-  optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                              weight_decay=weight_decay)
+def make_train_step(model: nn.Module, *, optimizer: str = "adamw",
+                    lr: float = 1e-3, momentum: float = 0.9,
+                    betas: tuple[float, float] = (0.9, 0.99),
+                    weight_decay: float = 0.1, autocast_dtype=None):
+  """One optimizer step on next-token cross-entropy; returns the (detached)
+  loss. ``optimizer``: ``"adamw"`` (decoupled weight decay, as the harness's
+  Shakespeare config) or ``"sgd"`` (momentum, coupled weight decay)."""
+  if optimizer == "adamw":
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas,
+                                  weight_decay=weight_decay)
+  else:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)
   device_type = next(model.parameters()).device.type
 
   def step(tokens, targets):

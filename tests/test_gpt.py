@@ -276,7 +276,8 @@ def test_torch_peer_train_step_learns_and_is_timed():
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   peer = torch_gpt.from_flax_module(models.GPT_2_32(vocab_size=VOCAB))
-  step = torch_gpt.make_train_step(peer, lr=0.5, weight_decay=0.0)
+  step = torch_gpt.make_train_step(peer, optimizer="sgd", lr=0.5,
+                                   weight_decay=0.0)
   tokens = torch.randint(0, VOCAB, (4, 16))
   targets = torch.roll(tokens, -1, dims=1)
   first = float(step(tokens, targets))
