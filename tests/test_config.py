@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
      r"^config.optimizer has no field 'bogus'; its fields are: averaging, b1, "
      r"b2, below_probability, beta_above, beta_below, .*weight_decay\.$"),
     ("nope.x", r"^config has no field 'nope'; its fields are: batch_size, "
-     r".*stop_after_steps\.$"),
+     r".*stop_after_steps, task\.$"),
     ("batch_size.x", r"^config.batch_size has no field 'x'; its fields are: "
      r"none \(it is a value\)\.$"),
 ])
