@@ -1045,3 +1045,22 @@ def test_tuning_edge_selects_over_both_grids_with_divergence_last(tmp_path):
   assert chosen["selection"]["sgd"] == {
       "winner": "sgd-lr0.2-m0.9", "value": 0.74, "complete": True,
       "edge": False}
+
+
+def test_lcam_confirm_edge_holds_the_tuning_runs_derivation():
+  """Stage 2b's literals are what `derive()` reads from the committed tuning
+  runs (stage 1b's and stage 1's grid run again)."""
+  path = os.path.join(REPO, "study", "studies", "lcam_confirm_edge.py")
+  spec = importlib.util.spec_from_file_location("lcam_confirm_edge", path)
+  confirm = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(confirm)
+  derived = confirm.derive()
+  assert derived["sgd"] == confirm.SGD and derived["lcam"] == confirm.LCAM
+  np.testing.assert_allclose(confirm.BELOW_FRACTIONS,
+                             derived["below_fractions"], atol=5e-5)
+  assert pytest.approx(
+      derived["mean_step_momentum"], abs=5e-5) == confirm.MEAN_STEP_MOMENTUM
+  study = confirm.get_study()
+  assert study.arms["c-sgd-mean-step"]["optimizer.momentum"] == (
+      confirm.MEAN_STEP_MOMENTUM)
+  assert study.equivalence_margin == 0.006 and len(study.seeds) == 13
