@@ -1,4 +1,4 @@
-"""The character language model through the one training loop (8 CPU devices)."""
+"""The character language model through the one loop (8 CPU devices)."""
 
 import math
 
@@ -93,11 +93,11 @@ def test_evaluating_a_checkpoint_gives_the_runs_test_measures(straight_run):
 
 def test_a_source_of_the_other_task_says_which_task_reads_it(corpus):
   config = lm_config("synthetic:cifar10")
-  with pytest.raises(config_lib.ConfigError, match="not a source of the "
-                     "char_lm task: set --config.task=image_classification"):
+  with pytest.raises(config_lib.ConfigError, match=r"not a source of the "
+                     r"char_lm task: set --config\.task=image_classification"):
     config_lib.validate(config)
   config = lm_config(corpus, task="image_classification")
-  with pytest.raises(config_lib.ConfigError, match="--config.task=char_lm"):
+  with pytest.raises(config_lib.ConfigError, match=r"--config\.task=char_lm"):
     config_lib.validate(config)
 
 

@@ -158,9 +158,10 @@ def test_tfds_mock_text_outside_the_vocabulary_is_a_clear_error(tmp_path):
   # split lacks.
   _write_prepared_metadata(tmp_path, "tiny_shakespeare")
   texts = {"train": "abc " * 50, "validation": "cab " * 5, "test": "xyz " * 5}
-  with tfds.testing.mock_data(
+  mock = tfds.testing.mock_data(
       data_dir=os.fspath(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES,
-      as_data_source_fn=_split_texts(texts)):
-    with pytest.raises(data.DataError, match="outside the training text's "
-                       "vocabulary"):
-      data.load_text_split("tfds:tiny_shakespeare", "test", data_dir=tmp_path)
+      as_data_source_fn=_split_texts(texts))
+  error = pytest.raises(data.DataError,
+                        match="outside the training text's vocabulary")
+  with mock, error:
+    data.load_text_split("tfds:tiny_shakespeare", "test", data_dir=tmp_path)

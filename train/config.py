@@ -58,9 +58,9 @@ NON_EXPERIMENT_FIELDS = (
 # Fields a run cannot change when it resumes: they change the shapes of the
 # state or which batches the remaining steps see (`train.checkpoints`).
 RESUME_INVARIANT_FIELDS = (
-    "task", "seed", "data.source", "data.context", "data.drop_remainder", "data.validation_examples",
-    "batch_size", "model.name", "optimizer.name", "optimizer.averaging",
-    "optimizer.loss_control", "optimizer.phases")
+    "task", "seed", "data.source", "data.context", "data.drop_remainder",
+    "data.validation_examples", "batch_size", "model.name", "optimizer.name",
+    "optimizer.averaging", "optimizer.loss_control", "optimizer.phases")
 
 
 class ConfigError(ValueError):

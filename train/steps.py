@@ -99,9 +99,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
   """One optimizer step on one device's part of the global batch.
 
   The loss is the mean cross-entropy over what the mask marks (the real
-  examples, or the predicted characters) in the whole global batch; it, the gradients and (through the model's
-  ``bn_axis_name``) the BatchNorm statistics are reduced over
-  ``step_config.axis_name`` when set.
+  examples, or the predicted characters) in the whole global batch; it, the
+  gradients and (through the model's ``bn_axis_name``) the BatchNorm
+  statistics are reduced over ``step_config.axis_name`` when set.
 
   Returns:
     The new state, and the step's metrics (identical on every device).

@@ -30,8 +30,8 @@ import ml_collections
 
 import models
 from train import data
-from train.data import text as text_data
 from train import record
+from train.data import text as text_data
 
 TASK_NAMES = ("image_classification", "char_lm")
 
