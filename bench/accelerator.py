@@ -313,6 +313,7 @@ def part_peer(writer: PartWriter, args: argparse.Namespace) -> None:
     writer.update(status="skipped", reason="PyTorch is not installed")
     return
   sys.path.insert(0, REPO)
+  from bench import peer_timing  # pylint: disable=g-import-not-at-top
   from bench import torch_wrn  # pylint: disable=g-import-not-at-top
 
   cuda = torch.cuda.is_available()
@@ -349,7 +350,7 @@ def part_peer(writer: PartWriter, args: argparse.Namespace) -> None:
       step(images, labels)
     synchronize()
     warmup_s = time.perf_counter() - start
-    rate = torch_wrn.images_per_sec(step, images, labels, steps, synchronize)
+    rate = peer_timing.rate(step, images, labels, steps, batch, synchronize)
     writer.result["runs"][label] = {"images_per_s": rate,
                                     "warmup_s": warmup_s}
     writer.save()

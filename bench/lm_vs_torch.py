@@ -19,9 +19,10 @@ train` chooses, see `train.devices.host_device_count`). Needs PyTorch:
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import peer_timing  # pylint: disable=g-import-not-at-top
 
 SHARED_TEXT = "../shared/data/tinyshakespeare.txt"
 
@@ -30,11 +31,7 @@ def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--source", default=f"text:{SHARED_TEXT}",
                       help="the corpus (text:PATH or tfds:tiny_shakespeare)")
-  parser.add_argument("--devices", type=int, default=0,
-                      help="XLA CPU devices (0: the command line's choice)")
-  parser.add_argument("--steps", type=int, default=240,
-                      help="loop steps in all, split into --segments runs")
-  parser.add_argument("--segments", type=int, default=3)
+  peer_timing.add_arguments(parser, steps=240)
   return parser.parse_args()
 
 
@@ -45,31 +42,19 @@ def main():
   except ImportError:
     sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
-  from train import devices  # pylint: disable=g-import-not-at-top
-  from train import loop  # pylint: disable=g-import-not-at-top
-  from train import record  # pylint: disable=g-import-not-at-top
   from train.configs import shakespeare  # pylint: disable=g-import-not-at-top
 
-  cores = len(os.sched_getaffinity(0))
   config = shakespeare.get_config()
-  segment_steps = args.steps // args.segments
   config.data.source = args.source
-  config.eval_every_epochs = 0
-  config.checkpoint_every_steps = 0
-  config.progress = False
-  config.log_every_steps = segment_steps
-  config.host_devices = args.devices
-  devices.use_host_devices(config)
 
   torch.manual_seed(0)
-  torch.set_num_threads(cores)
+  torch.set_num_threads(peer_timing.cores())
   vocab_size = 65
-  flax_model = models.create_model(config.model.name, vocab_size)
-  peer = torch_gpt.from_flax_module(flax_model)
+  peer = torch_gpt.from_flax_module(
+      models.create_model(config.model.name, vocab_size))
   shape = (config.batch_size, config.data.context)
   tokens = torch.randint(0, vocab_size, shape)
   targets = torch.randint(0, vocab_size, shape)
@@ -77,30 +62,21 @@ def main():
       peer, lr=config.schedule.learning_rate,
       betas=(config.optimizer.b1, config.optimizer.b2),
       weight_decay=config.optimizer.weight_decay)
-  torch_gpt.tokens_per_sec(torch_step, tokens, targets, 3)  # warm-up
 
-  loop_rates, torch_rates = [], []
-  with tempfile.TemporaryDirectory() as workdir:
-    for segment in range(1, args.segments + 1):
-      torch_rates.append(torch_gpt.tokens_per_sec(
-          torch_step, tokens, targets, segment_steps))
-      config.stop_after_steps = segment * segment_steps
-      loop.train_and_evaluate(config, workdir)
-      records = record.read_metrics(workdir)
-      loop_rates.append(records[record.TRAIN_KIND][-1][record.TOKENS_PER_SEC])
-    torch_rates.append(torch_gpt.tokens_per_sec(
-        torch_step, tokens, targets, segment_steps))
+  def time_peer(num_steps):
+    return peer_timing.rate(torch_step, tokens, targets, num_steps,
+                            tokens.numel())
 
-  ours, peers = float(np.median(loop_rates)), float(np.median(torch_rates))
-  print(f"{config.model.name}, batch {config.batch_size} x context "
-        f"{config.data.context}, AdamW, {cores} cores; jax {jax.__version__} "
-        f"on {jax.device_count()} CPU devices, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads")
-  print(f"harness loop (python -m train): {ours:8.0f} characters/s, median "
-        "of " + ", ".join(f"{r:.0f}" for r in loop_rates))
-  print(f"PyTorch step (nanoGPT layout):  {peers:8.0f} characters/s, median "
-        "of " + ", ".join(f"{r:.0f}" for r in torch_rates))
-  print(f"ratio harness / PyTorch: {ours / peers:.2f}")
+  time_peer(3)  # warm-up
+  loop_rates, torch_rates = peer_timing.interleaved_rates(config, args,
+                                                          time_peer)
+  peer_timing.print_comparison(
+      f"{config.model.name}, batch {config.batch_size} x context "
+      f"{config.data.context}, AdamW, {peer_timing.cores()} cores; jax "
+      f"{jax.__version__} on {jax.device_count()} CPU devices, torch "
+      f"{torch.__version__} with {torch.get_num_threads()} threads",
+      "characters", loop_rates, "PyTorch step (nanoGPT layout):",
+      torch_rates)
   return 0
 
 

@@ -13,7 +13,6 @@ installs it (the CPU build where the index offers one).
 """
 
 import math
-import time
 
 from flax import traverse_util
 import numpy as np
@@ -159,14 +158,3 @@ def make_train_step(model: nn.Module, *, optimizer: str = "adamw",
     return loss.detach()
 
   return step
-
-
-def tokens_per_sec(step, tokens, targets, num_steps: int,
-                   synchronize=lambda: None) -> float:
-  """Times ``num_steps`` calls of ``step`` on one resident batch."""
-  synchronize()
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    step(tokens, targets)
-  synchronize()
-  return num_steps * tokens.numel() / (time.perf_counter() - start)

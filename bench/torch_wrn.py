@@ -10,7 +10,6 @@ PyTorch is not a dependency of the package; ``pip install -e '.[bench]'``
 installs it (the CPU build where the index offers one).
 """
 
-import time
 
 import torch
 from torch import nn
@@ -93,14 +92,3 @@ def make_train_step(model: nn.Module, *, lr: float = 0.1,
     return loss
 
   return step
-
-
-def images_per_sec(step, images, labels, num_steps: int,
-                   synchronize=lambda: None) -> float:
-  """Times ``num_steps`` calls of ``step`` on one resident batch."""
-  synchronize()
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    step(images, labels)
-  synchronize()
-  return num_steps * images.shape[0] / (time.perf_counter() - start)

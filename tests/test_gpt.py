@@ -273,6 +273,7 @@ def test_torch_peer_has_the_shapes_and_init_of_the_flax_model():
 
 def test_torch_peer_train_step_learns_and_is_timed():
   torch = pytest.importorskip("torch")
+  from bench import peer_timing  # pylint: disable=g-import-not-at-top
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   peer = torch_gpt.from_flax_module(models.GPT_2_32(vocab_size=VOCAB))
@@ -282,5 +283,5 @@ def test_torch_peer_train_step_learns_and_is_timed():
   targets = torch.roll(tokens, -1, dims=1)
   first = float(step(tokens, targets))
   assert first == pytest.approx(math.log(VOCAB), rel=0.1)
-  rate = torch_gpt.tokens_per_sec(step, tokens, targets, 5)
+  rate = peer_timing.rate(step, tokens, targets, 5, tokens.numel())
   assert rate > 0 and float(step(tokens, targets)) < first

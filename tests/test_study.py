@@ -21,6 +21,7 @@ from study import hosts
 from study import report as study_report
 from study import runner as study_runner
 from study import statistics
+from study import tuning
 from train import devices
 from train import loop
 from train import record as record_lib
@@ -979,10 +980,13 @@ def test_a_tiny_two_stage_study_end_to_end(tmp_path):
     assert arm["provenance"]["commits"]  # Each run recorded its checkout.
 
 
-def test_lcam_confirm_holds_stage_ones_derivation():
-  """Stage 2's literals are what `derive()` reads from the committed stage 1."""
-  path = os.path.join(REPO, "study", "studies", "lcam_confirm.py")
-  spec = importlib.util.spec_from_file_location("lcam_confirm", path)
+@pytest.mark.parametrize("name", ["lcam_confirm", "lcam_confirm_edge"])
+def test_confirmation_holds_its_tuning_runs_derivation(name):
+  """A confirmation's literals are what its `derive()` reads from the
+  committed tuning runs (stage 2: stage 1; stage 2b: stage 1b and stage 1's
+  grid run again)."""
+  path = os.path.join(REPO, "study", "studies", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
   confirm = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(confirm)
   derived = confirm.derive()
@@ -991,11 +995,12 @@ def test_lcam_confirm_holds_stage_ones_derivation():
                              derived["below_fractions"], atol=5e-5)
   assert pytest.approx(
       derived["mean_step_momentum"], abs=5e-5) == confirm.MEAN_STEP_MOMENTUM
-  arms = confirm.get_study().arms
-  assert arms["c-sgd-mean-step"]["optimizer.momentum"] == (
+  study = confirm.get_study()
+  assert study.arms["c-sgd-mean-step"]["optimizer.momentum"] == (
       confirm.MEAN_STEP_MOMENTUM)
-  assert arms["e-lcam-8-epochs"]["schedule.boundaries_epochs"] == (
+  assert study.arms["e-lcam-8-epochs"]["schedule.boundaries_epochs"] == (
       1.6, 3.2, 4.8)
+  assert study.equivalence_margin == 0.006 and len(study.seeds) == 13
 
 
 def test_tuning_edge_is_stage_ones_recipe_at_larger_rates():
@@ -1044,23 +1049,30 @@ def test_tuning_edge_selects_over_both_grids_with_divergence_last(tmp_path):
   assert chosen["finals"]["sgd-lr0.8-m0.9"] == "diverged"
   assert chosen["selection"]["sgd"] == {
       "winner": "sgd-lr0.2-m0.9", "value": 0.74, "complete": True,
-      "edge": False}
+      "edge": None}
 
 
-def test_lcam_confirm_edge_holds_the_tuning_runs_derivation():
-  """Stage 2b's literals are what `derive()` reads from the committed tuning
-  runs (stage 1b's and stage 1's grid run again)."""
-  path = os.path.join(REPO, "study", "studies", "lcam_confirm_edge.py")
-  spec = importlib.util.spec_from_file_location("lcam_confirm_edge", path)
-  confirm = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(confirm)
-  derived = confirm.derive()
-  assert derived["sgd"] == confirm.SGD and derived["lcam"] == confirm.LCAM
-  np.testing.assert_allclose(confirm.BELOW_FRACTIONS,
-                             derived["below_fractions"], atol=5e-5)
-  assert pytest.approx(
-      derived["mean_step_momentum"], abs=5e-5) == confirm.MEAN_STEP_MOMENTUM
-  study = confirm.get_study()
-  assert study.arms["c-sgd-mean-step"]["optimizer.momentum"] == (
-      confirm.MEAN_STEP_MOMENTUM)
-  assert study.equivalence_margin == 0.006 and len(study.seeds) == 13
+@pytest.mark.parametrize("losses, winner, edge", [
+    ({"adamw-lr0.001-b0.9": 1.50, "adamw-lr0.002-b0.9": 1.40,
+      "adamw-lr0.004-b0.9": 1.45}, "adamw-lr0.002-b0.9", None),
+    ({"adamw-lr0.001-b0.9": 1.30, "adamw-lr0.002-b0.9": 1.40,
+      "adamw-lr0.004-b0.9": 1.45}, "adamw-lr0.001-b0.9", "smallest"),
+    ({"adamw-lr0.001-b0.9": 1.50, "adamw-lr0.002-b0.9": 1.40,
+      "adamw-lr0.004-b0.9": 1.40}, "adamw-lr0.002-b0.9", None),
+    ({"adamw-lr0.001-b0.9": 1.50, "adamw-lr0.002-b0.9": 1.40,
+      "adamw-lr0.004-b0.9": 1.30}, "adamw-lr0.004-b0.9", "largest"),
+])
+def test_a_tuning_pick_on_either_edge_leaves_the_grid_unfinished(
+    tmp_path, capsys, losses, winner, edge):
+  """`study.tuning`: the lowest loss wins (a tie to the lower rate), and a
+  winner at the smallest or largest rate asks for more of the grid."""
+  for arm, loss in losses.items():
+    _fake_run(tmp_path, arm, 1000, [2.0, loss], metric="val_loss")
+  study_lib.save_study(_study(
+      arms={arm: {} for arm in losses}, seeds=[1000], baseline=winner,
+      metric="val_loss", families={"adamw": list(losses)}), str(tmp_path))
+  chosen = tuning.select([str(tmp_path)])
+  assert chosen["selection"]["adamw"]["winner"] == winner
+  assert chosen["selection"]["adamw"]["edge"] == edge
+  assert tuning.print_selection(chosen, "{:.2f}".format) == (1 if edge else 0)
+  assert f"winner: {winner}" in capsys.readouterr().out

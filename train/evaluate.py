@@ -46,7 +46,8 @@ def evaluate_checkpoint(workdir: str) -> dict[str, float]:
   step = int(state.step)
   if not step:
     raise FileNotFoundError(f"No checkpoint in {workdir}.")
-  metrics = loop.evaluate(run.parallel, state, run.test_split, config)
+  metrics = loop.evaluate(run.parallel, state, run.test_split, config,
+                          task=run.task)
   return {"step": step, "epoch": step / run.steps_per_epoch, **metrics,
           "test_examples": run.test_split.num_examples}
 

@@ -52,15 +52,17 @@ class TrainingInterrupted(RuntimeError):
 
 
 def evaluate(parallel: steps.ParallelSteps, state, split, config:
-             ml_collections.ConfigDict, prefix: str = "test"
-             ) -> dict[str, float]:
+             ml_collections.ConfigDict, prefix: str = "test",
+             task: tasks.Task | None = None) -> dict[str, float]:
   """Exact measures on every example (or character) of ``split``.
+
+  ``task`` defaults to ``config.task``'s (`train.tasks.create_task`).
 
   Returns:
     The task's fields for the split, e.g. ``{split_field(prefix, "loss"),
     split_field(prefix, "accuracy")}`` (`train.record.split_field`).
   """
-  task = tasks.create_task(config)
+  task = task or tasks.create_task(config)
   totals = None
   for batch in task.eval_batches(config, split,
                                  process_index=jax.process_index(),
@@ -76,10 +78,12 @@ def evaluate(parallel: steps.ParallelSteps, state, split, config:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
-  """What a run builds once: its config, data, wrapped steps and checkpoints."""
+  """What a run builds once: its config, task, data, wrapped steps and
+  checkpoints."""
 
   config: ml_collections.ConfigDict
   workdir: str
+  task: tasks.Task
   train_split: data.Split | data.TextSplit  # without validation examples
   test_split: data.Split | data.TextSplit | None  # None: never evaluated
   steps_per_epoch: int
@@ -107,10 +111,9 @@ class TrainingSetup:
 
   def batches(self, step: int):
     """This process's batches from global step ``step`` to the stop step."""
-    task = tasks.create_task(self.config)
 
     def epoch_batches(epoch):
-      return task.train_batches(
+      return self.task.train_batches(
           self.config, self.train_split, epoch=epoch,
           start_step=max(step - epoch * self.steps_per_epoch, 0),
           process_index=jax.process_index(),
@@ -170,9 +173,9 @@ def set_up_training(config: ml_collections.ConfigDict, workdir: str, *,
   except BaseException:
     checkpointer.close()
     raise
-  return TrainingSetup(config, workdir, train_split, test, steps_per_epoch,
-                       parallel, checkpointer, validation_split,
-                       facts), state, meta
+  return TrainingSetup(config, workdir, task, train_split, test,
+                       steps_per_epoch, parallel, checkpointer,
+                       validation_split, facts), state, meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -281,7 +284,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
               logging.warning("%s The step's update was skipped.", message)
               continue
             writer.write(record.TRAIN_KIND, done, record.train_fields(
-                done, values, spe, _throughput(clock, done, config)))
+                done, values, spe, _throughput(clock, done, setup)))
             # The run's outcome, for a study: diverged, not failed.
             writer.write(record.DIVERGED_KIND, done, {record.EPOCH: done / spe})
             raise NonFiniteLossError(
@@ -289,7 +292,7 @@ def _train(setup: TrainingSetup, state: steps.TrainState, meta: dict,
                 "is kept. Lower the learning rate, or set "
                 "--config.on_nonfinite_loss=skip to skip such steps.")
           logged = record.train_fields(step, fetched[-1][1], spe,
-                                       _throughput(clock, step, config))
+                                       _throughput(clock, step, setup))
           writer.write(record.TRAIN_KIND, step, logged)
           progress.update((step - 1) % spe + 1, {
               k: logged[k] for k in ("loss", "beta", record.IMAGES_PER_SEC,
@@ -325,7 +328,7 @@ def _evaluations(setup: TrainingSetup, state: steps.TrainState,
                                            setup.test_split)):
     if split is not None:
       fields.update(evaluate(setup.parallel, state, split, setup.config,
-                             prefix))
+                             prefix, setup.task))
   return fields
 
 
@@ -383,16 +386,16 @@ def _stop_signal(stop: signals.StopOnSignals, synced: bool) -> int:
 
 
 def _throughput(clock: tuple[float, int], step: int,
-                config: ml_collections.ConfigDict) -> dict[str, float]:
+                setup: TrainingSetup) -> dict[str, float]:
   """The task's rate (images or characters per second) since the end of the
   epoch's first step (which may compile); none at that step. Fetching the
   metrics waited for the steps before, so it is the device's."""
   if step <= clock[1]:
     return {}
-  task = tasks.create_task(config)
   elapsed = max(time.perf_counter() - clock[0], 1e-9)
-  return {task.throughput_field: (step - clock[1]) * config.batch_size
-          * task.units_per_example(config) / elapsed}
+  return {setup.task.throughput_field: (step - clock[1])
+          * setup.config.batch_size
+          * setup.task.units_per_example(setup.config) / elapsed}
 
 
 def _epoch_sums(saved: dict | None = None) -> dict[str, Any]:

@@ -79,6 +79,42 @@ def mean_step_momentum(fractions, beta_below: float, beta_above: float
   return 1 - 1 / scale
 
 
+def below_fractions(run_dir: str) -> tuple[float, ...]:
+  """The fraction of steps in the below phase, epoch by epoch, of the
+  15-epoch LCAM run in ``run_dir`` (its ``metrics.jsonl``)."""
+  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  by_epoch = {r["epoch"]: r["phase_below_fraction"] for r in records
+              if r.get("kind") == "epoch"}
+  return tuple(by_epoch[e] for e in range(1, NUM_EPOCHS + 1))
+
+
+def confirmation_arms(sgd: dict, lcam: dict, mean_step: float,
+                      fractions: tuple[float, ...]) -> dict[str, dict]:
+  """Arms (a) to (f) of a confirmation from the tuned winners: ``sgd``
+  (``learning_rate``, ``momentum``), ``lcam`` (``learning_rate``,
+  ``beta_below``, ``beta_above``), (c)'s momentum and (d)'s fractions."""
+  sgd = {"optimizer.name": "sgd", "optimizer.momentum": sgd["momentum"],
+         "schedule.learning_rate": sgd["learning_rate"]}
+  lcam = {"optimizer.name": "lcam", "optimizer.beta_below": lcam["beta_below"],
+          "optimizer.beta_above": lcam["beta_above"],
+          "schedule.learning_rate": lcam["learning_rate"]}
+  short = {"num_epochs": SHORT_EPOCHS,
+           "schedule.boundaries_epochs": scaled_boundaries(SHORT_EPOCHS)}
+  return {
+      "a-sgd": sgd,
+      "b-lcam": lcam,
+      "c-sgd-mean-step": {
+          "optimizer.name": "sgd", "optimizer.momentum": mean_step,
+          "schedule.learning_rate": lcam["schedule.learning_rate"]},
+      "d-lcam-random-phases": {
+          **lcam, "optimizer.phases": "random",
+          "optimizer.below_probability": fractions},
+      "e-lcam-8-epochs": {**lcam, **short},
+      "f-sgd-8-epochs": {**sgd, **short},
+  }
+
+
 def derive(stage_1: str = STAGE_1) -> dict:
   """Stage 1's winners, and (b)'s phase fractions and mean-step momentum.
 
@@ -95,13 +131,9 @@ def derive(stage_1: str = STAGE_1) -> dict:
                      "run `python -m study run lcam_tuning`.")
   sgd = arms[selection["sgd"]["winner"]]
   lcam = arms[selection["lcam"]["winner"]]
-  path = os.path.join(stage_1, selection["lcam"]["winner"].replace("/", "_"),
-                      f"seed{STAGE_1_SEED}", "metrics.jsonl")
-  with open(path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  by_epoch = {r["epoch"]: r["phase_below_fraction"] for r in records
-              if r.get("kind") == "epoch"}
-  fractions = tuple(by_epoch[e] for e in range(1, NUM_EPOCHS + 1))
+  fractions = below_fractions(os.path.join(
+      stage_1, selection["lcam"]["winner"].replace("/", "_"),
+      f"seed{STAGE_1_SEED}"))
   below, above = lcam["optimizer.beta_below"], lcam["optimizer.beta_above"]
   return {
       "sgd": {"learning_rate": sgd["schedule.learning_rate"],
@@ -114,25 +146,7 @@ def derive(stage_1: str = STAGE_1) -> dict:
 
 
 def get_study() -> ml_collections.ConfigDict:
-  sgd = {"optimizer.name": "sgd", "optimizer.momentum": SGD["momentum"],
-         "schedule.learning_rate": SGD["learning_rate"]}
-  lcam = {"optimizer.name": "lcam", "optimizer.beta_below": LCAM["beta_below"],
-          "optimizer.beta_above": LCAM["beta_above"],
-          "schedule.learning_rate": LCAM["learning_rate"]}
-  short = {"num_epochs": SHORT_EPOCHS,
-           "schedule.boundaries_epochs": scaled_boundaries(SHORT_EPOCHS)}
-  arms = {
-      "a-sgd": sgd,
-      "b-lcam": lcam,
-      "c-sgd-mean-step": {
-          "optimizer.name": "sgd", "optimizer.momentum": MEAN_STEP_MOMENTUM,
-          "schedule.learning_rate": LCAM["learning_rate"]},
-      "d-lcam-random-phases": {
-          **lcam, "optimizer.phases": "random",
-          "optimizer.below_probability": BELOW_FRACTIONS},
-      "e-lcam-8-epochs": {**lcam, **short},
-      "f-sgd-8-epochs": {**sgd, **short},
-  }
+  arms = confirmation_arms(SGD, LCAM, MEAN_STEP_MOMENTUM, BELOW_FRACTIONS)
   study = {
       "config": "train/configs/default.py",
       "overrides": {

@@ -75,6 +75,12 @@ def _winner_run(arm: str) -> str:
   raise FileNotFoundError(f"No tuning run of {arm}.")
 
 
+def _run_config(arm: str) -> dict:
+  with open(os.path.join(_winner_run(arm), "config.json"),
+            encoding="utf-8") as f:
+    return json.load(f)
+
+
 def derive() -> dict:
   """The rule's winners, and (b)'s phase fractions and mean-step momentum.
 
@@ -91,23 +97,14 @@ def derive() -> dict:
     raise ValueError(f"The winners of {edges} sit at the largest rate: "
                      "extend those families first.")
   sgd_arm, lcam_arm = selection["sgd"]["winner"], selection["lcam"]["winner"]
-  with open(os.path.join(_winner_run(lcam_arm), "metrics.jsonl"),
-            encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  by_epoch = {r["epoch"]: r["phase_below_fraction"] for r in records
-              if r.get("kind") == "epoch"}
-  fractions = tuple(by_epoch[e] for e in range(1, lcam_confirm.NUM_EPOCHS + 1))
-  with open(os.path.join(_winner_run(lcam_arm), "config.json"),
-            encoding="utf-8") as f:
-    optimizer = json.load(f)["optimizer"]
-  with open(os.path.join(_winner_run(sgd_arm), "config.json"),
-            encoding="utf-8") as f:
-    sgd_config = json.load(f)
-  below, above = optimizer["beta_below"], optimizer["beta_above"]
+  fractions = lcam_confirm.below_fractions(_winner_run(lcam_arm))
+  sgd, lcam = map(_run_config, (sgd_arm, lcam_arm))
+  below = lcam["optimizer"]["beta_below"]
+  above = lcam["optimizer"]["beta_above"]
   return {
-      "sgd": {"learning_rate": sgd_config["schedule"]["learning_rate"],
-              "momentum": sgd_config["optimizer"]["momentum"]},
-      "lcam": {"learning_rate": lcam_tuning_edge._rate(lcam_arm),  # pylint: disable=protected-access
+      "sgd": {"learning_rate": sgd["schedule"]["learning_rate"],
+              "momentum": sgd["optimizer"]["momentum"]},
+      "lcam": {"learning_rate": lcam["schedule"]["learning_rate"],
                "beta_below": below, "beta_above": above},
       "below_fractions": fractions,
       "mean_step_momentum": lcam_confirm.mean_step_momentum(
@@ -117,26 +114,8 @@ def derive() -> dict:
 
 def get_study() -> ml_collections.ConfigDict:
   study = lcam_confirm.get_study().to_dict()
-  sgd = {"optimizer.name": "sgd", "optimizer.momentum": SGD["momentum"],
-         "schedule.learning_rate": SGD["learning_rate"]}
-  lcam = {"optimizer.name": "lcam", "optimizer.beta_below": LCAM["beta_below"],
-          "optimizer.beta_above": LCAM["beta_above"],
-          "schedule.learning_rate": LCAM["learning_rate"]}
-  short = {"num_epochs": lcam_confirm.SHORT_EPOCHS,
-           "schedule.boundaries_epochs": lcam_confirm.scaled_boundaries(
-               lcam_confirm.SHORT_EPOCHS)}
-  study["arms"] = {
-      "a-sgd": sgd,
-      "b-lcam": lcam,
-      "c-sgd-mean-step": {
-          "optimizer.name": "sgd", "optimizer.momentum": MEAN_STEP_MOMENTUM,
-          "schedule.learning_rate": LCAM["learning_rate"]},
-      "d-lcam-random-phases": {
-          **lcam, "optimizer.phases": "random",
-          "optimizer.below_probability": BELOW_FRACTIONS},
-      "e-lcam-8-epochs": {**lcam, **short},
-      "f-sgd-8-epochs": {**sgd, **short},
-  }
+  study["arms"] = lcam_confirm.confirmation_arms(
+      SGD, LCAM, MEAN_STEP_MOMENTUM, BELOW_FRACTIONS)
   return ml_collections.ConfigDict(study, allow_dotted_keys=True)
 
 

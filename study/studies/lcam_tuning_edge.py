@@ -207,62 +207,22 @@ def select(edge: str = "results/lcam_tuning_edge",
 
   Each family's arms in the rule's order (stage 1's rates, then this
   study's, each rate with its momenta or pairs in the order of stage 1), so
-  that a tie goes to the first: the lower rate, then the lower momentum or
-  the pair 0.95/0.9. A diverged run ranks last.
-
-  Returns:
-    ``{"finals": {arm: value, "diverged" or None}, "selection": ...}``, the
-    latter as `study.statistics.select_winners` gives it, with ``"edge"``:
-    whether each winner sits at its family's largest rate.
+  that a tie goes to the first; a diverged run ranks last; only the largest
+  rate extends the grid (`study.tuning.select`).
   """
   sys.path.insert(0, REPO_ROOT)
-  from study import arms  # pylint: disable=g-import-not-at-top
-  from study import definition  # pylint: disable=g-import-not-at-top
-  from study import statistics  # pylint: disable=g-import-not-at-top
-  families, finals, diverged = {}, {}, []
-  for folder in (stage_1, edge):
-    workdir = os.path.join(REPO_ROOT, folder)
-    study = definition.read_study(workdir)
-    for family, members in study.families.items():
-      families.setdefault(family, []).extend(members)
-    for status in definition.study_runs(study, workdir):
-      if status.state == "finished":
-        finals[status.arm] = arms.final(status.run, study.metric)
-      elif status.state == "diverged":
-        finals[status.arm] = "diverged"
-        diverged.append(status.arm)
-  selection = statistics.select_winners(
-      families, {arm: value for arm, value in finals.items()
-                 if value != "diverged"}, diverged=diverged)
-  for family, chosen in selection.items():
-    chosen["edge"] = chosen["winner"] is not None and _rate(
-        chosen["winner"]) == max(map(_rate, families[family]))
-  return {"families": families, "finals": finals, "selection": selection}
-
-
-def _rate(arm: str) -> float:
-  """``"sgd-lr0.4-m0.9"`` -> 0.4."""
-  return float(arm.split("-lr")[1].split("-")[0])
+  from study import tuning  # pylint: disable=g-import-not-at-top
+  return tuning.select([os.path.join(REPO_ROOT, folder)
+                        for folder in (stage_1, edge)], edges=("largest",))
 
 
 def print_selection(edge: str = "results/lcam_tuning_edge",
                     stage_1: str = STAGE_1_RERUN) -> int:
   """Prints every configuration's final validation accuracy and the rule's
-  pick; 0 once both grids are complete."""
+  pick; 0 once both grids are complete with both winners inside."""
   chosen = select(edge, stage_1)
-  for family, members in chosen["families"].items():
-    print(f"{family}:")
-    for arm in members:
-      value = chosen["finals"].get(arm)
-      text = value if isinstance(value, str) else (
-          "pending" if value is None else f"{100 * value:.2f} %")
-      print(f"  {arm}: {text}")
-    pick = chosen["selection"][family]
-    print(f"  winner: {pick['winner']}"
-          + ("" if pick["complete"] else " (not final: runs pending)")
-          + (" -- at the largest rate: extend this family by doubling it"
-             if pick["edge"] else ""))
-  return 0 if all(p["complete"] for p in chosen["selection"].values()) else 1
+  from study import tuning  # pylint: disable=g-import-not-at-top
+  return tuning.print_selection(chosen, lambda value: f"{100 * value:.2f} %")
 
 
 if __name__ == "__main__":

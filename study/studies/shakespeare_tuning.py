@@ -176,64 +176,20 @@ def get_study(extend: str = "") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(study, allow_dotted_keys=True)
 
 
-def _rate(arm: str) -> float:
-  """``"sgd-lr0.4-m0.9"`` -> 0.4."""
-  return float(arm.split("-lr")[1].split("-")[0])
-
-
 def select(workdir: str = "results/shakespeare_tuning") -> dict:
-  """The rule's pick per family, and whether it sits on the grid's edge.
-
-  Returns:
-    ``{"families", "finals" (arm -> value, "diverged" or absent),
-    "selection"}``, the latter as `study.statistics.select_winners` gives it,
-    with ``"edge"``: ``"smallest"``, ``"largest"`` or None.
-  """
+  """The rule's pick per family, and whether it sits on the grid's smallest
+  or largest rate (`study.tuning.select`)."""
   sys.path.insert(0, REPO_ROOT)
-  from study import arms  # pylint: disable=g-import-not-at-top
-  from study import definition  # pylint: disable=g-import-not-at-top
-  from study import statistics  # pylint: disable=g-import-not-at-top
-  path = os.path.join(REPO_ROOT, workdir)
-  study = definition.read_study(path)
-  finals, diverged = {}, []
-  for status in definition.study_runs(study, path):
-    if status.state == "finished":
-      finals[status.arm] = arms.final(status.run, study.metric)
-    elif status.state == "diverged":
-      finals[status.arm] = "diverged"
-      diverged.append(status.arm)
-  families = {family: list(members)
-              for family, members in study.families.items()}
-  selection = statistics.select_winners(
-      families, {arm: value for arm, value in finals.items()
-                 if value != "diverged"}, diverged=diverged,
-      direction="lower")
-  for family, chosen in selection.items():
-    rates = sorted(map(_rate, families[family]))
-    winner = chosen["winner"] and _rate(chosen["winner"])
-    chosen["edge"] = ("smallest" if winner == rates[0] else
-                      "largest" if winner == rates[-1] else None)
-  return {"families": families, "finals": finals, "selection": selection}
+  from study import tuning  # pylint: disable=g-import-not-at-top
+  return tuning.select([os.path.join(REPO_ROOT, workdir)])
 
 
 def print_selection(workdir: str = "results/shakespeare_tuning") -> int:
   """Prints every configuration's final validation loss and the rule's pick;
   0 once every family is complete with its winner inside its grid."""
   chosen = select(workdir)
-  for family, members in chosen["families"].items():
-    print(f"{family}:")
-    for arm in members:
-      value = chosen["finals"].get(arm)
-      text = value if isinstance(value, str) else (
-          "pending" if value is None else f"{value:.4f} nats")
-      print(f"  {arm}: {text}")
-    pick = chosen["selection"][family]
-    print(f"  winner: {pick['winner']}"
-          + ("" if pick["complete"] else " (not final: runs pending)")
-          + (f" -- at the {pick['edge']} rate: extend this family"
-             if pick["edge"] else ""))
-  return 0 if all(p["complete"] and not p["edge"]
-                  for p in chosen["selection"].values()) else 1
+  from study import tuning  # pylint: disable=g-import-not-at-top
+  return tuning.print_selection(chosen, lambda value: f"{value:.4f} nats")
 
 
 if __name__ == "__main__":
