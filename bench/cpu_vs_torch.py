@@ -37,11 +37,7 @@ def parse_args():
 
 def main():
   args = parse_args()
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
-  import jax  # pylint: disable=g-import-not-at-top
+  torch = peer_timing.require_torch()
 
   from bench import torch_wrn  # pylint: disable=g-import-not-at-top
   from train.configs import quick  # pylint: disable=g-import-not-at-top
@@ -68,15 +64,12 @@ def main():
   def time_peer(num_steps):
     return peer_timing.rate(torch_step, images, labels, num_steps, args.batch)
 
-  time_peer(3)  # warm-up
   loop_rates, torch_rates = peer_timing.interleaved_rates(config, args,
                                                           time_peer)
   peer_timing.print_comparison(
-      f"{config.model.name}, batch {args.batch}, {peer_timing.cores()} "
-      f"cores; jax {jax.__version__} on {jax.device_count()} CPU devices, "
-      f"torch {torch.__version__} with {torch.get_num_threads()} threads"
-      + (" (channels-last)" if args.channels_last else ""),
-      "images", loop_rates, "PyTorch step:", torch_rates)
+      f"{config.model.name}, batch {args.batch}"
+      + (", PyTorch channels-last" if args.channels_last else ""),
+      "images", loop_rates, "PyTorch step:", torch_rates, torch)
   return 0
 
 

@@ -37,11 +37,7 @@ def parse_args():
 
 def main():
   args = parse_args()
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
-  import jax  # pylint: disable=g-import-not-at-top
+  torch = peer_timing.require_torch()
 
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
@@ -67,16 +63,12 @@ def main():
     return peer_timing.rate(torch_step, tokens, targets, num_steps,
                             tokens.numel())
 
-  time_peer(3)  # warm-up
   loop_rates, torch_rates = peer_timing.interleaved_rates(config, args,
                                                           time_peer)
   peer_timing.print_comparison(
       f"{config.model.name}, batch {config.batch_size} x context "
-      f"{config.data.context}, AdamW, {peer_timing.cores()} cores; jax "
-      f"{jax.__version__} on {jax.device_count()} CPU devices, torch "
-      f"{torch.__version__} with {torch.get_num_threads()} threads",
-      "characters", loop_rates, "PyTorch step (nanoGPT layout):",
-      torch_rates)
+      f"{config.data.context}, AdamW", "characters", loop_rates,
+      "PyTorch step (nanoGPT layout):", torch_rates, torch)
   return 0
 
 

@@ -10,15 +10,26 @@ character GPT); `rate` also times the accelerator kit's peer.
 import argparse
 from collections.abc import Callable
 import os
+import sys
 import tempfile
 import time
 
+import jax
 import numpy as np
 
 from train import devices
 from train import loop
 from train import record
 from train import tasks
+
+
+def require_torch():
+  """The ``torch`` module, or exit with how to install it."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
+  return torch
 
 
 def rate(step: Callable, inputs, targets, num_steps: int,
@@ -47,7 +58,8 @@ def interleaved_rates(config, args: argparse.Namespace,
                       time_peer: Callable[[int], float]
                       ) -> tuple[list[float], list[float]]:
   """The loop's rates (one per run) and the peer's (one before each run and
-  one after the last), each over ``args.steps // args.segments`` steps.
+  one after the last, after a warm-up), each over ``args.steps //
+  args.segments`` steps.
 
   ``config`` is a training config; it is changed to log, evaluate and save
   nothing but the rate, on ``args.devices`` XLA CPU devices.
@@ -60,6 +72,7 @@ def interleaved_rates(config, args: argparse.Namespace,
   config.host_devices = args.devices
   devices.use_host_devices(config)
   field = tasks.create_task(config).throughput_field
+  time_peer(3)  # Warm-up.
   loop_rates, peer_rates = [], []
   with tempfile.TemporaryDirectory() as workdir:
     for segment in range(1, args.segments + 1):
@@ -73,10 +86,13 @@ def interleaved_rates(config, args: argparse.Namespace,
 
 
 def print_comparison(setup: str, unit: str, loop_rates: list[float],
-                     peer_label: str, peer_rates: list[float]) -> None:
-  """The set-up line, both medians with their samples, and their ratio."""
+                     peer_label: str, peer_rates: list[float], torch) -> None:
+  """The set-up line (``setup``, the cores, jax's and ``torch``'s versions
+  and torch's threads), both medians with their samples, and their ratio."""
   ours, peers = float(np.median(loop_rates)), float(np.median(peer_rates))
-  print(setup)
+  print(f"{setup}, {cores()} cores; jax {jax.__version__} on "
+        f"{jax.device_count()} CPU devices, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads")
   for label, median, rates in (("harness loop (python -m train):", ours,
                                 loop_rates),
                                (peer_label, peers, peer_rates)):

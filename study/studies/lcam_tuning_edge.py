@@ -76,36 +76,18 @@ import sys
 from flax import traverse_util
 import ml_collections
 
-NUM_EPOCHS = 15
-SEED = 1000
+STUDIES = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, STUDIES)
+
+# Stage 1's recipe, arm names, seed and second axes.
+import lcam_tuning  # noqa: E402  pylint: disable=g-import-not-at-top
+
 LEARNING_RATES = (0.4, 0.8)
-MOMENTA = (0.9, 0.95)
-PAIRS = ((0.95, 0.9), (0.9, 0.95))
 REPEAT = {"learning_rate": 0.2, "pair": (0.95, 0.9)}
 REPEAT_ARM = "repeat-lcam-lr0.2-0.95/0.9"
 STAGE_1 = "results/lcam_tuning"
 STAGE_1_RERUN = "results/lcam_tuning_rerun"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-
-
-def scaled_boundaries(num_epochs: int) -> tuple[int, ...]:
-  """Schedule A's boundaries (31, 61, 91 of 150 epochs) scaled to ``num_epochs``."""
-  return tuple(round(b * num_epochs / 150) for b in (31, 61, 91))
-
-
-def sgd_arm(learning_rate: float, momentum: float) -> tuple[str, dict]:
-  return f"sgd-lr{learning_rate}-m{momentum}", {
-      "optimizer.name": "sgd", "optimizer.momentum": momentum,
-      "schedule.learning_rate": learning_rate}
-
-
-def lcam_arm(learning_rate: float, pair: tuple[float, float]
-             ) -> tuple[str, dict]:
-  below, above = pair
-  return f"lcam-lr{learning_rate}-{below}/{above}", {
-      "optimizer.name": "lcam", "optimizer.beta_below": below,
-      "optimizer.beta_above": above, "schedule.learning_rate": learning_rate}
+REPO_ROOT = os.path.dirname(os.path.dirname(STUDIES))
 
 
 def family_rates(extend: str = "") -> dict[str, tuple[float, ...]]:
@@ -135,28 +117,21 @@ def family_rates(extend: str = "") -> dict[str, tuple[float, ...]]:
 
 def get_study(extend: str = "") -> ml_collections.ConfigDict:
   rates = family_rates(extend)
-  sgd = [sgd_arm(lr, m) for lr in rates["sgd"] for m in MOMENTA]
-  lcam = [lcam_arm(lr, p) for lr in rates["lcam"] for p in PAIRS]
-  repeat = (REPEAT_ARM, lcam_arm(REPEAT["learning_rate"], REPEAT["pair"])[1])
+  sgd = [lcam_tuning.sgd_arm(lr, m) for lr in rates["sgd"]
+         for m in lcam_tuning.MOMENTA]
+  lcam = [lcam_tuning.lcam_arm(lr, p) for lr in rates["lcam"]
+          for p in lcam_tuning.PAIRS]
+  repeat = (REPEAT_ARM, lcam_tuning.lcam_arm(REPEAT["learning_rate"],
+                                             REPEAT["pair"])[1])
+  stage_1 = lcam_tuning.get_study()
   study = {
-      "config": "train/configs/default.py",
-      "overrides": {
-          "data.source": "folder:../shared/data/cifar10_jpeg.tar.gz",
-          "data.validation_examples": 5000,
-          "data.eval_test": False,
-          "model.name": "wrn-10-1",
-          "num_epochs": NUM_EPOCHS,
-          "schedule.name": "step",
-          "schedule.boundaries_epochs": scaled_boundaries(NUM_EPOCHS),
-          "host_devices": 4,
-          "progress": False,
-          "on_nonfinite_loss": "stop",
-      },
+      "config": stage_1.config,
+      "overrides": dict(stage_1.overrides.to_dict(), on_nonfinite_loss="stop"),
       "arms": dict(sgd + lcam + [repeat]),
-      "seeds": [SEED],
+      "seeds": [lcam_tuning.SEED],
       "baseline": REPEAT_ARM,
-      "metric": "val_accuracy",
-      "targets": [0.6, 0.7, 0.75],
+      "metric": stage_1.metric,
+      "targets": list(stage_1.targets),
       "families": {"sgd": [name for name, _ in sgd],
                    "lcam": [name for name, _ in lcam]},
       # The selection is over these families together with stage 1's grid
@@ -177,8 +152,9 @@ def main(workdir: str = "results/lcam_tuning_edge") -> int:
   """Prints the repeat's comparison with stage 1's record; 0 if identical."""
   name = REPEAT_ARM.replace("/", "_").removeprefix("repeat-")
   ours = os.path.join(REPO_ROOT, workdir, REPEAT_ARM.replace("/", "_"),
-                      f"seed{SEED}")
-  theirs = os.path.join(REPO_ROOT, STAGE_1, name, f"seed{SEED}")
+                      f"seed{lcam_tuning.SEED}")
+  theirs = os.path.join(REPO_ROOT, STAGE_1, name,
+                        f"seed{lcam_tuning.SEED}")
   sys.path.insert(0, REPO_ROOT)
   from train import record  # pylint: disable=g-import-not-at-top
   compared, differences = record.differences(ours, theirs)
@@ -189,7 +165,7 @@ def main(workdir: str = "results/lcam_tuning_edge") -> int:
   config_fields = sorted(
       field for field in configs[0].keys() | configs[1].keys()
       if configs[0].get(field, "missing") != configs[1].get(field, "missing"))
-  print(f"{REPEAT_ARM} against {STAGE_1}/{name}/seed{SEED}: "
+  print(f"{REPEAT_ARM} against {STAGE_1}/{name}/seed{lcam_tuning.SEED}: "
         f"{compared} loss, accuracy, phase and schedule values compared, "
         f"{len(differences)} differ.")
   for line in differences[:20]:
