@@ -1109,3 +1109,13 @@ def test_a_tuning_pick_on_either_edge_leaves_the_grid_unfinished(
   assert chosen["selection"]["adamw"]["edge"] == edge
   assert tuning.print_selection(chosen, "{:.2f}".format) == (1 if edge else 0)
   assert f"winner: {winner}" in capsys.readouterr().out
+
+
+def test_a_tuning_pick_of_a_missing_folder_is_a_one_line_error(tmp_path):
+  script = os.path.join(REPO, "study", "studies", "shakespeare_tuning.py")
+  result = subprocess.run(
+      [sys.executable, script, "select", str(tmp_path / "none")],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: ") and "study.json" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1

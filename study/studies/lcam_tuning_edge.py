@@ -203,5 +203,8 @@ def print_selection(edge: str = "results/lcam_tuning_edge",
 
 if __name__ == "__main__":
   if sys.argv[1:2] == ["select"]:
-    sys.exit(print_selection(*sys.argv[2:]))
+    try:
+      sys.exit(print_selection(*sys.argv[2:]))
+    except (OSError, ValueError) as error:  # A missing or damaged folder.
+      sys.exit(f"error: {error}")
   sys.exit(main(*sys.argv[1:]))

@@ -194,5 +194,8 @@ def print_selection(workdir: str = "results/shakespeare_tuning") -> int:
 
 if __name__ == "__main__":
   if sys.argv[1:2] == ["select"]:
-    sys.exit(print_selection(*sys.argv[2:]))
+    try:
+      sys.exit(print_selection(*sys.argv[2:]))
+    except (OSError, ValueError) as error:  # A missing or damaged folder.
+      sys.exit(f"error: {error}")
   sys.exit(f"usage: python {sys.argv[0]} select [WORKDIR]")
