@@ -74,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  peer_timing.run_main(main)

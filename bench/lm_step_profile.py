@@ -172,15 +172,6 @@ def main():
   parser.add_argument("--steps", type=int, default=10,
                       help="steps per profile and per timing")
   args = parser.parse_args()
-  # One core, one XLA device computing on the calling thread, set before jax
-  # is imported: unpinned, XLA's CPU runtime runs independent operations on
-  # every core, and their durations no longer add up to the step's.
-  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-  os.environ["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = "false"
-  os.environ["XLA_FLAGS"] = " ".join([
-      os.environ.get("XLA_FLAGS", ""),
-      "--xla_force_host_platform_device_count=1",
-      "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"])
   from bench import peer_timing  # pylint: disable=g-import-not-at-top
   torch = peer_timing.require_torch()
 
@@ -239,5 +230,20 @@ def main():
   return 0
 
 
+def use_one_core():
+  """Pins this process to one core, with one XLA device that computes on the
+  calling thread; before jax is imported. Unpinned, XLA's CPU runtime runs
+  independent operations on every core, and their durations no longer add up
+  to the step's."""
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  os.environ["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = "false"
+  os.environ["XLA_FLAGS"] = " ".join([
+      os.environ.get("XLA_FLAGS", ""),
+      "--xla_force_host_platform_device_count=1",
+      "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"])
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  use_one_core()
+  from bench import peer_timing  # pylint: disable=g-import-not-at-top
+  peer_timing.run_main(main)

@@ -40,17 +40,18 @@ def main():
   torch = peer_timing.require_torch()
 
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
-  import models  # pylint: disable=g-import-not-at-top
+  from train import tasks  # pylint: disable=g-import-not-at-top
   from train.configs import shakespeare  # pylint: disable=g-import-not-at-top
 
   config = shakespeare.get_config()
   config.data.source = args.source
+  task = tasks.create_task(config)
+  train = task.load_splits(config, test=False).train  # the corpus, read first
+  vocab_size = train.num_classes
 
   torch.manual_seed(0)
   torch.set_num_threads(peer_timing.cores())
-  vocab_size = 65
-  peer = torch_gpt.from_flax_module(
-      models.create_model(config.model.name, vocab_size))
+  peer = torch_gpt.from_flax_module(task.create_model(config, train, None))
   shape = (config.batch_size, config.data.context)
   tokens = torch.randint(0, vocab_size, shape)
   targets = torch.randint(0, vocab_size, shape)
@@ -73,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  peer_timing.run_main(main)

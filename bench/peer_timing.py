@@ -17,6 +17,8 @@ import time
 import jax
 import numpy as np
 
+from train import config as config_lib
+from train import data
 from train import devices
 from train import loop
 from train import record
@@ -30,6 +32,16 @@ def require_torch():
   except ImportError:
     sys.exit("error: PyTorch is missing: pip install -e '.[bench]'")
   return torch
+
+
+def run_main(main: Callable[[], int]) -> None:
+  """Exits with ``main()``'s status, or with one line for bad input (a
+  missing corpus, a config the harness rejects)."""
+  try:
+    status = main()
+  except (config_lib.ConfigError, data.DataError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  sys.exit(status)
 
 
 def rate(step: Callable, inputs, targets, num_steps: int,
