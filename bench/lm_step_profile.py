@@ -172,13 +172,10 @@ def main():
   parser.add_argument("--steps", type=int, default=10,
                       help="steps per profile and per timing")
   args = parser.parse_args()
-  from bench import peer_timing  # pylint: disable=g-import-not-at-top
-  torch = peer_timing.require_torch()
-
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from bench import torch_gpt  # pylint: disable=g-import-not-at-top
+  from bench import peer_timing  # pylint: disable=g-import-not-at-top
   from train import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from train import tasks  # pylint: disable=g-import-not-at-top
   from train.configs import shakespeare  # pylint: disable=g-import-not-at-top
@@ -187,7 +184,9 @@ def main():
   config.data.source = args.source
   config.parallel = "jit"
   task = tasks.create_task(config)
-  train = task.load_splits(config, test=False).train
+  train = task.load_splits(config, test=False).train  # the corpus, read first
+  torch = peer_timing.require_torch()
+  from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   parallel_steps, host_state = steps_lib.create_steps_and_state(
       config, train, task.steps_per_epoch(config, train))
   state = parallel_steps.put_state(host_state)

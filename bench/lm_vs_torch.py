@@ -37,9 +37,6 @@ def parse_args():
 
 def main():
   args = parse_args()
-  torch = peer_timing.require_torch()
-
-  from bench import torch_gpt  # pylint: disable=g-import-not-at-top
   from train import tasks  # pylint: disable=g-import-not-at-top
   from train.configs import shakespeare  # pylint: disable=g-import-not-at-top
 
@@ -48,6 +45,8 @@ def main():
   task = tasks.create_task(config)
   train = task.load_splits(config, test=False).train  # the corpus, read first
   vocab_size = train.num_classes
+  torch = peer_timing.require_torch()
+  from bench import torch_gpt  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(0)
   torch.set_num_threads(peer_timing.cores())
