@@ -235,6 +235,7 @@ def use_one_core():
   independent operations on every core, and their durations no longer add up
   to the step's."""
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  os.environ["JAX_PLATFORMS"] = "cpu"  # the CPU even where a GPU is present
   os.environ["JAX_CPU_ENABLE_ASYNC_DISPATCH"] = "false"
   os.environ["XLA_FLAGS"] = " ".join([
       os.environ.get("XLA_FLAGS", ""),
