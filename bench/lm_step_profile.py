@@ -195,16 +195,10 @@ def main():
       process_count=1))))
   compiled = parallel_steps.train_step.lower(state, batch).compile()
 
-  torch.manual_seed(0)
   torch.set_num_threads(1)
-  shape = (config.batch_size, config.data.context)
-  peer = torch_gpt.from_flax_module(task.create_model(config, train, None))
-  tokens = torch.randint(0, train.num_classes, shape)
-  targets = torch.randint(0, train.num_classes, shape)
-  torch_step = torch_gpt.make_train_step(
-      peer, lr=config.schedule.learning_rate,
-      betas=(config.optimizer.b1, config.optimizer.b2),
-      weight_decay=config.optimizer.weight_decay)
+  torch_step, tokens, targets = torch_gpt.config_peer(
+      config, task.create_model(config, train, None), train.num_classes)
+  shape = tuple(tokens.shape)
 
   def jax_step(inputs, unused_targets):
     nonlocal state

@@ -44,20 +44,12 @@ def main():
   config.data.source = args.source
   task = tasks.create_task(config)
   train = task.load_splits(config, test=False).train  # the corpus, read first
-  vocab_size = train.num_classes
   torch = peer_timing.require_torch()
   from bench import torch_gpt  # pylint: disable=g-import-not-at-top
 
-  torch.manual_seed(0)
   torch.set_num_threads(peer_timing.cores())
-  peer = torch_gpt.from_flax_module(task.create_model(config, train, None))
-  shape = (config.batch_size, config.data.context)
-  tokens = torch.randint(0, vocab_size, shape)
-  targets = torch.randint(0, vocab_size, shape)
-  torch_step = torch_gpt.make_train_step(
-      peer, lr=config.schedule.learning_rate,
-      betas=(config.optimizer.b1, config.optimizer.b2),
-      weight_decay=config.optimizer.weight_decay)
+  torch_step, tokens, targets = torch_gpt.config_peer(
+      config, task.create_model(config, train, None), train.num_classes)
 
   def time_peer(num_steps):
     return peer_timing.rate(torch_step, tokens, targets, num_steps,

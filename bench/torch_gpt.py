@@ -158,3 +158,21 @@ def make_train_step(model: nn.Module, *, optimizer: str = "adamw",
     return loss.detach()
 
   return step
+
+
+def config_peer(config, module, vocab_size: int):
+  """The peer of a harness config and its Flax `models.GPT` ``module``.
+
+  Returns its train step with the config's AdamW, and one batch of random
+  tokens and targets of the config's shape; torch's seed is 0 first.
+  """
+  torch.manual_seed(0)
+  model = from_flax_module(module)
+  shape = (config.batch_size, config.data.context)
+  tokens = torch.randint(0, vocab_size, shape)
+  targets = torch.randint(0, vocab_size, shape)
+  step = make_train_step(
+      model, lr=config.schedule.learning_rate,
+      betas=(config.optimizer.b1, config.optimizer.b2),
+      weight_decay=config.optimizer.weight_decay)
+  return step, tokens, targets
