@@ -20,7 +20,7 @@ runs made the same numbers.
 """
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import sys
 import warnings
 
@@ -83,6 +83,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="primary comparisons, each at alpha 0.05/K "
                           "(default: the study's primary_comparisons, 1)")
   return parser.parse_args(argv)
+
+
+def study_file_command(argv: Sequence[str], name: str,
+                       command: Callable[..., int]) -> int | str:
+  """A study file's own command, ``python study/studies/FILE.py NAME [DIR]``.
+
+  Returns:
+    For `sys.exit`: ``command(*argv[2:])``'s status, a one-line error for a
+    missing or damaged folder, or the usage for other arguments.
+  """
+  if list(argv[1:2]) != [name]:
+    return f"usage: python {argv[0]} {name} [DIR]"
+  try:
+    return command(*argv[2:])
+  except (OSError, ValueError) as error:  # A missing or damaged folder.
+    return f"error: {error}"
 
 
 def _split(text: str | None, cast=str):

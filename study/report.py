@@ -389,20 +389,61 @@ def write_summary(workdir: str) -> str:
   return markdown
 
 
+def pooled_spread(summary: Mapping[str, Any], arms: Sequence[str]
+                  ) -> tuple[float, int, list[str]]:
+  """The pooled standard deviation of ``arms``' final metric in a summary.
+
+  Each arm's variance is weighted by its degrees of freedom; an arm with
+  fewer than two finished runs adds nothing.
+
+  Returns:
+    ``(sd, degrees of freedom, one line per arm with its n and sd)``.
+
+  Raises:
+    StudyError: no arm has two finished runs.
+  """
+  metric = summary["metric"]
+  lines, squares, dfs = [], 0.0, 0
+  for arm in arms:
+    entry = summary["arms"][arm][f"final_{metric}"]
+    n = summary["arms"][arm]["n"]
+    if entry["std"] is None:
+      continue
+    squares += (n - 1) * entry["std"] ** 2
+    dfs += n - 1
+    lines.append(f"  {arm}: n {n}, sd {entry['std']:.5f}")
+  if not dfs:
+    raise study_lib.StudyError(f"None of the arms {', '.join(arms)} has two "
+                               "finished runs to measure a spread from.")
+  return (squares / dfs) ** 0.5, dfs, lines
+
+
+def seeds_for_margin(sd: float, margin: float, test: str, alpha: float
+                     ) -> tuple[int | None, int | None]:
+  """Seeds per arm for 80% power at ``margin`` when runs spread by ``sd``.
+
+  Returns:
+    ``(TOST at ±margin when the true difference is 0, the two-sided test
+    of a true difference of margin)``, each at level ``alpha``; for
+    ``paired`` the spread of a difference is taken as that of two
+    independent runs (``√2 sd``), which is what pairing gives when it
+    removes no noise. A study needs the larger.
+  """
+  scale = sd * (2 ** 0.5 if test == "paired" else 1.0)
+  return (statistics.seeds_for_equivalence(margin / scale, test, alpha=alpha),
+          statistics.seeds_for_power(margin / scale, test, alpha=alpha))
+
+
 def power_plan(workdir: str, margin: float, test: str,
                arms: Sequence[str] | None = None,
                primaries: int | None = None) -> str:
   """The seeds per arm a study at ``margin`` needs, from ``workdir``'s spread.
 
-  The spread is the pooled standard deviation of the arms' final metric
-  (each arm's variance weighted by its degrees of freedom). For ``paired``,
-  the spread of a difference is taken as that of two independent runs
-  (``√2`` times it), which is what pairing gives when it removes no noise.
-  Two figures: the seeds for 80% power of the TOST at ``±margin`` when the
-  true difference is zero, and of the two-sided 5% test to detect a true
-  difference of ``margin``; a study needs the larger. With ``primaries``
-  (default: the study's ``primary_comparisons``) k above 1, both tests are
-  at level 0.05 / k, as each primary comparison of such a study is.
+  The spread is `pooled_spread` of the arms' final metric, the seeds
+  `seeds_for_margin`'s two figures; a study needs the larger. With
+  ``primaries`` (default: the study's ``primary_comparisons``) k above 1,
+  both tests are at level 0.05 / k, as each primary comparison of such a
+  study is.
   """
   summary, _ = summarize(workdir)
   metric = summary["metric"]
@@ -415,22 +456,8 @@ def power_plan(workdir: str, margin: float, test: str,
     raise study_lib.StudyError(
         f"--primaries must be at least 1, got {primaries}.")
   alpha = statistics.ALPHA / primaries
-  lines, squares, dfs = [], 0.0, 0
-  for arm in arms:
-    entry = summary["arms"][arm][f"final_{metric}"]
-    n = summary["arms"][arm]["n"]
-    if entry["std"] is None:
-      continue
-    squares += (n - 1) * entry["std"] ** 2
-    dfs += n - 1
-    lines.append(f"  {arm}: n {n}, sd {entry['std']:.5f}")
-  if not dfs:
-    raise study_lib.StudyError(f"No arm of {workdir} has two finished runs to "
-                               "measure a spread from.")
-  sd = (squares / dfs) ** 0.5
-  scale = sd * (2 ** 0.5 if test == "paired" else 1.0)
-  tost = statistics.seeds_for_equivalence(margin / scale, test, alpha=alpha)
-  detect = statistics.seeds_for_power(margin / scale, test, alpha=alpha)
+  sd, dfs, lines = pooled_spread(summary, arms)
+  tost, detect = seeds_for_margin(sd, margin, test, alpha)
   each = ("" if primaries == 1 else
           f", each of {primaries} primary comparisons at alpha {alpha:g}")
   return "\n".join(

@@ -31,6 +31,9 @@ SHIPPED = sorted(
     os.path.splitext(os.path.basename(path))[0]
     for path in glob.glob(os.path.join(REPO, "study", "studies", "*.py"))
     if not path.endswith("__init__.py"))
+# Studies whose arms derive from an earlier stage's committed folder, and
+# that folder: they load once it is committed and final.
+DERIVED = {"shakespeare_pilot": "shakespeare_tuning"}
 
 TINY_STUDY = """
 import ml_collections
@@ -94,6 +97,9 @@ def _fake_run(workdir, arm, seed, accuracies, *, num_epochs=None,
 @pytest.mark.parametrize("name", SHIPPED + ["paper:cifar100",
                                             "cifar10_gpu:folder:/data/c.tar"])
 def test_shipped_study_loads_and_names_valid_fields(name):
+  if name in DERIVED and not os.path.isdir(
+      os.path.join(REPO, "results", DERIVED[name])):
+    pytest.skip(f"results/{DERIVED[name]} is not committed yet")
   study = study_lib.load_study(name)  # Applies every arm's overrides.
   assert study.baseline in study.arms
   # A tuning study (scored on a validation split) runs one seed per
@@ -1115,6 +1121,119 @@ def test_a_tuning_pick_of_a_missing_folder_is_a_one_line_error(tmp_path):
   script = os.path.join(REPO, "study", "studies", "shakespeare_tuning.py")
   result = subprocess.run(
       [sys.executable, script, "select", str(tmp_path / "none")],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: ") and "study.json" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _shakespeare_stage_1(workdir, loss_of) -> ml_collections.ConfigDict:
+  """A finished stage 1 of the Shakespeare study: every arm's one run with
+  the final val_loss ``loss_of(family, rate index, second-axis index)``, or
+  none while that is None (a run pending)."""
+  stage_1 = study_lib.load_study("shakespeare_tuning")
+  study_lib.save_study(stage_1, str(workdir))
+  for family, members in stage_1.families.items():
+    rates = sorted({tuning.learning_rate(arm) for arm in members})
+    for arm in members:
+      rate = rates.index(tuning.learning_rate(arm))
+      second = [a for a in members
+                if tuning.learning_rate(a) == rates[rate]].index(arm)
+      loss = loss_of(family, rate, second)
+      if loss is not None:
+        _fake_run(workdir, arm, 1000, [3.0, loss], metric="val_loss")
+  return stage_1
+
+
+def _pilot_module():
+  path = os.path.join(REPO, "study", "studies", "shakespeare_pilot.py")
+  spec = importlib.util.spec_from_file_location("shakespeare_pilot", path)
+  pilot = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(pilot)
+  return pilot
+
+
+def test_the_shakespeare_pilot_runs_stage_ones_winners_unchanged(tmp_path):
+  """The pilot's arms are stage 1's picks with stage 1's overrides, five new
+  seeds, scored on validation only."""
+  stage_1 = _shakespeare_stage_1(
+      tmp_path, lambda family, rate, second: 1.5 + 0.01 * abs(rate - 1)
+      + 0.001 * (second if family != "lc_adamw" else 1 - second))
+  pilot = study_lib.load_study(f"shakespeare_pilot:{tmp_path}")
+  assert set(pilot.arms) == {"sgd-lr0.2-m0.9", "lcam-lr0.2-0.95/0.9",
+                             "adamw-lr0.002-b0.9", "lc_adamw-lr0.002-0.9/0.95"}
+  assert pilot.seeds == [2000, 2001, 2002, 2003, 2004]
+  assert (pilot.metric, pilot.metric_direction) == ("val_loss", "lower")
+  for arm in pilot.arms:
+    config = study_lib.run_config(pilot, arm, 2000)
+    assert config == study_lib.run_config(stage_1, arm, 2000)
+    assert not config.data.eval_test
+
+
+@pytest.mark.parametrize("loss_of, reason", [
+    (lambda family, rate, second: 1.5 + 0.01 * rate, "sit at the grid's edge"),
+    (lambda family, rate, second: None if family == "lcam" and rate == 2
+     else 1.5 + 0.01 * abs(rate - 1), "lcam is not final"),
+])
+def test_the_shakespeare_pilot_waits_for_a_final_stage_1(tmp_path, loss_of,
+                                                         reason):
+  _shakespeare_stage_1(tmp_path, loss_of)
+  with pytest.raises(study_lib.StudyError, match=reason):
+    study_lib.load_study(f"shakespeare_pilot:{tmp_path}")
+  with pytest.raises(study_lib.StudyError, match=r"no study\.json"):
+    study_lib.load_study(f"shakespeare_pilot:{tmp_path / 'none'}")
+
+
+def _pilot_summary(tmp_path, spreads) -> dict:
+  """The summary of a finished pilot whose arms' final val_loss spread by
+  ``spreads[family]`` around 1.5 (five seeds each)."""
+  arms = {"sgd": "sgd-lr0.2-m0.9", "lcam": "lcam-lr0.2-0.95/0.9",
+          "adamw": "adamw-lr0.002-b0.9",
+          "lc_adamw": "lc_adamw-lr0.002-0.9/0.95"}
+  offsets = (-2, -1, 0, 1, 2)
+  for family, arm in arms.items():
+    for seed, offset in zip(range(2000, 2005), offsets):
+      _fake_run(tmp_path, arm, seed, [3.0, 1.5 + spreads[family] * offset],
+                metric="val_loss")
+  study_lib.save_study(_study(
+      arms={arm: {} for arm in arms.values()}, seeds=list(range(2000, 2005)),
+      baseline=arms["adamw"], metric="val_loss"), str(tmp_path))
+  summary, _ = study_report.summarize(str(tmp_path))
+  return summary
+
+
+def test_the_shakespeare_pilot_sizes_stage_2_by_its_registered_rule(tmp_path):
+  pilot = _pilot_module()
+  sd_of_unit = np.std([-2, -1, 0, 1, 2], ddof=1)
+  # SGD's arms spread by 0.004 nats, AdamW's by 0.002: SGD's count rules.
+  summary = _pilot_summary(tmp_path / "narrow", {
+      "sgd": 0.004 / sd_of_unit, "lcam": 0.004 / sd_of_unit,
+      "adamw": 0.002 / sd_of_unit, "lc_adamw": 0.002 / sd_of_unit})
+  plan = pilot.stage_2_plan(summary)
+  assert plan["families"]["SGD"]["sd"] == pytest.approx(0.004, rel=1e-3)
+  assert plan["families"]["SGD"]["degrees_of_freedom"] == 8
+  expected = max(statistics.seeds_for_equivalence(0.01 / 0.004, "welch",
+                                                  alpha=0.025),
+                 statistics.seeds_for_power(0.01 / 0.004, "welch",
+                                            alpha=0.025), 10)
+  assert (plan["margin"], plan["seeds"]) == (0.01, expected)
+  # A spread that needs more than 16 seeds at ±0.01 widens the margin.
+  summary = _pilot_summary(tmp_path / "wide", dict.fromkeys(
+      ("sgd", "lcam", "adamw", "lc_adamw"), 0.01 / sd_of_unit))
+  plan = pilot.stage_2_plan(summary)
+  assert plan["margin"] > 0.01 and plan["seeds"] <= 16
+  narrower = plan["margin"] - pilot.MARGIN_STEP
+  assert max(statistics.seeds_for_equivalence(narrower / 0.01, "welch",
+                                              alpha=0.025),
+             statistics.seeds_for_power(narrower / 0.01, "welch",
+                                        alpha=0.025)) > 16
+
+
+def test_the_shakespeare_pilots_plan_of_a_missing_folder_is_one_line(
+    tmp_path):
+  script = os.path.join(REPO, "study", "studies", "shakespeare_pilot.py")
+  result = subprocess.run(
+      [sys.executable, script, "plan", str(tmp_path / "none")],
       capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 1
   assert result.stderr.startswith("error: ") and "study.json" in result.stderr

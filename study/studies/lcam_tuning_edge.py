@@ -203,8 +203,7 @@ def print_selection(edge: str = "results/lcam_tuning_edge",
 
 if __name__ == "__main__":
   if sys.argv[1:2] == ["select"]:
-    try:
-      sys.exit(print_selection(*sys.argv[2:]))
-    except (OSError, ValueError) as error:  # A missing or damaged folder.
-      sys.exit(f"error: {error}")
+    sys.path.insert(0, REPO_ROOT)
+    from study import cli  # pylint: disable=g-import-not-at-top
+    sys.exit(cli.study_file_command(sys.argv, "select", print_selection))
   sys.exit(main(*sys.argv[1:]))

@@ -198,9 +198,6 @@ def print_selection(workdir: str = "results/shakespeare_tuning") -> int:
 
 
 if __name__ == "__main__":
-  if sys.argv[1:2] == ["select"]:
-    try:
-      sys.exit(print_selection(*sys.argv[2:]))
-    except (OSError, ValueError) as error:  # A missing or damaged folder.
-      sys.exit(f"error: {error}")
-  sys.exit(f"usage: python {sys.argv[0]} select [WORKDIR]")
+  sys.path.insert(0, REPO_ROOT)
+  from study import cli  # pylint: disable=g-import-not-at-top
+  sys.exit(cli.study_file_command(sys.argv, "select", print_selection))
