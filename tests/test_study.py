@@ -24,6 +24,7 @@ from study import statistics
 from study import tuning
 from train import devices
 from train import loop
+from train import optimizers
 from train import record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,8 @@ SHIPPED = sorted(
     if not path.endswith("__init__.py"))
 # Studies whose arms derive from an earlier stage's committed folder, and
 # that folder: they load once it is committed and final.
-DERIVED = {"shakespeare_pilot": "shakespeare_tuning"}
+DERIVED = {"shakespeare_pilot": "shakespeare_tuning",
+           "shakespeare_confirm": "shakespeare_pilot"}
 
 TINY_STUDY = """
 import ml_collections
@@ -1140,8 +1142,10 @@ def _shakespeare_stage_1(workdir, loss_of) -> ml_collections.ConfigDict:
       second = [a for a in members
                 if tuning.learning_rate(a) == rates[rate]].index(arm)
       loss = loss_of(family, rate, second)
-      if loss is not None:
-        _fake_run(workdir, arm, 1000, [3.0, loss], metric="val_loss")
+      if loss is not None:  # LCAM's and AdamW's runs record the phases.
+        _fake_run(workdir, arm, 1000, [3.0, loss], metric="val_loss",
+                  optimizer="lcam" if family == "lcam" else "sgd",
+                  loss_control="b1" if family == "lc_adamw" else "")
   return stage_1
 
 
@@ -1156,9 +1160,7 @@ def _pilot_module():
 def test_the_shakespeare_pilot_runs_stage_ones_winners_unchanged(tmp_path):
   """The pilot's arms are stage 1's picks with stage 1's overrides, five new
   seeds, scored on validation only."""
-  stage_1 = _shakespeare_stage_1(
-      tmp_path, lambda family, rate, second: 1.5 + 0.01 * abs(rate - 1)
-      + 0.001 * (second if family != "lc_adamw" else 1 - second))
+  stage_1 = _shakespeare_stage_1(tmp_path, _inside_the_grids)
   pilot = study_lib.load_study(f"shakespeare_pilot:{tmp_path}")
   assert set(pilot.arms) == {"sgd-lr0.2-m0.9", "lcam-lr0.2-0.95/0.9",
                              "adamw-lr0.002-b0.9", "lc_adamw-lr0.002-0.9/0.95"}
@@ -1182,6 +1184,13 @@ def test_the_shakespeare_pilot_waits_for_a_final_stage_1(tmp_path, loss_of,
     study_lib.load_study(f"shakespeare_pilot:{tmp_path}")
   with pytest.raises(study_lib.StudyError, match=r"no study\.json"):
     study_lib.load_study(f"shakespeare_pilot:{tmp_path / 'none'}")
+
+
+def _inside_the_grids(family, rate, second):
+  """Stage 1's losses with every winner at the second rate: sgd-lr0.2-m0.9,
+  lcam-lr0.2-0.95/0.9, adamw-lr0.002-b0.9, lc_adamw-lr0.002-0.9/0.95."""
+  return 1.5 + 0.01 * abs(rate - 1) + 0.001 * (
+      second if family != "lc_adamw" else 1 - second)
 
 
 def _pilot_summary(tmp_path, spreads) -> dict:
@@ -1238,3 +1247,55 @@ def test_the_shakespeare_pilots_plan_of_a_missing_folder_is_one_line(
   assert result.returncode == 1
   assert result.stderr.startswith("error: ") and "study.json" in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shakespeare_stage_2_derives_its_eight_arms_margin_and_seeds(
+    tmp_path):
+  """Stage 2 is registered by rule: stage 1's winners and their measured
+  phases, the pilot's margin and seeds."""
+  stage_1 = _shakespeare_stage_1(tmp_path / "tuning", _inside_the_grids)
+  pilot_dir = tmp_path / "pilot"
+  with pytest.raises(study_lib.StudyError, match=r"no study\.json"):
+    study_lib.load_study(f"shakespeare_confirm:{tmp_path / 'tuning'},"
+                         f"{pilot_dir}")
+  sd_of_unit = np.std([-2, -1, 0, 1, 2], ddof=1)
+  _pilot_summary(pilot_dir, dict.fromkeys(("sgd", "lcam", "adamw",
+                                           "lc_adamw"), 0.006 / sd_of_unit))
+  study = study_lib.load_study(
+      f"shakespeare_confirm:{tmp_path / 'tuning'},{pilot_dir}")
+  pilot = _pilot_module()
+  plan = pilot.stage_2_plan(study_report.summarize(str(pilot_dir))[0])
+  assert study.seeds == list(range(plan["seeds"])) and plan["seeds"] >= 10
+  assert study.equivalence_margin == 0.01
+  assert (study.metric, study.metric_direction, study.primary_test,
+          study.primary_comparisons) == ("test_loss", "lower", "welch", 2)
+  assert [tuple(c) for c in study.comparisons[:2]] == [
+      ("b-lcam", "a-sgd"), ("f-lc-adamw", "e-adamw")]
+  configs = {arm: study_lib.run_config(study, arm, 0) for arm in study.arms}
+  assert all(c.data.eval_test for c in configs.values())
+  winners = {"a-sgd": "sgd-lr0.2-m0.9", "b-lcam": "lcam-lr0.2-0.95/0.9",
+             "e-adamw": "adamw-lr0.002-b0.9",
+             "f-lc-adamw": "lc_adamw-lr0.002-0.9/0.95"}
+  for arm, winner in winners.items():
+    tuned = study_lib.run_config(stage_1, winner, 0)
+    tuned.data.eval_test = True
+    assert configs[arm] == tuned
+  # The fake tuning runs spent half of each of their 2 epochs below.
+  c, d = configs["c-sgd-mean-step"], configs["d-lcam-random-phases"]
+  assert c.optimizer.momentum == round(1 - 1 / (0.5 / 0.05 + 0.5 / 0.1), 4)
+  assert (c.optimizer.name, c.schedule.learning_rate,
+          c.optimizer.weight_decay) == ("sgd", 0.2, 5e-4)
+  assert (d.optimizer.phases, tuple(d.optimizer.below_probability)) == (
+      "random", (0.5, 0.5))
+  g, h = configs["g-adamw-mean-b1"], configs["h-lc-adamw-random-phases"]
+  assert (g.optimizer.name, g.optimizer.b1, g.optimizer.loss_control,
+          g.schedule.learning_rate) == ("adamw", 0.925, "", 0.002)
+  assert (h.optimizer.loss_control, h.optimizer.phases) == (
+      configs["f-lc-adamw"].optimizer.loss_control, "random")
+  # The placebo of loss-controlled AdamW builds and steps.
+  optimizer = optimizers.create_optimizer(h.optimizer, 1e-3,
+                                          steps_per_epoch=3, seed=0)
+  params = {"w": np.ones(3, np.float32)}
+  updates, _ = optimizer.update(params, optimizer.init(params), params,
+                                value=np.float32(1.0))
+  assert np.all(np.isfinite(updates["w"]))
