@@ -52,6 +52,7 @@ sys.path.insert(0, STUDIES)
 
 import lcam_confirm  # noqa: E402  pylint: disable=g-import-not-at-top
 import shakespeare_pilot  # noqa: E402  pylint: disable=g-import-not-at-top
+import shakespeare_tuning  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO_ROOT = shakespeare_pilot.REPO_ROOT
 
@@ -62,7 +63,6 @@ from study import report  # noqa: E402
 from train import record  # noqa: E402
 
 PILOT = "results/shakespeare_pilot"
-TUNING_SEED = 1000
 COMPARISONS = (("b-lcam", "a-sgd"), ("f-lc-adamw", "e-adamw"),
                ("b-lcam", "c-sgd-mean-step"),
                ("b-lcam", "d-lcam-random-phases"),
@@ -123,7 +123,7 @@ def derive(folders: str = "") -> dict:
 
   def measured(family):
     run_dir = definition.run_dir(os.path.join(REPO_ROOT, tuning_dir),
-                                 picks[family], TUNING_SEED)
+                                 picks[family], shakespeare_tuning.SEED)
     return below_fractions(run_dir)
 
   lcam = tuning.arms[picks["lcam"]].to_dict()
