@@ -85,16 +85,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def study_file_command(argv: Sequence[str], name: str,
-                       command: Callable[..., int]) -> int | str:
-  """A study file's own command, ``python study/studies/FILE.py NAME [DIR]``.
+def study_file_command(argv: Sequence[str],
+                       commands: dict[str, Callable[..., int]]) -> int | str:
+  """A study file's own commands, ``python study/studies/FILE.py NAME [ARG]``.
+
+  Args:
+    argv: `sys.argv`.
+    commands: name -> the function that runs it with the arguments after
+      the name and returns the exit status.
 
   Returns:
-    For `sys.exit`: ``command(*argv[2:])``'s status, a one-line error for a
-    missing or damaged folder, or the usage for other arguments.
+    For `sys.exit`: the command's status, a one-line error for a missing or
+    damaged folder, or the usage for other arguments.
   """
-  if list(argv[1:2]) != [name]:
-    return f"usage: python {argv[0]} {name} [DIR]"
+  command = commands.get(argv[1]) if len(argv) > 1 else None
+  if command is None:
+    return f"usage: python {argv[0]} {'|'.join(commands)} [ARG]"
   try:
     return command(*argv[2:])
   except (OSError, ValueError) as error:  # A missing or damaged folder.

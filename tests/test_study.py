@@ -1299,3 +1299,73 @@ def test_shakespeare_stage_2_derives_its_eight_arms_margin_and_seeds(
   updates, _ = optimizer.update(params, optimizer.init(params), params,
                                 value=np.float32(1.0))
   assert np.all(np.isfinite(updates["w"]))
+
+
+def _confirm_module():
+  path = os.path.join(REPO, "study", "studies", "shakespeare_confirm.py")
+  spec = importlib.util.spec_from_file_location("shakespeare_confirm", path)
+  confirm = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(confirm)
+  return confirm
+
+
+def _fake_stage(best_rates, ran):
+  """A stand-in for ``python -m study run SPEC --workdir DIR``: saves the
+  study and writes each missing run, its final loss lowest at the family's
+  ``best_rates`` (log-distance, then the arm's place in its family)."""
+  def run(spec, workdir):
+    ran.append(spec)
+    study = study_lib.load_study(spec)
+    study_lib.save_study(study, workdir)
+    metric = study.get("metric", "test_accuracy")
+    for index, arm in enumerate(study.arms):
+      family = arm.split("-lr")[0]
+      overrides = study.arms[arm]
+      loss = 1.5 + 0.001 * index
+      if family in best_rates:
+        loss += 0.01 * abs(math.log2(tuning.learning_rate(arm)
+                                     / best_rates[family]))
+      for seed in study.seeds:
+        if not os.path.isdir(study_lib.run_dir(workdir, arm, seed)):
+          _fake_run(workdir, arm, seed, [3.0, loss + 1e-3 * (seed % 5)],
+                    metric=metric,
+                    optimizer=overrides.get("optimizer.name", "adamw"),
+                    loss_control=overrides.get("optimizer.loss_control", ""))
+    return 0
+  return run
+
+
+def test_the_shakespeare_campaign_extends_stage_1_then_runs_both_stages(
+    tmp_path):
+  """One command, the rule applied in order: the grid grows one rate past
+  each edge winner, then the pilot and stage 2 read what came before."""
+  confirm, ran = _confirm_module(), []
+  best = {"sgd": 0.8, "lcam": 0.2, "adamw": 0.001, "lc_adamw": 0.002}
+  assert confirm.campaign(str(tmp_path), _fake_stage(best, ran)) == 0
+  tuning_dir, pilot_dir = (str(tmp_path / "shakespeare_tuning"),
+                           str(tmp_path / "shakespeare_pilot"))
+  assert ran == ["shakespeare_tuning",
+                 "shakespeare_tuning:sgd=1.6,adamw=0.0005",
+                 f"shakespeare_pilot:{tuning_dir}",
+                 f"shakespeare_confirm:{tuning_dir},{pilot_dir}"]
+  saved = study_lib.read_study(str(tmp_path / "shakespeare_confirm"))
+  assert saved.arms["a-sgd"]["schedule.learning_rate"] == 0.8
+  assert saved.arms["e-adamw"]["schedule.learning_rate"] == 0.001
+  # Run again, it finds every stage finished and runs each once more.
+  ran.clear()
+  assert confirm.campaign(str(tmp_path), _fake_stage(best, ran)) == 0
+  assert ran == [f"shakespeare_pilot:{tuning_dir}",
+                 f"shakespeare_confirm:{tuning_dir},{pilot_dir}"]
+
+
+def test_the_shakespeare_campaign_stops_at_a_stage_that_did_not_finish(
+    tmp_path):
+  confirm, ran = _confirm_module(), []
+  assert confirm.campaign(str(tmp_path), lambda spec, workdir: (
+      ran.append(spec) or 75)) == 75
+  assert ran == ["shakespeare_tuning"]
+  # A stage that reports success but leaves its runs pending is a bug of
+  # the runner, not a loop.
+  with pytest.raises(ValueError, match="still asks for it"):
+    confirm.campaign(str(tmp_path), lambda spec, workdir: study_lib.save_study(
+        study_lib.load_study(spec), workdir) or 0)

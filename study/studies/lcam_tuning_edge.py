@@ -205,5 +205,5 @@ if __name__ == "__main__":
   if sys.argv[1:2] == ["select"]:
     sys.path.insert(0, REPO_ROOT)
     from study import cli  # pylint: disable=g-import-not-at-top
-    sys.exit(cli.study_file_command(sys.argv, "select", print_selection))
+    sys.exit(cli.study_file_command(sys.argv, {"select": print_selection}))
   sys.exit(main(*sys.argv[1:]))

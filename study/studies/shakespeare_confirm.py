@@ -3,15 +3,24 @@
   python -m study run shakespeare_confirm --workdir results/shakespeare_confirm --workers 2 --retries 5
   python -m study summarize results/shakespeare_confirm
   python study/studies/shakespeare_confirm.py derive   # the values it takes
+  python study/studies/shakespeare_confirm.py campaign   # all three stages
+
+``campaign`` runs the regime's three stages in order from one checkout:
+stage 1 with its grid extended by the rule until every winner is inside
+(`shakespeare_tuning.next_spec`), the pilot, then this stage, each with
+``python -m study run ... --workers 2 --retries 5`` (which writes its
+summary), each reading the folders its predecessors wrote, so that every
+run of the regime comes from one commit (run it from a checkout pinned
+there). It stops at the first stage that does not finish, with that
+stage's exit status; run again, it resumes where it stopped.
 
 This file registers stage 2 by rule, before stage 1 (`shakespeare_tuning`)
 or the pilot (`shakespeare_pilot`) has run: its arms, margin and seeds are
 derived when the study loads, from those two committed folders
 (``results/shakespeare_tuning`` and ``results/shakespeare_pilot``, or the
 folders given as ``shakespeare_confirm:TUNING_DIR,PILOT_DIR``), and loading
-says why while either is not final. Every run comes from one commit, which
-holds both folders, with its own pinned checkout; the values it ran with are
-in its ``study.json``.
+says why while either is not final. The values it ran with are in its
+``study.json``.
 
 Stage 1's recipe and overrides (GPT-4-128, 4 epochs, warm-up and cosine, one
 XLA device per run), scored on the test text (``data.eval_test=True``); the
@@ -41,8 +50,10 @@ margin and the seeds (0 to n-1) are the pilot's plan by its registered rule
 would be needed; at least 10 seeds).
 """
 
+from collections.abc import Callable
 import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -63,6 +74,7 @@ from study import report  # noqa: E402
 from train import record  # noqa: E402
 
 PILOT = "results/shakespeare_pilot"
+CONFIRM = "results/shakespeare_confirm"
 COMPARISONS = (("b-lcam", "a-sgd"), ("f-lc-adamw", "e-adamw"),
                ("b-lcam", "c-sgd-mean-step"),
                ("b-lcam", "d-lcam-random-phases"),
@@ -198,5 +210,39 @@ def print_derived(folders: str = "") -> int:
   return 0
 
 
+def run_stage(spec: str, workdir: str) -> int:
+  """``python -m study run SPEC --workdir DIR --workers 2 --retries 5``."""
+  command = [sys.executable, "-m", "study", "run", spec, "--workdir", workdir,
+             "--workers", "2", "--retries", "5"]
+  print("$ " + " ".join(command[1:]), flush=True)
+  return subprocess.call(command, cwd=REPO_ROOT)
+
+
+def campaign(results: str = "results",
+             run: Callable[[str, str], int] = run_stage) -> int:
+  """Runs stage 1 (extended until its winners are inside), the pilot and
+  stage 2 into ``results``'s three folders; the first non-zero status of
+  ``run`` (a stage that did not finish) stops it."""
+  tuning_dir, pilot_dir, confirm_dir = (
+      os.path.join(results, os.path.basename(folder))
+      for folder in (shakespeare_pilot.STAGE_1, PILOT, CONFIRM))
+  previous = None
+  while spec := shakespeare_tuning.next_spec(tuning_dir):
+    if spec == previous:
+      raise ValueError(f"{spec} finished, yet its selection still asks for "
+                       "it: see python study/studies/shakespeare_tuning.py "
+                       "select.")
+    if status := run(spec, tuning_dir):
+      return status
+    previous = spec
+  for spec, workdir in ((f"shakespeare_pilot:{tuning_dir}", pilot_dir),
+                        (f"shakespeare_confirm:{tuning_dir},{pilot_dir}",
+                         confirm_dir)):
+    if status := run(spec, workdir):
+      return status
+  return 0
+
+
 if __name__ == "__main__":
-  sys.exit(cli.study_file_command(sys.argv, "derive", print_derived))
+  sys.exit(cli.study_file_command(
+      sys.argv, {"derive": print_derived, "campaign": campaign}))

@@ -164,4 +164,4 @@ def print_plan(workdir: str = "results/shakespeare_pilot") -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.study_file_command(sys.argv, "plan", print_plan))
+  sys.exit(cli.study_file_command(sys.argv, {"plan": print_plan}))

@@ -71,6 +71,7 @@ import ml_collections
 
 NUM_EPOCHS = 4
 SEED = 1000
+WORKDIR = "results/shakespeare_tuning"
 SGD_RATES = (0.1, 0.2, 0.4, 0.8)
 ADAMW_RATES = (1e-3, 2e-3, 4e-3, 8e-3)
 MOMENTA = (0.9, 0.95)
@@ -181,7 +182,7 @@ def get_study(extend: str = "") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(study, allow_dotted_keys=True)
 
 
-def select(workdir: str = "results/shakespeare_tuning") -> dict:
+def select(workdir: str = WORKDIR) -> dict:
   """The rule's pick per family, and whether it sits on the grid's smallest
   or largest rate (`study.tuning.select`)."""
   sys.path.insert(0, REPO_ROOT)
@@ -189,7 +190,43 @@ def select(workdir: str = "results/shakespeare_tuning") -> dict:
   return tuning.select([os.path.join(REPO_ROOT, workdir)])
 
 
-def print_selection(workdir: str = "results/shakespeare_tuning") -> int:
+def next_spec(workdir: str = WORKDIR) -> str:
+  """The study to run next in ``workdir`` by the rule: "" once done.
+
+  Before the first run, the registered grid; while runs are pending, the
+  grid the folder holds; then, for each family whose winner sits on an edge,
+  one more rate outward (``shakespeare_tuning:sgd=1.6``). "" once every
+  family is final with its winner inside its grid.
+  """
+  if not os.path.isfile(os.path.join(REPO_ROOT, workdir, "study.json")):
+    return "shakespeare_tuning"
+  chosen = select(workdir)
+  from study import tuning  # pylint: disable=g-import-not-at-top
+  ends = {}  # (family, "smallest" or "largest") -> the rate there.
+  for family, members in chosen["families"].items():
+    rates, registered = sorted(map(tuning.learning_rate, members)), (
+        FAMILIES[family][2])
+    if rates[0] < registered[0]:
+      ends[family, "smallest"] = rates[0]
+    if rates[-1] > registered[-1]:
+      ends[family, "largest"] = rates[-1]
+  selection = chosen["selection"]
+  if all(pick["complete"] for pick in selection.values()):
+    edges = {family: pick for family, pick in selection.items()
+             if pick["edge"]}
+    if not edges:
+      return ""
+    for family, pick in edges.items():
+      rate = tuning.learning_rate(pick["winner"])
+      ends[family, pick["edge"]] = (
+          rate * 2 if pick["edge"] == "largest" else rate / 2)
+  extend = ",".join(f"{family}={ends[family, edge]:g}" for family in FAMILIES
+                    for edge in ("smallest", "largest")
+                    if (family, edge) in ends)
+  return "shakespeare_tuning" + (f":{extend}" if extend else "")
+
+
+def print_selection(workdir: str = WORKDIR) -> int:
   """Prints every configuration's final validation loss and the rule's pick;
   0 once every family is complete with its winner inside its grid."""
   chosen = select(workdir)
@@ -200,4 +237,4 @@ def print_selection(workdir: str = "results/shakespeare_tuning") -> int:
 if __name__ == "__main__":
   sys.path.insert(0, REPO_ROOT)
   from study import cli  # pylint: disable=g-import-not-at-top
-  sys.exit(cli.study_file_command(sys.argv, "select", print_selection))
+  sys.exit(cli.study_file_command(sys.argv, {"select": print_selection}))
