@@ -53,6 +53,15 @@ def get_study(with_broken_arm: str = ""):
 """
 
 
+def _study_module(name: str):
+  """``study/studies/NAME.py`` imported as a module."""
+  path = os.path.join(REPO, "study", "studies", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _study(**fields) -> ml_collections.ConfigDict:
   definition = {"config": "train/configs/tiny.py", "overrides": {},
                 "arms": {"base": {}, "b": {}}, "seeds": [0, 1, 2],
@@ -1026,10 +1035,7 @@ def test_confirmation_holds_its_tuning_runs_derivation(name):
   """A confirmation's literals are what its `derive()` reads from the
   committed tuning runs (stage 2: stage 1; stage 2b: stage 1b and stage 1's
   grid run again)."""
-  path = os.path.join(REPO, "study", "studies", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  confirm = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(confirm)
+  confirm = _study_module(name)
   derived = confirm.derive()
   assert derived["sgd"] == confirm.SGD and derived["lcam"] == confirm.LCAM
   np.testing.assert_allclose(confirm.BELOW_FRACTIONS,
@@ -1119,10 +1125,14 @@ def test_a_tuning_pick_on_either_edge_leaves_the_grid_unfinished(
   assert f"winner: {winner}" in capsys.readouterr().out
 
 
-def test_a_tuning_pick_of_a_missing_folder_is_a_one_line_error(tmp_path):
-  script = os.path.join(REPO, "study", "studies", "shakespeare_tuning.py")
+@pytest.mark.parametrize("study, command", [
+    ("shakespeare_tuning", "select"), ("shakespeare_pilot", "plan"),
+    ("shakespeare_confirm", "derive")])
+def test_a_study_files_command_on_a_missing_folder_is_a_one_line_error(
+    tmp_path, study, command):
+  script = os.path.join(REPO, "study", "studies", f"{study}.py")
   result = subprocess.run(
-      [sys.executable, script, "select", str(tmp_path / "none")],
+      [sys.executable, script, command, str(tmp_path / "none")],
       capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 1
   assert result.stderr.startswith("error: ") and "study.json" in result.stderr
@@ -1149,12 +1159,6 @@ def _shakespeare_stage_1(workdir, loss_of) -> ml_collections.ConfigDict:
   return stage_1
 
 
-def _pilot_module():
-  path = os.path.join(REPO, "study", "studies", "shakespeare_pilot.py")
-  spec = importlib.util.spec_from_file_location("shakespeare_pilot", path)
-  pilot = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(pilot)
-  return pilot
 
 
 def test_the_shakespeare_pilot_runs_stage_ones_winners_unchanged(tmp_path):
@@ -1212,7 +1216,7 @@ def _pilot_summary(tmp_path, spreads) -> dict:
 
 
 def test_the_shakespeare_pilot_sizes_stage_2_by_its_registered_rule(tmp_path):
-  pilot = _pilot_module()
+  pilot = _study_module("shakespeare_pilot")
   sd_of_unit = np.std([-2, -1, 0, 1, 2], ddof=1)
   # SGD's arms spread by 0.004 nats, AdamW's by 0.002: SGD's count rules.
   summary = _pilot_summary(tmp_path / "narrow", {
@@ -1238,17 +1242,6 @@ def test_the_shakespeare_pilot_sizes_stage_2_by_its_registered_rule(tmp_path):
                                         alpha=0.025)) > 16
 
 
-def test_the_shakespeare_pilots_plan_of_a_missing_folder_is_one_line(
-    tmp_path):
-  script = os.path.join(REPO, "study", "studies", "shakespeare_pilot.py")
-  result = subprocess.run(
-      [sys.executable, script, "plan", str(tmp_path / "none")],
-      capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode == 1
-  assert result.stderr.startswith("error: ") and "study.json" in result.stderr
-  assert len(result.stderr.strip().splitlines()) == 1
-
-
 def test_shakespeare_stage_2_derives_its_eight_arms_margin_and_seeds(
     tmp_path):
   """Stage 2 is registered by rule: stage 1's winners and their measured
@@ -1263,7 +1256,7 @@ def test_shakespeare_stage_2_derives_its_eight_arms_margin_and_seeds(
                                            "lc_adamw"), 0.006 / sd_of_unit))
   study = study_lib.load_study(
       f"shakespeare_confirm:{tmp_path / 'tuning'},{pilot_dir}")
-  pilot = _pilot_module()
+  pilot = _study_module("shakespeare_pilot")
   plan = pilot.stage_2_plan(study_report.summarize(str(pilot_dir))[0])
   assert study.seeds == list(range(plan["seeds"])) and plan["seeds"] >= 10
   assert study.equivalence_margin == 0.01
@@ -1301,14 +1294,6 @@ def test_shakespeare_stage_2_derives_its_eight_arms_margin_and_seeds(
   assert np.all(np.isfinite(updates["w"]))
 
 
-def _confirm_module():
-  path = os.path.join(REPO, "study", "studies", "shakespeare_confirm.py")
-  spec = importlib.util.spec_from_file_location("shakespeare_confirm", path)
-  confirm = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(confirm)
-  return confirm
-
-
 def _fake_stage(best_rates, ran):
   """A stand-in for ``python -m study run SPEC --workdir DIR``: saves the
   study and writes each missing run, its final loss lowest at the family's
@@ -1339,7 +1324,7 @@ def test_the_shakespeare_campaign_extends_stage_1_then_runs_both_stages(
     tmp_path):
   """One command, the rule applied in order: the grid grows one rate past
   each edge winner, then the pilot and stage 2 read what came before."""
-  confirm, ran = _confirm_module(), []
+  confirm, ran = _study_module("shakespeare_confirm"), []
   best = {"sgd": 0.8, "lcam": 0.2, "adamw": 0.001, "lc_adamw": 0.002}
   assert confirm.campaign(str(tmp_path), _fake_stage(best, ran)) == 0
   tuning_dir, pilot_dir = (str(tmp_path / "shakespeare_tuning"),
@@ -1360,7 +1345,7 @@ def test_the_shakespeare_campaign_extends_stage_1_then_runs_both_stages(
 
 def test_the_shakespeare_campaign_stops_at_a_stage_that_did_not_finish(
     tmp_path):
-  confirm, ran = _confirm_module(), []
+  confirm, ran = _study_module("shakespeare_confirm"), []
   assert confirm.campaign(str(tmp_path), lambda spec, workdir: (
       ran.append(spec) or 75)) == 75
   assert ran == ["shakespeare_tuning"]
