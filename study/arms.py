@@ -90,6 +90,20 @@ def final_and_best(runs: Sequence[record.Run],
           "best_epoch": [best_epoch(run, metric, direction) for run in runs]}
 
 
+def below_fractions(run: record.Run) -> tuple[float, ...]:
+  """A loss-controlled run's fraction of steps in the below phase, epoch by
+  epoch.
+
+  Raises:
+    ValueError: an epoch records no fraction (the run is not loss-controlled).
+  """
+  _, fractions = run.curve(record.PHASE_BELOW_FRACTION)
+  if not len(fractions) or np.isnan(fractions).any():
+    raise ValueError(f"{run.path} records no {record.PHASE_BELOW_FRACTION} "
+                     "in some epoch: not a loss-controlled run.")
+  return tuple(float(f) for f in fractions)
+
+
 def _finite_mean(values: np.ndarray) -> float:
   values = values[np.isfinite(values)]
   return float(np.mean(values)) if len(values) else math.nan

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from study import arms as study_arms
 from study import cli
 from study import definition as study_lib
 from study import hosts
@@ -411,6 +412,17 @@ def test_every_loss_controlled_arm_reports_phase_fractions(tmp_path):
   summary, _ = study_report.summarize(str(tmp_path))
   assert summary["arms"]["b"]["phase_below_fraction"]["mean"] == 0.5
   assert "phase_below_fraction" not in summary["arms"]["base"]
+
+
+def test_below_fractions_per_epoch_and_only_of_a_loss_controlled_run(
+    tmp_path):
+  _fake_run(tmp_path, "lcam", 0, [0.4, 0.5, 0.6], optimizer="lcam")
+  _fake_run(tmp_path, "sgd", 0, [0.4, 0.5, 0.6])
+  lcam = record_lib.load_run(study_lib.run_dir(str(tmp_path), "lcam", 0))
+  assert study_arms.below_fractions(lcam) == (0.5, 0.5, 0.5)
+  sgd = record_lib.load_run(study_lib.run_dir(str(tmp_path), "sgd", 0))
+  with pytest.raises(ValueError, match="not a loss-controlled run"):
+    study_arms.below_fractions(sgd)
 
 
 def test_provenance_per_arm(tmp_path):

@@ -39,14 +39,16 @@ stage 1 (rounded to 4 decimals); tests/test_study.py checks that they agree.
 
 import json
 import os
+import sys
 
 import ml_collections
 
 NUM_EPOCHS = 15
 SHORT_EPOCHS = 8
 SEEDS = tuple(range(13))
-STAGE_1 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "results", "lcam_tuning")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+STAGE_1 = os.path.join(REPO_ROOT, "results", "lcam_tuning")
 STAGE_1_SEED = 1000
 
 # From stage 1 (`derive()`).
@@ -79,14 +81,12 @@ def mean_step_momentum(fractions, beta_below: float, beta_above: float
   return 1 - 1 / scale
 
 
-def below_fractions(run_dir: str) -> tuple[float, ...]:
-  """The fraction of steps in the below phase, epoch by epoch, of the
-  15-epoch LCAM run in ``run_dir`` (its ``metrics.jsonl``)."""
-  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  by_epoch = {r["epoch"]: r["phase_below_fraction"] for r in records
-              if r.get("kind") == "epoch"}
-  return tuple(by_epoch[e] for e in range(1, NUM_EPOCHS + 1))
+def measured_fractions(run_dir: str) -> tuple[float, ...]:
+  """The below-phase fraction of each epoch of the LCAM run in ``run_dir``."""
+  sys.path.insert(0, REPO_ROOT)
+  from study import arms  # pylint: disable=g-import-not-at-top
+  from train import record  # pylint: disable=g-import-not-at-top
+  return arms.below_fractions(record.load_run(run_dir))
 
 
 def confirmation_arms(sgd: dict, lcam: dict, mean_step: float,
@@ -131,7 +131,7 @@ def derive(stage_1: str = STAGE_1) -> dict:
                      "run `python -m study run lcam_tuning`.")
   sgd = arms[selection["sgd"]["winner"]]
   lcam = arms[selection["lcam"]["winner"]]
-  fractions = below_fractions(os.path.join(
+  fractions = measured_fractions(os.path.join(
       stage_1, selection["lcam"]["winner"].replace("/", "_"),
       f"seed{STAGE_1_SEED}"))
   below, above = lcam["optimizer.beta_below"], lcam["optimizer.beta_above"]

@@ -97,7 +97,7 @@ def derive() -> dict:
     raise ValueError(f"The winners of {edges} sit at the largest rate: "
                      "extend those families first.")
   sgd_arm, lcam_arm = selection["sgd"]["winner"], selection["lcam"]["winner"]
-  fractions = lcam_confirm.below_fractions(_winner_run(lcam_arm))
+  fractions = lcam_confirm.measured_fractions(_winner_run(lcam_arm))
   sgd, lcam = map(_run_config, (sgd_arm, lcam_arm))
   below = lcam["optimizer"]["beta_below"]
   above = lcam["optimizer"]["beta_above"]

@@ -68,6 +68,7 @@ import shakespeare_tuning  # noqa: E402  pylint: disable=g-import-not-at-top
 REPO_ROOT = shakespeare_pilot.REPO_ROOT
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from study import arms  # noqa: E402
 from study import cli  # noqa: E402
 from study import definition  # noqa: E402
 from study import report  # noqa: E402
@@ -80,20 +81,6 @@ COMPARISONS = (("b-lcam", "a-sgd"), ("f-lc-adamw", "e-adamw"),
                ("b-lcam", "d-lcam-random-phases"),
                ("f-lc-adamw", "g-adamw-mean-b1"),
                ("f-lc-adamw", "h-lc-adamw-random-phases"))
-
-
-def below_fractions(run_dir: str) -> tuple[float, ...]:
-  """A loss-controlled run's fraction of steps in the below phase, epoch by
-  epoch (its ``metrics.jsonl``).
-
-  Raises:
-    ValueError: an epoch has no fraction (the run is not loss-controlled).
-  """
-  _, fractions = record.load_run(run_dir).curve(record.PHASE_BELOW_FRACTION)
-  if not len(fractions) or any(f != f for f in fractions):  # NaN: missing.
-    raise ValueError(f"{run_dir} records no {record.PHASE_BELOW_FRACTION} "
-                     "in some epoch: not a loss-controlled run.")
-  return tuple(round(float(f), 4) for f in fractions)
 
 
 def mean_b1(fractions, b1_below: float, b1_above: float) -> float:
@@ -136,7 +123,8 @@ def derive(folders: str = "") -> dict:
   def measured(family):
     run_dir = definition.run_dir(os.path.join(REPO_ROOT, tuning_dir),
                                  picks[family], shakespeare_tuning.SEED)
-    return below_fractions(run_dir)
+    fractions = arms.below_fractions(record.load_run(run_dir))
+    return tuple(round(f, 4) for f in fractions)
 
   lcam = tuning.arms[picks["lcam"]].to_dict()
   lc_adamw = tuning.arms[picks["lc_adamw"]].to_dict()
